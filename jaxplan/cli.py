@@ -1,0 +1,234 @@
+"""Command line: parse, call the library, print and write. Bad input exits with code 2 and a
+message naming the file, the key and what is allowed; never a traceback."""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+from .specs import SpecError, config_root
+
+DEFAULT_EXPERIMENT = "gpt-1.8t-moe-64gpu"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        print(f"jaxplan: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _positive(kind):
+    def conv(s):
+        try:
+            v = kind(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {s!r}") from None
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {s}")
+        return v
+    return conv
+
+
+def _nonneg_float(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+    return v
+
+
+def _experiment_path(arg: str | None) -> Path:
+    if arg is None:
+        return config_root() / "experiments" / f"{DEFAULT_EXPERIMENT}.yaml"
+    p = Path(arg)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    preset = config_root() / "experiments" / f"{arg}.yaml"
+    if preset.is_file():
+        return preset
+    names = sorted(x.stem for x in (config_root() / "experiments").glob("*.yaml"))
+    raise SpecError(f"experiment '{arg}' is neither a file nor a preset; presets: {', '.join(names)}")
+
+
+def _add_experiment_args(sp):
+    sp.add_argument("experiment", nargs="?", help=f"experiment YAML or preset name (default: {DEFAULT_EXPERIMENT})")
+    sp.add_argument("--model", help="model preset name or path to a YAML / Hugging Face config.json")
+    sp.add_argument("--hardware", help="hardware preset name or YAML path")
+    sp.add_argument("--gpus", type=_positive(int), help="GPU budget")
+    sp.add_argument("--isl", type=_positive(int), help="input (prompt) tokens per request")
+    sp.add_argument("--osl", type=_positive(int), help="output tokens per request")
+    sp.add_argument("--precision", help="bf16, fp8 or fp4")
+    sp.add_argument("--min-tokens-per-user", type=_nonneg_float, help="SLA: minimum tokens/s per user")
+    sp.add_argument("--max-ttft", type=_positive(float), help="SLA: maximum time to first token, seconds")
+    sp.add_argument("--params", help="fitted parameter profile YAML (default: the hardware's shipped profile)")
+
+
+def _load(args):
+    from .params import params_for
+    from .specs import load_experiment
+    exp = load_experiment(_experiment_path(args.experiment), model=args.model, hardware=args.hardware,
+                          gpus=args.gpus, isl=args.isl, osl=args.osl, precision=args.precision,
+                          min_tokens_per_user=args.min_tokens_per_user, max_ttft=args.max_ttft)
+    p, source = params_for(exp.hardware.name, args.params or exp.params_file)
+    return exp, p, source
+
+
+def _title(exp) -> str:
+    return (f"{exp.model.name} on {exp.gpus} × {exp.hardware.name}, {exp.precision.name}, "
+            f"ISL {int(exp.workload.isl)} / OSL {int(exp.workload.osl)}")
+
+
+# ----------------------------------------------------------------------------- sweep
+
+def cmd_sweep(args) -> int:
+    from . import report
+    from .sweep import run_sweep
+
+    exp, p, source = _load(args)
+    out = Path(args.out or Path("out") / exp.name)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"jaxplan sweep: {_title(exp)}; parameters: {source}", file=sys.stderr)
+    res = run_sweep(exp, p, params_source=source, progress=True)
+    cols = res.columns
+    report.write_csv(out / "layouts.csv", cols, report.LAYOUT_CSV_COLUMNS)
+    report.write_csv(out / "frontier.csv", cols, report.LAYOUT_CSV_COLUMNS, rows=res.frontier)
+    report.plot_frontier(out / "frontier.png", cols, res.frontier, res.best, _title(exp),
+                         exp.sla.min_tokens_per_user)
+    best = res.row(res.best) if res.best is not None else None
+    summary = {
+        "experiment": exp.name, "model": exp.model.name, "hardware": exp.hardware.name, "gpus": exp.gpus,
+        "precision": exp.precision.name, "isl": exp.workload.isl, "osl": exp.workload.osl,
+        "sla": {"min_tokens_per_s_per_user": exp.sla.min_tokens_per_user, "max_ttft_s": exp.sla.max_ttft_s},
+        "params_source": source,
+        "counts": {"parallel_layouts": res.num_parallel_configs, "layouts": res.n,
+                   "feasible": int(cols["feasible"].sum()), "frontier": int(len(res.frontier)),
+                   "meeting_sla": int((cols["feasible"] & (cols["tokens_per_s_per_user"] >= exp.sla.min_tokens_per_user)
+                                       & (cols["ttft_s"] <= exp.sla.max_ttft_s)).sum())},
+        "best_at_sla": best,
+        "seconds": {"compile": res.compile_s, "evaluate": res.evaluate_s},
+        "layouts_per_second": res.n / max(res.evaluate_s, 1e-9),
+    }
+    report.write_json(out / "summary.json", summary)
+    print(f"\nPareto frontier ({len(res.frontier)} of {res.n:,} layouts, "
+          f"{int(cols['feasible'].sum()):,} feasible):")
+    print(report.table(report.frontier_rows(cols, res.frontier), report.FRONTIER_TABLE))
+    sla = f"≥ {exp.sla.min_tokens_per_user:g} tokens/s/user, TTFT ≤ {exp.sla.max_ttft_s:g} s"
+    if best is None:
+        print(f"\nNo feasible layout meets the SLA ({sla}).")
+    else:
+        print(f"\nBest at SLA ({sla}): {report.layout_label(best)}: "
+              f"{best['tokens_per_s_per_gpu']:.1f} tokens/s/GPU, {best['tokens_per_s_per_user']:.1f} tokens/s/user, "
+              f"TTFT {best['ttft_s']:.2f} s, {best['memory_per_gpu_gb']:.0f} GB/GPU")
+    print(f"compiled in {res.compile_s:.1f} s, evaluated {res.n:,} layouts in {res.evaluate_s:.3f} s; "
+          f"wrote {out}/layouts.csv, frontier.csv, summary.json, frontier.png")
+    return 0
+
+
+# ----------------------------------------------------------------------------- explain
+
+def cmd_explain(args) -> int:
+    import jax.numpy as jnp
+
+    from . import report
+    from .cost import sum_costs
+    from .layouts import check_parallel
+    from .serving import Layout, explain
+
+    exp, p, source = _load(args)
+    given = [args.tp, args.pp, args.ep, args.dp, args.batch, args.chunk]
+    if all(v is None for v in given):
+        from .sweep import run_sweep
+        res = run_sweep(exp, p, params_source=source)
+        if res.best is None:
+            raise SpecError("no layout meets the SLA; give one with --tp --pp --ep --batch --chunk")
+        r = res.row(res.best)
+        tp, pp, ep, dp, batch, chunk = (int(r[k]) for k in Layout._fields)
+        origin = "the sweep's best layout at the SLA"
+    else:
+        tp, pp, ep = args.tp or 1, args.pp or 1, args.ep or 1
+        dp = check_parallel(exp.model, exp.gpus, tp, pp, ep, args.dp, where="--tp/--pp/--ep/--dp")
+        batch, chunk = args.batch or max(ep, 1), args.chunk or max(exp.chunk_sizes)
+        if batch < ep:
+            raise SpecError(f"--batch {batch} is below --ep {ep}: each attention-DP group needs a request")
+        origin = "the command line"
+    lay = Layout(*(jnp.float32(v) for v in (tp, pp, ep, dp, batch, chunk)))
+    ex = explain(p, exp.hardware, exp.model, exp.precision, exp.workload, lay)
+    label = report.layout_label(dict(tp=tp, pp=pp, ep=ep, dp=dp, batch=batch, chunk=chunk))
+    groups = {}
+    for phase in ("chunk_iteration", "decode_iteration"):
+        groups[phase] = {k: {f: float(getattr(c, f)) for f in ("compute", "memory", "comm_tp", "comm_ep",
+                                                                "comm_pp", "overhead")} | {"total": float(c.total())}
+                         for k, c in ex[phase].items()}
+        groups[phase]["TOTAL"] = {"total": float(sum_costs(ex[phase].values()).total())}
+    if args.json:
+        report.write_json(Path("/dev/stdout"), {"layout": dict(tp=tp, pp=pp, ep=ep, dp=dp, batch=batch, chunk=chunk),
+                                                "experiment": exp.name, "params_source": source,
+                                                "metrics": ex["metrics"], "memory_gb": ex["memory_gb"],
+                                                "ops_s": groups})
+        return 0
+    m = ex["metrics"]
+    print(f"{_title(exp)}\nlayout {label} (from {origin}); parameters: {source}\n")
+    print(f"  TTFT {m['ttft_s']:.3f} s   TPOT {1e3 * m['tpot_s']:.2f} ms   "
+          f"{m['tokens_per_s_per_user']:.1f} tokens/s/user   {m['tokens_per_s_per_gpu']:.1f} tokens/s/GPU   "
+          f"decode batch {m['decode_batch']:.1f} of {batch}"
+          + ("   (prefill saturated: requests queue for prefill)" if m["prefill_saturated"] > 0.5 else ""))
+    mem = ex["memory_gb"]
+    print(f"  memory per GPU: {mem['total']:.1f} GB of {mem['capacity']:.1f} usable "
+          f"(weights {mem['weights']:.1f}, KV {mem['kv_cache']:.1f}, activations {mem['activations']:.1f}, "
+          f"reserve {mem['reserve']:.1f})" + ("" if m["feasible"] > 0.5 else "  ** DOES NOT FIT **"))
+    for phase, title in (("chunk_iteration", "iteration with a prefill chunk"),
+                         ("decode_iteration", "decode-only iteration")):
+        total = groups[phase]["TOTAL"]["total"]
+        rows = []
+        for k, v in sorted(((k, v) for k, v in groups[phase].items() if k != "TOTAL"),
+                           key=lambda kv: -kv[1]["total"]):
+            rows.append({"op": k, "ms": f"{1e3 * v['total']:.3f}", "share": f"{100 * v['total'] / total:.1f}%",
+                         "bound": max(("compute", "memory", "comm_tp", "comm_ep", "comm_pp", "overhead"),
+                                      key=lambda f: v[f])})
+        print(f"\n  {title}: {1e3 * total:.2f} ms")
+        print("  " + report.table(rows, (("op", "op", ""), ("ms", "ms", ""), ("share", "share", ""),
+                                         ("bound", "mostly", ""))).replace("\n", "\n  "))
+    return 0
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="jaxplan", description="Plan LLM inference deployments with a JAX cost model.")
+    sub = ap.add_subparsers(dest="command", parser_class=_Parser)
+    sp = sub.add_parser("sweep", help="evaluate every layout, draw the Pareto frontier, pick the best at the SLA")
+    _add_experiment_args(sp)
+    sp.add_argument("--out", help="output folder (default: out/<experiment>)")
+    sp.set_defaults(fn=cmd_sweep)
+    ep = sub.add_parser("explain", help="one layout's metrics and per-op time breakdown")
+    _add_experiment_args(ep)
+    for k in ("tp", "pp", "ep", "dp", "batch", "chunk"):
+        ep.add_argument(f"--{k}", type=_positive(int))
+    ep.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    ep.set_defaults(fn=cmd_explain)
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if not getattr(args, "fn", None):
+        ap.print_help()
+        return 2
+    try:
+        return args.fn(args)
+    except SpecError as e:
+        print(f"jaxplan: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("jaxplan: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

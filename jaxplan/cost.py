@@ -1,0 +1,372 @@
+"""Cost model: the time of each op on one GPU, and of one pipeline stage, for one layout.
+
+Pure functions of ``(params, hardware, model, precision, ...)`` with scalar layout numbers, made
+to be vmapped over layouts. Each op returns a ``Cost``: time split into compute-bound,
+memory-bound, communication by mesh axis, and fixed overhead. Costs add.
+
+Rank placement (DESIGN.md): TP innermost, then EP, then PP, then DP. A replica spans
+``tp * ep * pp`` GPUs. Inside a replica, attention and dense layers are sharded ``tp`` ways and
+run data-parallel over the ``ep`` groups (attention-DP: each of the ``ep`` groups holds the KV
+cache of its own requests); routed experts are spread ``ep`` ways and each expert is sharded ``tp``
+ways. For a dense model ``ep`` is 1.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from .specs import Hardware, Model, Precision
+
+FLOPS_PER_MAC = 2
+TINY = 1e-30
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """Seconds, additive. ``compute``/``memory``: ops bound by the tensor cores or by HBM."""
+    compute: jax.Array = 0.0
+    memory: jax.Array = 0.0
+    comm_tp: jax.Array = 0.0
+    comm_ep: jax.Array = 0.0
+    comm_pp: jax.Array = 0.0
+    overhead: jax.Array = 0.0
+
+    def __add__(self, other: "Cost") -> "Cost":
+        return jax.tree_util.tree_map(jnp.add, self, other)
+
+    def scale(self, k) -> "Cost":
+        return jax.tree_util.tree_map(lambda x: x * k, self)
+
+    def total(self) -> jax.Array:
+        return self.compute + self.memory + self.comm_tp + self.comm_ep + self.comm_pp + self.overhead
+
+    def where(self, cond) -> "Cost":
+        """This cost where ``cond`` holds, else zero."""
+        return jax.tree_util.tree_map(lambda x: jnp.where(cond, x, 0.0), self)
+
+
+def zero_cost() -> Cost:
+    return Cost(*(jnp.zeros((), jnp.float32) for _ in range(6)))
+
+
+def sum_costs(costs) -> Cost:
+    out = zero_cost()
+    for c in costs:
+        out = out + c
+    return out
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def saturate(x, half):
+    """x / (x + half): 0 for tiny x, 1 for x >> half."""
+    return x / (x + half)
+
+
+def smooth_max(a, b, p):
+    """(a^p + b^p)^(1/p), written as max * (1 + r^p)^(1/p) so it is finite and differentiable at 0."""
+    m = jnp.maximum(a, b)
+    r = jnp.clip(jnp.minimum(a, b) / jnp.maximum(m, TINY), TINY, 1.0)
+    return m * (1.0 + jnp.exp(p * jnp.log(r))) ** (1.0 / p)
+
+
+def roofline(p, flops, nbytes, rate, eff_c, bw, eff_m) -> Cost:
+    """One kernel: the smooth max of compute time and memory time, plus its fixed latency.
+
+    The time is booked as compute when the compute time dominates, as memory otherwise."""
+    tc = flops / (rate * eff_c)
+    tm = nbytes / (bw * eff_m)
+    t = smooth_max(tc, tm, p["roofline_sharpness"])
+    bound = tc >= tm
+    return Cost(compute=jnp.where(bound, t, 0.0), memory=jnp.where(bound, 0.0, t),
+                overhead=p["kernel_latency_s"])
+
+
+def _nonzero(x):
+    """Safe-where partner: a stand-in value where x is 0, so the untaken branch stays finite."""
+    return jnp.where(x > 0, x, 1.0)
+
+
+# ----------------------------------------------------------------------------- ops
+
+def gemm(p, hw: Hardware, prec: Precision, m, n, k, *, weight_bytes=None, rate=None, batch=1.0) -> Cost:
+    """Y[m, n] = X[m, k] W[k, n]: 2mnk FLOPs; reads the weights and activations, writes Y in BF16.
+    ``batch`` independent GEMMs of that shape run as one batched kernel (MLA's per-head matmuls).
+
+    Efficiency falls for thin shapes: eff = eff_max * m/(m + m_half) * n/(n + h) * k/(k + h)."""
+    rate = rate or prec.gemm_rate
+    wb = prec.weight_bytes if weight_bytes is None else weight_bytes
+    ab = prec.qact_bytes if rate != "bf16" else 2.0
+    ms = _nonzero(m)
+    flops = FLOPS_PER_MAC * ms * n * k * batch
+    nbytes = (n * k * wb + ms * k * ab + ms * n * prec.act_bytes) * batch
+    eff = p[f"gemm_eff_{rate}"] * saturate(ms, p["gemm_m_half"]) \
+        * saturate(n, p["gemm_nk_half"]) * saturate(k, p["gemm_nk_half"])
+    return roofline(p, flops, nbytes, hw.peak(rate), eff, hw.hbm_bandwidth, p["mem_eff"]).where(m > 0)
+
+
+def elementwise(p, hw: Hardware, nbytes) -> Cost:
+    """A memory-bound pass (norm, residual add, activation): bytes over HBM bandwidth."""
+    return Cost(memory=nbytes / (hw.hbm_bandwidth * p["mem_eff"]))
+
+
+def attention_prefill(p, hw, model: Model, prec, q_tokens, ctx, heads, kv_heads) -> Cost:
+    """Causal attention of ``q_tokens`` new tokens whose keys span ``ctx`` tokens on average.
+
+    GQA/MHA: QK^T and PV each cost 2 * q * ctx * head_dim FLOPs per head.
+    MLA prefill runs un-absorbed: per head, q.k over qk_nope + qk_rope dims and p.v over v_head_dim;
+    it reads the compressed latent (kv_lora_rank + qk_rope_head_dim per token) once per layer."""
+    qs = _nonzero(q_tokens)
+    if model.attention == "mla":
+        flops = FLOPS_PER_MAC * qs * ctx * heads * (model.qk_head_dim + model.v_head_dim)
+        kv_read = ctx * model.kv_elements_per_token_layer() * prec.kv_bytes
+        io = qs * heads * (model.qk_head_dim + model.v_head_dim) * prec.act_bytes
+        eff = p["mla_prefill_eff"]
+    else:
+        flops = FLOPS_PER_MAC * 2 * qs * ctx * heads * model.head_dim
+        kv_read = ctx * 2 * kv_heads * model.head_dim * prec.kv_bytes
+        io = 2 * qs * heads * model.head_dim * prec.act_bytes
+        eff = p["attn_prefill_eff"]
+    eff = eff * saturate(qs, p["attn_q_half"])
+    return roofline(p, flops, kv_read + io, hw.peak(prec.attn_rate), eff, hw.hbm_bandwidth,
+                    p["mem_eff"]).where(q_tokens > 0)
+
+
+def attention_decode(p, hw, model: Model, prec, seqs, kv_len, heads, kv_heads) -> Cost:
+    """One new token for each of ``seqs`` sequences against ``kv_len`` cached tokens.
+
+    GQA reads 2 * kv_heads * head_dim elements per cached token and spends 4 * heads * head_dim
+    FLOPs on it. Absorbed MLA reads the latent (kv_lora + rope) once for all heads and spends
+    2 * heads * (2 * kv_lora + rope) FLOPs per cached token: decode MLA is far more compute-dense."""
+    ss = _nonzero(seqs)
+    if model.attention == "mla":
+        per_tok_bytes = model.kv_elements_per_token_layer() * prec.kv_bytes
+        per_tok_flops = FLOPS_PER_MAC * heads * (2 * model.kv_lora_rank + model.qk_rope_head_dim)
+        eff_c, eff_m = p["mla_decode_eff"], p["mla_decode_mem_eff"]
+    else:
+        per_tok_bytes = 2 * kv_heads * model.head_dim * prec.kv_bytes
+        per_tok_flops = FLOPS_PER_MAC * 2 * heads * model.head_dim
+        eff_c, eff_m = p["attn_decode_eff"], p["attn_decode_mem_eff"]
+    return roofline(p, ss * kv_len * per_tok_flops, ss * kv_len * per_tok_bytes, hw.peak(prec.attn_rate),
+                    eff_c, hw.hbm_bandwidth, eff_m).where(seqs > 0)
+
+
+def expected_active_experts(experts, top_k, tokens):
+    """E * (1 - (1 - k/E)^tokens): experts that receive at least one of ``tokens`` routed tokens."""
+    return experts * (1.0 - jnp.exp(tokens * jnp.log1p(-top_k / experts)))
+
+
+def moe_imbalance(p, ep):
+    """Tokens on the busiest expert GPU over the mean: grows with the number of EP ranks."""
+    return 1.0 + p["moe_imbalance_per_log2_ep"] * jnp.log2(ep)
+
+
+def moe_experts(p, hw, model: Model, prec, tokens, tp, ep) -> Cost:
+    """The routed-expert grouped GEMM on one GPU for ``tokens`` tokens of the replica stage.
+
+    The GPU holds E/ep experts, each sharded tp ways. It computes tokens * top_k / ep routed
+    token-expert pairs (times the imbalance of the busiest GPU) and streams the weights of its
+    *active* experts only."""
+    ts = _nonzero(tokens)
+    E, k = model.num_experts, model.top_k
+    per_expert = model.expert_params() / tp
+    imb = moe_imbalance(p, ep)
+    pairs = ts * k / ep * imb
+    active = expected_active_experts(E, k, ts) / ep
+    flops = FLOPS_PER_MAC * pairs * per_expert
+    nbytes = active * per_expert * prec.weight_bytes \
+        + pairs * model.hidden_size * (prec.qact_bytes + prec.act_bytes)
+    m_per_expert = ts * k / E * imb
+    eff = p["moe_eff"] * saturate(m_per_expert, p["moe_m_half"])
+    return roofline(p, flops, nbytes, hw.peak(prec.gemm_rate), eff, hw.hbm_bandwidth,
+                    p["moe_mem_eff"]).where(tokens > 0)
+
+
+# ----------------------------------------------------------------------------- collectives
+
+def _tiers(hw: Hardware, n):
+    """Split a group of n GPUs into the part inside one scale-up domain and the number of domains."""
+    inside = jnp.minimum(n, hw.scaleup_domain)
+    return inside, n / inside
+
+
+def allreduce(p, hw: Hardware, nbytes, n) -> jax.Array:
+    """All-reduce of ``nbytes`` over n GPUs, hierarchical when n exceeds the scale-up domain.
+
+    Ring/tree: 2(n-1)/n of the buffer crosses each GPU's link, plus a latency per log2(n) step.
+    Beyond one domain: reduce-scatter on NVLink, all-reduce of the 1/inside share across domains on
+    the scale-out network, all-gather on NVLink."""
+    inside, outside = _tiers(hw, n)
+    t_in = p["allreduce_latency_nvlink_s"] * jnp.log2(jnp.maximum(inside, 1.0)) \
+        + 2 * (inside - 1) / inside * nbytes / (hw.scaleup_bandwidth * p["allreduce_bw_eff_nvlink"])
+    t_out = p["allreduce_latency_net_s"] * jnp.log2(outside) \
+        + 2 * (outside - 1) / outside * (nbytes / inside) / (hw.scaleout_bandwidth * p["allreduce_bw_eff_net"])
+    return jnp.where(n > 1, t_in, 0.0) + jnp.where(outside > 1, t_out, 0.0)
+
+
+def alltoall(p, hw: Hardware, nbytes_per_gpu, n, span):
+    """All-to-all among n GPUs laid out over ``span`` consecutive ranks (stride span/n).
+
+    Each GPU sends (n-1)/n of ``nbytes_per_gpu``. Peers in its scale-up domain are reached over
+    NVLink, the rest over the scale-out network; both links run at once, so the slower sets the
+    time. The share beyond the domain is 1 - domain/span once span exceeds the domain."""
+    leaving = nbytes_per_gpu * (n - 1) / jnp.maximum(n, 1.0)
+    f_out = jnp.clip(1.0 - hw.scaleup_domain / span, 0.0, 1.0)
+    t_nv = p["alltoall_latency_nvlink_s"] + leaving * (1 - f_out) / (hw.scaleup_bandwidth * p["alltoall_bw_eff_nvlink"])
+    t_net = p["alltoall_latency_net_s"] + leaving * f_out / (hw.scaleout_bandwidth * p["alltoall_bw_eff_net"])
+    t = jnp.where(f_out > 0, jnp.maximum(t_nv, t_net), t_nv)
+    return jnp.where(n > 1, t, 0.0)
+
+
+def p2p(p, hw: Hardware, nbytes, cross_network):
+    """A pipeline hand-off of ``nbytes`` from one GPU to the next stage's GPU."""
+    bw = jnp.where(cross_network, hw.scaleout_bandwidth, hw.scaleup_bandwidth) * p["p2p_bw_eff"]
+    lat = jnp.where(cross_network, hw.scaleout_latency, hw.scaleup_latency)
+    return lat + nbytes / bw
+
+
+# ----------------------------------------------------------------------------- layer composition
+
+def heads_per_gpu(model: Model, tp):
+    """Query heads per GPU, and KV heads per GPU (replicated once TP exceeds the KV heads)."""
+    return model.num_heads / tp, jnp.maximum(model.num_kv_heads / tp, 1.0)
+
+
+def attention_block(p, hw, model: Model, prec, dec_seqs, pre_tokens, kv_len, ctx, tp) -> dict:
+    """Projections and attention for one attention group (tp GPUs) and one layer.
+
+    ``dec_seqs`` decode tokens with ``kv_len`` cached tokens each; ``pre_tokens`` prefill tokens
+    whose keys span ``ctx`` tokens on average. Sliding-window layers cap both at the window."""
+    d = model.hidden_size
+    hq, hkv = heads_per_gpu(model, tp)
+    tokens = dec_seqs + pre_tokens
+    ops = {}
+    if model.attention == "mla":
+        # Down-projections (q_a, kv_a) are replicated on every TP rank; up-projections are sharded.
+        proj = gemm(p, hw, prec, tokens, model.q_lora_rank + model.kv_lora_rank + model.qk_rope_head_dim, d) \
+            if model.q_lora_rank else gemm(p, hw, prec, tokens, hq * model.qk_head_dim
+                                           + model.kv_lora_rank + model.qk_rope_head_dim, d)
+        if model.q_lora_rank:
+            proj = proj + gemm(p, hw, prec, tokens, hq * model.qk_head_dim, model.q_lora_rank)
+        # Prefill decompresses K/V for its new tokens; decode absorbs W_uk and W_uv into per-head
+        # batched matmuls (q_nope -> latent, latent -> v) instead.
+        proj = proj + gemm(p, hw, prec, pre_tokens, hq * (model.qk_nope_head_dim + model.v_head_dim),
+                           model.kv_lora_rank)
+        proj = proj + gemm(p, hw, prec, dec_seqs, model.kv_lora_rank, model.qk_nope_head_dim, batch=hq)
+        proj = proj + gemm(p, hw, prec, dec_seqs, model.v_head_dim, model.kv_lora_rank, batch=hq)
+        proj = proj + gemm(p, hw, prec, tokens, d, hq * model.v_head_dim)
+    else:
+        proj = gemm(p, hw, prec, tokens, (hq + 2 * hkv) * model.head_dim, d) \
+            + gemm(p, hw, prec, tokens, d, hq * model.head_dim)
+    ops["attn_proj"] = proj
+    s = model.sliding_layers / model.num_layers
+    win = float(model.sliding_window) if model.sliding_window else 0.0
+
+    def mix(fn, length):
+        full = fn(length)
+        if not s:
+            return full
+        return full.scale(1 - s) + fn(jnp.minimum(length, win)).scale(s)
+
+    ops["attention"] = mix(lambda L: attention_decode(p, hw, model, prec, dec_seqs, L, hq, hkv), kv_len) \
+        + mix(lambda L: attention_prefill(p, hw, model, prec, pre_tokens, L, hq, hkv), ctx)
+    return ops
+
+
+def mlp(p, hw, prec, tokens, hidden, intermediate, matrices, tp) -> Cost:
+    """Dense (gated) MLP sharded tp ways: up (and gate) then down."""
+    ff = intermediate / tp
+    return gemm(p, hw, prec, tokens, (matrices - 1) * ff, hidden) + gemm(p, hw, prec, tokens, hidden, ff)
+
+
+def layer_costs(p, hw: Hardware, model: Model, prec: Precision, dec, pre, kv_len, ctx, tp, ep, moe: bool) -> dict:
+    """One transformer layer on one GPU for a micro-batch of ``dec`` decode sequences and ``pre``
+    prefill tokens across the replica stage (so ``dec/ep`` and ``pre/ep`` per attention group).
+
+    Two TP all-reduces per layer (after attention and after the MLP/MoE) of the group's activations."""
+    d = model.hidden_size
+    dec_g, pre_g = dec / ep, pre / ep
+    tok_g = dec_g + pre_g
+    ops = attention_block(p, hw, model, prec, dec_g, pre_g, kv_len, ctx, tp)
+    if moe:
+        tok_rep = dec + pre
+        ops["moe_router"] = gemm(p, hw, prec, tok_g, model.num_experts, d, weight_bytes=2.0, rate="bf16")
+        ops["moe_experts"] = moe_experts(p, hw, model, prec, tok_rep, tp, ep)
+        if model.num_shared_experts:
+            ops["mlp"] = mlp(p, hw, prec, tok_g, d, model.num_shared_experts * model.shared_intermediate_size,
+                             model.mlp_matrices, tp)
+        # Dispatch (quantized activations) and combine (BF16); each of the tp ranks of an
+        # attention group sends 1/tp of the group's routed copies.
+        copies = tok_g * model.top_k * d / tp
+        span = tp * ep
+        ops["ep_alltoall"] = Cost(comm_ep=alltoall(p, hw, copies * prec.qact_bytes, ep, span)
+                                  + alltoall(p, hw, copies * prec.act_bytes, ep, span))
+    else:
+        ops["mlp"] = mlp(p, hw, prec, tok_g, d, model.ffn_intermediate_size, model.mlp_matrices, tp)
+    ops["tp_allreduce"] = Cost(comm_tp=2 * allreduce(p, hw, tok_g * d * prec.act_bytes, tp))
+    # Two norms, two residual adds, the activation function: ~6 passes over the activations.
+    ops["norms"] = elementwise(p, hw, 6 * tok_g * d * prec.act_bytes) + Cost(overhead=p["layer_overhead_s"])
+    return ops
+
+
+def stage_costs(p, hw: Hardware, model: Model, prec: Precision, dec, pre, kv_len, ctx, tp, ep, pp) -> dict:
+    """One micro-batch through one pipeline stage: layers/pp of each kind, plus a 1/pp share of the
+    LM head (stages are assumed balanced by giving the last stage fewer layers).
+
+    Returns op-group name -> Cost; their sum is the stage time."""
+    out: dict[str, Cost] = {}
+
+    def acc(ops, weight):
+        for k, c in ops.items():
+            out[k] = out[k] + c.scale(weight) if k in out else c.scale(weight)
+
+    if model.num_dense_layers:
+        acc(layer_costs(p, hw, model, prec, dec, pre, kv_len, ctx, tp, ep, moe=False),
+            model.num_dense_layers / pp)
+    if model.num_moe_layers:
+        acc(layer_costs(p, hw, model, prec, dec, pre, kv_len, ctx, tp, ep, moe=True),
+            model.num_moe_layers / pp)
+    # LM head: logits for every decode token and the last token of each prefill chunk (~1 per chunk).
+    heads_tokens = (dec + jnp.where(pre > 0, 1.0, 0.0)) / ep
+    acc({"lm_head": gemm(p, hw, prec, heads_tokens, model.vocab_size / tp, model.hidden_size,
+                         weight_bytes=2.0, rate="bf16")}, 1.0 / pp)
+    return out
+
+
+# ----------------------------------------------------------------------------- memory
+
+def memory_per_gpu(p, hw: Hardware, model: Model, prec: Precision, isl, osl, tp, ep, pp, batch, chunk) -> dict:
+    """Bytes on the busiest GPU of a replica: weights, KV cache of the running batch at full
+    context, activations of one iteration, and the runtime reserve."""
+    d = model.hidden_size
+    hq, hkv = heads_per_gpu(model, tp)
+    if model.attention == "mla":
+        # q_a/kv_a down-projections are replicated; the rest of attention is sharded.
+        repl = d * (model.q_lora_rank + model.kv_lora_rank + model.qk_rope_head_dim) if model.q_lora_rank else 0.0
+        attn = repl + (model.attention_params() - repl) / tp
+        kv_per_tok_layer = model.kv_elements_per_token_layer()          # latent replicated over TP
+    else:
+        attn = d * model.head_dim * (2 * hq + 2 * hkv)
+        kv_per_tok_layer = 2 * hkv * model.head_dim
+    per_layer_dense = attn + model.dense_mlp_params() / tp
+    per_layer_moe = attn + model.num_experts / ep * model.expert_params() / tp + model.shared_params() / tp \
+        + d * model.num_experts
+    layer_weights = (model.num_dense_layers * per_layer_dense + model.num_moe_layers * per_layer_moe) / pp
+    # Embedding on the first stage, LM head on the last, both BF16 and vocab-sharded over TP.
+    emb = model.vocab_size * d / tp * 2.0 * jnp.where(pp > 1, 1.0, 1.0 if model.tie_embeddings else 2.0)
+    weights = layer_weights * prec.weight_bytes + emb
+    ctx = isl + osl
+    s = model.sliding_layers / model.num_layers
+    eff_ctx = (1 - s) * ctx + s * jnp.minimum(ctx, float(model.sliding_window or 1e12))
+    kv = batch / ep * eff_ctx * kv_per_tok_layer * prec.kv_bytes * model.num_layers / pp
+    tokens = chunk + batch / ep                       # one attention group's iteration
+    widest = max(model.ffn_intermediate_size, model.top_k * model.expert_intermediate_size,
+                 model.num_heads * max(model.qk_head_dim, model.head_dim))
+    act = tokens * (4 * d + 2 * widest / tp) * prec.act_bytes + batch / ep * model.vocab_size / tp * 4.0
+    reserve = p["mem_reserve_gb"] * 1e9
+    total = weights + kv + act + reserve
+    return {"weights": weights, "kv_cache": kv, "activations": act, "reserve": reserve, "total": total,
+            "capacity": hw.hbm_capacity * p["mem_usable_frac"]}

@@ -1,0 +1,162 @@
+"""Fittable efficiency parameters: defaults, physical ranges, and a YAML round trip.
+
+``Params`` is a plain ``dict[str, jax.Array]`` of *physical* values (efficiencies in (0, 1],
+latencies in seconds). For fitting, ``to_raw`` maps them to an unconstrained space and
+``from_raw`` maps back through a (log-)sigmoid onto ``[lo, hi]``, so no optimizer step can make a
+bandwidth negative or an efficiency exceed one.
+
+Default values are first guesses from public measurements (cited per entry); ``jaxplan fit``
+replaces them with values fitted to kernel and serving data.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import math
+from pathlib import Path
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import yaml
+
+from .specs import SpecError, config_root, read_yaml
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamSpec:
+    default: float
+    lo: float
+    hi: float
+    log: bool          # sigmoid in log space (for values spanning decades)
+    doc: str
+
+
+def _p(default, lo, hi, doc, log=False):
+    return ParamSpec(float(default), float(lo), float(hi), log, doc)
+
+
+PARAM_SPECS: dict[str, ParamSpec] = {
+    # --- GEMM: eff(m, n, k) = eff_max * m/(m + m_half) * n/(n + nk_half) * k/(k + nk_half)
+    "gemm_eff_bf16": _p(0.80, 0.05, 1.0, "peak fraction of large BF16 GEMMs (cuBLAS reaches ~75-85% on H100)"),
+    "gemm_eff_fp8": _p(0.70, 0.05, 1.0, "peak fraction of large FP8 GEMMs"),
+    "gemm_eff_fp4": _p(0.65, 0.05, 1.0, "peak fraction of large FP4 GEMMs"),
+    "gemm_m_half": _p(48.0, 1.0, 4096.0, "rows (tokens) at which GEMM compute efficiency halves", log=True),
+    "gemm_nk_half": _p(256.0, 1.0, 8192.0, "n or k at which GEMM compute efficiency halves", log=True),
+    "mem_eff": _p(0.85, 0.3, 1.0, "achievable fraction of HBM bandwidth for streaming kernels"),
+    "roofline_sharpness": _p(3.0, 1.0, 16.0, "p of the smooth max (t_c^p + t_m^p)^(1/p) joining compute and memory time"),
+    "kernel_latency_s": _p(4e-6, 1e-7, 1e-4, "fixed time of one kernel (launch, prologue, tail)", log=True),
+    # --- attention (flash-style kernels)
+    "attn_prefill_eff": _p(0.55, 0.02, 1.0, "peak fraction of causal prefill attention (FA3 ~ 0.6 of H100 BF16)"),
+    "attn_q_half": _p(64.0, 1.0, 8192.0, "query tokens at which prefill attention efficiency halves", log=True),
+    "attn_decode_eff": _p(0.30, 0.01, 1.0, "peak fraction of decode attention matmuls"),
+    "attn_decode_mem_eff": _p(0.70, 0.05, 1.0, "HBM fraction reached reading the KV cache in decode"),
+    "mla_prefill_eff": _p(0.45, 0.02, 1.0, "peak fraction of MLA prefill attention"),
+    "mla_decode_eff": _p(0.40, 0.01, 1.0, "peak fraction of absorbed-MLA decode attention"),
+    "mla_decode_mem_eff": _p(0.60, 0.05, 1.0, "HBM fraction reached reading the MLA latent cache"),
+    # --- MoE grouped GEMM
+    "moe_eff": _p(0.60, 0.02, 1.0, "peak fraction of the expert grouped GEMM at large tokens per expert"),
+    "moe_m_half": _p(32.0, 1.0, 4096.0, "tokens per expert at which grouped-GEMM efficiency halves", log=True),
+    "moe_mem_eff": _p(0.70, 0.05, 1.0, "HBM fraction reached streaming expert weights"),
+    "moe_imbalance_per_log2_ep": _p(0.06, 0.0, 1.0,
+                                    "busiest GPU's token excess per doubling of EP (routing skew)"),
+    # --- collectives, per fabric tier (latency per log2 step; bandwidth fraction)
+    "allreduce_latency_nvlink_s": _p(6e-6, 1e-7, 1e-3, "all-reduce latency per log2(n) step on NVLink", log=True),
+    "allreduce_bw_eff_nvlink": _p(0.70, 0.05, 1.0, "NVLink bandwidth fraction reached by all-reduce"),
+    "allreduce_latency_net_s": _p(20e-6, 1e-7, 1e-2, "all-reduce latency per log2(n) step on the scale-out network", log=True),
+    "allreduce_bw_eff_net": _p(0.70, 0.05, 1.0, "network bandwidth fraction reached by all-reduce"),
+    "alltoall_latency_nvlink_s": _p(15e-6, 1e-7, 1e-3, "all-to-all fixed latency on NVLink", log=True),
+    "alltoall_bw_eff_nvlink": _p(0.55, 0.05, 1.0, "NVLink bandwidth fraction reached by all-to-all"),
+    "alltoall_latency_net_s": _p(40e-6, 1e-7, 1e-2, "all-to-all fixed latency across the network", log=True),
+    "alltoall_bw_eff_net": _p(0.60, 0.05, 1.0, "network bandwidth fraction reached by all-to-all"),
+    "p2p_bw_eff": _p(0.80, 0.05, 1.0, "bandwidth fraction of a pipeline hand-off"),
+    # --- fixed overheads
+    "layer_overhead_s": _p(8e-6, 1e-8, 1e-3, "per layer per forward: norms, residual, small kernels", log=True),
+    "step_overhead_s": _p(2e-3, 1e-6, 5e-2, "per iteration: scheduling, sampling, host work", log=True),
+    # --- memory
+    "mem_usable_frac": _p(0.92, 0.5, 1.0, "share of HBM the runtime may fill (fragmentation, allocator)"),
+    "mem_reserve_gb": _p(4.0, 0.1, 40.0, "per-GPU runtime reserve: CUDA context, NCCL buffers, graphs", log=True),
+}
+
+Params = dict  # name -> jax scalar (physical value)
+
+
+def default_params() -> Params:
+    return {k: jnp.asarray(s.default, jnp.float32) for k, s in PARAM_SPECS.items()}
+
+
+def _bounds(spec: ParamSpec):
+    return (math.log(spec.lo), math.log(spec.hi)) if spec.log else (spec.lo, spec.hi)
+
+
+def from_raw(raw: Mapping[str, jax.Array]) -> Params:
+    out = {}
+    for k, v in raw.items():
+        spec = PARAM_SPECS[k]
+        lo, hi = _bounds(spec)
+        y = lo + (hi - lo) * jax.nn.sigmoid(v)
+        out[k] = jnp.exp(y) if spec.log else y
+    return out
+
+
+def to_raw(params: Mapping[str, jax.Array]) -> Params:
+    out = {}
+    for k, v in params.items():
+        spec = PARAM_SPECS[k]
+        lo, hi = _bounds(spec)
+        y = jnp.log(v) if spec.log else jnp.asarray(v, jnp.float32)
+        u = jnp.clip((y - lo) / (hi - lo), 1e-6, 1 - 1e-6)
+        out[k] = jnp.log(u) - jnp.log1p(-u)
+    return out
+
+
+def params_from_dict(values: Mapping, where: str) -> Params:
+    p = default_params()
+    for k, v in values.items():
+        if k not in PARAM_SPECS:
+            raise SpecError(f"{where}: unknown parameter '{k}'; allowed: {', '.join(PARAM_SPECS)}")
+        spec = PARAM_SPECS[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise SpecError(f"{where}: parameter '{k}' must be a number, got {v!r}")
+        if not spec.lo <= v <= spec.hi:
+            raise SpecError(f"{where}: parameter '{k}' = {v} is outside its range [{spec.lo}, {spec.hi}]")
+        p[k] = jnp.asarray(float(v), jnp.float32)
+    return p
+
+
+def load_params(path: str | Path) -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"params file '{path}' does not exist")
+    data = read_yaml(path)
+    unknown = set(data) - {"params", "meta"}
+    if unknown:
+        raise SpecError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; allowed keys: meta, params")
+    if not isinstance(data.get("params"), dict):
+        raise SpecError(f"{path}: missing required mapping 'params'")
+    return params_from_dict(data["params"], str(path))
+
+
+def save_params(params: Mapping, path: str | Path, meta: Mapping | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = dict(meta or {})
+    meta.setdefault("written", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    body = {"meta": meta, "params": {k: float(f"{float(v):.6g}") for k, v in params.items()}}
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+def profile_path(hardware_name: str) -> Path:
+    return config_root() / "profiles" / f"{hardware_name}.yaml"
+
+
+def params_for(hardware_name: str, override: str | Path | None = None) -> tuple[Params, str]:
+    """The parameters a sweep uses: ``override`` if given, else the fitted profile of this
+    hardware if one is shipped, else the defaults. Returns (params, where they came from)."""
+    if override:
+        return load_params(override), str(override)
+    prof = profile_path(hardware_name)
+    if prof.is_file():
+        return load_params(prof), str(prof)
+    return default_params(), "defaults (no fitted profile for this hardware)"

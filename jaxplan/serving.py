@@ -1,0 +1,135 @@
+"""From step times to what users see: TTFT, TPOT, tokens/s/user and tokens/s/GPU.
+
+Aggregated serving with in-flight batching and chunked prefill, under closed-loop load: a replica
+keeps ``batch`` requests in flight, and a new one arrives as soon as one completes.
+
+The model of one replica (all quantities per replica):
+- An *iteration* (with PP, a *round*: every micro-batch through every stage once) advances every
+  decoding request by one token and may carry one prefill chunk of ``c = min(chunk, isl)`` tokens.
+  With PP the round is split into ``pp`` micro-batches, so its time is ``pp`` stage times plus the
+  hand-offs; PP raises throughput, never a token's latency.
+- Let ``d`` be the mean number of decoding requests. The prompt rate must match the completion
+  rate: a share ``f = d * isl / (osl * c)`` of iterations carries a chunk (``f <= 1``), and
+  ``d <= d_sat = osl * c / isl`` is the most decoders the prefill rate can feed.
+- TTFT without queueing is ``isl / c`` chunk iterations; TPOT is the mean iteration time seen by a
+  decoding request (chunks of *other* requests slow it).
+- Little's law for the closed loop: ``batch = X * (TTFT + osl * TPOT)`` with ``X = d / (osl * T)``
+  the completion rate and ``T`` the mean iteration time. Solving it for ``d`` is a fixed point
+  (iteration times depend on ``d``), unrolled a fixed number of times. Where prefill saturates
+  (``d`` hits ``d_sat``) the excess requests queue and the law puts the wait into TTFT.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from .cost import Cost, memory_per_gpu, p2p, stage_costs, sum_costs
+from .specs import Hardware, Model, Precision, Workload
+
+FIXED_POINT_STEPS = 8
+
+
+class Layout(NamedTuple):
+    """One deployment of an aggregated replica set (all fields are float arrays so they vmap).
+
+    ``batch`` is the number of requests in flight per replica; ``chunk`` the prefill tokens per
+    iteration. GPUs used = tp * ep * pp * dp."""
+    tp: object
+    pp: object
+    ep: object
+    dp: object
+    batch: object
+    chunk: object
+
+
+def pp_handoff(p, hw: Hardware, model: Model, prec: Precision, tokens, tp, ep, pp):
+    """Hand-offs of one micro-batch along the pipeline, per round-trip through all stages.
+
+    Each of the tp*ep GPUs of a stage sends its share of the micro-batch's activations. A boundary
+    crosses the scale-out network when the ranks before it fill a whole domain; with stages of
+    ``s = tp*ep`` GPUs, about ``pp*s/domain - 1`` of the ``pp - 1`` boundaries do."""
+    s = tp * ep
+    nbytes = tokens * model.hidden_size * prec.act_bytes / s
+    crossings = jnp.clip(pp * s / hw.scaleup_domain - 1.0, 0.0, pp - 1.0)
+    return crossings * p2p(p, hw, nbytes, True) + (pp - 1.0 - crossings) * p2p(p, hw, nbytes, False)
+
+
+def round_costs(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: Layout, dec, pre) -> dict:
+    """One round on one replica: ``dec`` decoding requests, ``pre`` prefill tokens, split into pp
+    micro-batches. Returns op-group -> Cost (their sum is the round time)."""
+    pp = lay.pp
+    kv_len = wl.isl + wl.osl / 2.0         # mean cached context of a decoding request
+    ctx = wl.isl / 2.0                     # mean key span of a prefill token (causal)
+    stage = stage_costs(p, hw, model, prec, dec / pp, pre / pp, kv_len, ctx, lay.tp, lay.ep, pp)
+    ops = {k: c.scale(pp) for k, c in stage.items()}
+    ops["pp_handoff"] = Cost(comm_pp=pp_handoff(p, hw, model, prec, (dec + pre) / pp, lay.tp, lay.ep, pp))
+    ops["step_overhead"] = Cost(overhead=p["step_overhead_s"])
+    return ops
+
+
+def round_time(p, hw, model, prec, wl, lay, dec, pre):
+    return sum_costs(round_costs(p, hw, model, prec, wl, lay, dec, pre).values()).total()
+
+
+def evaluate(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: Layout) -> dict:
+    """All serving metrics of one aggregated layout (scalars; vmap over layouts).
+
+    With attention-DP each of the ``ep`` attention groups of a replica schedules its own requests
+    (``batch / ep`` of them) and its own prefill chunk; the groups meet in every MoE layer, so
+    they share the round time. The fixed point below is per group."""
+    isl, osl, g = wl.isl, wl.osl, lay.ep
+    B = lay.batch / g
+    c = jnp.minimum(lay.chunk, isl)
+    n_chunks = isl / c
+    d_sat = osl * c / isl
+    d0 = jnp.minimum(B * osl / (osl + n_chunks), d_sat)
+
+    def times(d):
+        t_chunk = round_time(p, hw, model, prec, wl, lay, g * d, g * c)
+        t_plain = round_time(p, hw, model, prec, wl, lay, g * d, 0.0)
+        f = jnp.clip(d * isl / (osl * c), 0.0, 1.0)
+        t_mean = f * t_chunk + (1 - f) * t_plain
+        f_seen = f * (1.0 - 1.0 / jnp.maximum(B, 1.0))   # a request never waits on its own chunks
+        tpot = f_seen * t_chunk + (1 - f_seen) * t_plain
+        return t_chunk, t_plain, t_mean, tpot, n_chunks * t_chunk
+
+    def step(_, d):
+        _, _, t_mean, tpot, ttft0 = times(d)
+        return jnp.minimum(B * osl * t_mean / (ttft0 + osl * tpot), d_sat)
+
+    d = jax.lax.fori_loop(0, FIXED_POINT_STEPS, step, d0)
+    t_chunk, t_plain, t_mean, tpot, ttft0 = times(d)
+    x = g * d / (osl * t_mean)                             # completed requests/s per replica
+    ttft = jnp.maximum(lay.batch / x - osl * tpot, ttft0)
+    gpus_per_replica = lay.tp * lay.ep * lay.pp
+    mem = memory_per_gpu(p, hw, model, prec, isl, osl, lay.tp, lay.ep, lay.pp, B, lay.chunk)
+    return {
+        "ttft_s": ttft,
+        "tpot_s": tpot,
+        "tokens_per_s_per_user": 1.0 / tpot,
+        "tokens_per_s_per_gpu": x * osl / gpus_per_replica,
+        "requests_per_s": x * lay.dp,
+        "decode_batch": g * d,
+        "prefill_saturated": d >= d_sat * (1 - 1e-4),
+        "chunk_iter_s": t_chunk,
+        "decode_iter_s": t_plain,
+        "memory_per_gpu_gb": mem["total"] / 1e9,
+        "feasible": mem["total"] <= mem["capacity"],
+    }
+
+
+def explain(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: Layout) -> dict:
+    """Metrics of one layout plus where the time goes: the op breakdown of an iteration with a
+    prefill chunk and of a decode-only iteration, at the solved decode batch, and the memory."""
+    lay = Layout(*(jnp.asarray(v, jnp.float32) for v in lay))
+    m = jax.jit(evaluate, static_argnums=(2, 3))(p, hw, model, prec, wl, lay)
+    dec = m["decode_batch"]
+    c = jnp.minimum(lay.chunk, wl.isl) * lay.ep
+    rc = jax.jit(round_costs, static_argnums=(2, 3))
+    mem = memory_per_gpu(p, hw, model, prec, wl.isl, wl.osl, lay.tp, lay.ep, lay.pp, lay.batch, lay.chunk)
+    return {"metrics": {k: float(v) for k, v in m.items()},
+            "chunk_iteration": rc(p, hw, model, prec, wl, lay, dec, c),
+            "decode_iteration": rc(p, hw, model, prec, wl, lay, dec, jnp.float32(0.0)),
+            "memory_gb": {k: float(v) / 1e9 for k, v in mem.items()}}

@@ -1,0 +1,590 @@
+"""Specs: the model, the hardware, the precision and the workload.
+
+Frozen dataclasses, loaded strictly from YAML whose keys carry their units
+(``hbm_bandwidth_tb_s``) and converted once to SI (bytes, bytes/s, FLOP/s, s).
+A Hugging Face ``config.json`` can stand in for a model YAML.
+
+``Hardware`` and ``Workload`` are JAX pytrees whose numbers are leaves, so the
+cost model can be differentiated with respect to them; ``Model`` and
+``Precision`` are static (they select code paths and are hashed by ``jit``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import yaml
+
+BYTES_PER_GB = 1e9
+FLOPS_PER_TFLOP = 1e12
+SECONDS_PER_US = 1e-6
+
+
+class SpecError(ValueError):
+    """A bad input file or value. The message names the file, the key and what is allowed."""
+
+
+# ----------------------------------------------------------------------------- config lookup
+
+def config_root() -> Path:
+    """Folder holding ``models/``, ``hardware/`` and ``experiments/``.
+
+    ``$JAXPLAN_CONFIGS`` wins; then ``configs/`` beside the package (source or editable
+    install); then ``./configs``.
+    """
+    env = os.environ.get("JAXPLAN_CONFIGS")
+    candidates = [Path(env)] if env else []
+    candidates += [Path(__file__).resolve().parent.parent / "configs", Path.cwd() / "configs"]
+    for c in candidates:
+        if (c / "models").is_dir():
+            return c
+    raise SpecError(
+        "cannot find the configs folder (looked in: " + ", ".join(map(str, candidates))
+        + "); set JAXPLAN_CONFIGS to the folder holding models/ and hardware/")
+
+
+def preset_names(kind: str) -> list[str]:
+    return sorted(p.stem for p in (config_root() / kind).glob("*.yaml"))
+
+
+def _resolve(name_or_path: str | os.PathLike, kind: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml", ".json") or os.sep in str(name_or_path):
+        if not p.is_file():
+            raise SpecError(f"{kind} file '{p}' does not exist")
+        return p
+    preset = config_root() / kind / f"{name_or_path}.yaml"
+    if not preset.is_file():
+        raise SpecError(f"unknown {kind[:-1] if kind.endswith('s') else kind} '{name_or_path}'; "
+                        f"presets are: {', '.join(preset_names(kind))} (or give a file path)")
+    return preset
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"file '{path}' does not exist") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return data
+
+
+# ----------------------------------------------------------------------------- strict readers
+
+class _Reader:
+    """Reads keys from a mapping, remembering which were used, with errors that name the file."""
+
+    def __init__(self, data: Mapping, where: str):
+        if not isinstance(data, Mapping):
+            raise SpecError(f"{where}: expected a mapping, got {type(data).__name__}")
+        self.data, self.where, self.used = data, where, set()
+
+    def _get(self, key, default, required):
+        self.used.add(key)
+        if key not in self.data:
+            if required:
+                raise SpecError(f"{self.where}: missing required key '{key}'")
+            return default
+        return self.data[key]
+
+    def num(self, key, default=None, *, required=True, positive=True, integer=False, min_value=None):
+        v = self._get(key, default, required and default is None)
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise SpecError(f"{self.where}: key '{key}' must be a number, got {type(v).__name__} {v!r}")
+        if integer and (not float(v).is_integer()):
+            raise SpecError(f"{self.where}: key '{key}' must be a whole number, got {v!r}")
+        if positive and not v > 0:
+            raise SpecError(f"{self.where}: key '{key}' must be positive, got {v!r}")
+        if min_value is not None and v < min_value:
+            raise SpecError(f"{self.where}: key '{key}' must be >= {min_value}, got {v!r}")
+        return int(v) if integer else float(v)
+
+    def str(self, key, default=None, *, allowed=None):
+        v = self._get(key, default, default is None)
+        if not isinstance(v, str):
+            raise SpecError(f"{self.where}: key '{key}' must be a string, got {type(v).__name__} {v!r}")
+        if allowed is not None and v not in allowed:
+            raise SpecError(f"{self.where}: key '{key}' is '{v}'; allowed: {', '.join(allowed)}")
+        return v
+
+    def bool(self, key, default):
+        v = self._get(key, default, False)
+        if not isinstance(v, bool):
+            raise SpecError(f"{self.where}: key '{key}' must be true or false, got {v!r}")
+        return v
+
+    def sub(self, key, required=False):
+        v = self._get(key, None, required)
+        return None if v is None else _Reader(v, f"{self.where} [{key}]")
+
+    def finish(self, also_allowed=()):
+        unknown = set(self.data) - self.used - set(also_allowed)
+        if unknown:
+            allowed = sorted(self.used | set(also_allowed))
+            raise SpecError(f"{self.where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+                            f"allowed keys: {', '.join(allowed)}")
+
+
+# ----------------------------------------------------------------------------- precision
+
+@dataclasses.dataclass(frozen=True)
+class Precision:
+    """Bytes per element and the tensor-core rate used by each kind of tensor."""
+    name: str
+    weight_bytes: float      # per parameter, block scales included
+    gemm_rate: str           # which peak rate the GEMMs run at: bf16, fp8 or fp4
+    kv_bytes: float          # per cached K/V (or MLA latent) element
+    attn_rate: str           # rate of the attention matmuls
+    qact_bytes: float        # quantized GEMM input activations and the MoE dispatch
+    act_bytes: float = 2.0   # activations between ops and in TP all-reduce (BF16)
+
+
+PRECISIONS = {
+    "bf16": Precision("bf16", 2.0, "bf16", 2.0, "bf16", 2.0),
+    # FP8 weights with per-tensor or 128-block scales (<1% extra); FP8 KV cache and FP8 FMHA,
+    # as TensorRT-LLM serves FP8 checkpoints.
+    "fp8": Precision("fp8", 1.0, "fp8", 1.0, "fp8", 1.0),
+    # NVFP4: 4-bit E2M1 values plus one FP8 scale per 16 values = 4.5 bits per weight
+    # (NVIDIA, "Introducing NVFP4", 2025). KV cache and attention stay FP8.
+    "fp4": Precision("fp4", 4.5 / 8, "fp4", 1.0, "fp8", 0.5625),
+}
+RAW_FP4_WEIGHT_BYTES = 0.5  # what a bare 4-bit count gives, without the block scales
+
+
+def get_precision(name: str, where: str = "precision") -> Precision:
+    if name not in PRECISIONS:
+        raise SpecError(f"{where}: precision '{name}' is unknown; allowed: {', '.join(PRECISIONS)}")
+    return PRECISIONS[name]
+
+
+# ----------------------------------------------------------------------------- model
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A decoder-only transformer, dense or MoE, with GQA or MLA attention.
+
+    Assumptions: gated (SwiGLU) MLPs with three matrices unless ``mlp_gated`` is false; biases
+    and norms are counted but never priced as GEMMs.
+    """
+    name: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    ffn_intermediate_size: int          # dense MLP (dense models and dense-first layers)
+    vocab_size: int
+    tie_embeddings: bool = False
+    mlp_gated: bool = True
+    attention: str = "gqa"              # "gqa" or "mla"
+    # MLA (DeepSeek-V3 family)
+    q_lora_rank: int = 0
+    kv_lora_rank: int = 0
+    qk_nope_head_dim: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
+    # MoE
+    num_experts: int = 0                # routed experts; 0 = dense
+    top_k: int = 0
+    expert_intermediate_size: int = 0
+    num_shared_experts: int = 0
+    shared_intermediate_size: int = 0
+    first_dense_layers: int = 0
+    # sliding-window attention on some layers (gpt-oss alternates 128-token windows)
+    sliding_window: int = 0
+    sliding_layers: int = 0
+    source: str = ""
+
+    # -- derived
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    @property
+    def num_moe_layers(self) -> int:
+        return self.num_layers - self.first_dense_layers if self.is_moe else 0
+
+    @property
+    def num_dense_layers(self) -> int:
+        return self.num_layers - self.num_moe_layers
+
+    @property
+    def mlp_matrices(self) -> int:
+        return 3 if self.mlp_gated else 2
+
+    @property
+    def qk_head_dim(self) -> int:
+        return self.qk_nope_head_dim + self.qk_rope_head_dim if self.attention == "mla" else self.head_dim
+
+    def attention_params(self) -> float:
+        d, h = self.hidden_size, self.num_heads
+        if self.attention == "mla":
+            q = (d * self.q_lora_rank + self.q_lora_rank * h * self.qk_head_dim) if self.q_lora_rank \
+                else d * h * self.qk_head_dim
+            kv = d * (self.kv_lora_rank + self.qk_rope_head_dim) \
+                + self.kv_lora_rank * h * (self.qk_nope_head_dim + self.v_head_dim)
+            return q + kv + h * self.v_head_dim * d
+        return d * h * self.head_dim * 2 + d * self.num_kv_heads * self.head_dim * 2
+
+    def dense_mlp_params(self) -> float:
+        return self.mlp_matrices * self.hidden_size * self.ffn_intermediate_size
+
+    def expert_params(self) -> float:
+        """One routed expert in one layer."""
+        return self.mlp_matrices * self.hidden_size * self.expert_intermediate_size
+
+    def shared_params(self) -> float:
+        """All shared experts of one MoE layer."""
+        return self.num_shared_experts * self.mlp_matrices * self.hidden_size * self.shared_intermediate_size
+
+    def embedding_params(self) -> float:
+        return self.vocab_size * self.hidden_size * (1 if self.tie_embeddings else 2)
+
+    def total_params(self) -> float:
+        per_moe = self.num_experts * self.expert_params() + self.shared_params() \
+            + self.hidden_size * self.num_experts
+        norms = 2 * self.hidden_size * self.num_layers + self.hidden_size
+        return (self.num_layers * self.attention_params() + self.num_dense_layers * self.dense_mlp_params()
+                + self.num_moe_layers * per_moe + self.embedding_params() + norms)
+
+    def active_params(self) -> float:
+        """Parameters touched by one token (top-k routed experts plus shared)."""
+        per_moe = self.top_k * self.expert_params() + self.shared_params()
+        return (self.num_layers * self.attention_params() + self.num_dense_layers * self.dense_mlp_params()
+                + self.num_moe_layers * per_moe + self.embedding_params())
+
+    def kv_elements_per_token_layer(self) -> float:
+        """Cached elements per token per layer for the whole model (all heads)."""
+        if self.attention == "mla":
+            return self.kv_lora_rank + self.qk_rope_head_dim   # compressed latent + shared RoPE key
+        return 2 * self.num_kv_heads * self.head_dim
+
+    def validate(self, where: str) -> "Model":
+        if self.attention not in ("gqa", "mla"):
+            raise SpecError(f"{where}: key 'attention' is '{self.attention}'; allowed: gqa, mla")
+        if self.attention == "gqa" and self.num_heads % self.num_kv_heads:
+            raise SpecError(f"{where}: num_heads ({self.num_heads}) must be a multiple of "
+                            f"num_kv_heads ({self.num_kv_heads})")
+        if self.attention == "mla" and not (self.kv_lora_rank and self.qk_nope_head_dim and self.v_head_dim):
+            raise SpecError(f"{where}: attention 'mla' needs mla.kv_lora_rank, qk_nope_head_dim, "
+                            f"qk_rope_head_dim and v_head_dim")
+        if self.is_moe:
+            if not 1 <= self.top_k <= self.num_experts:
+                raise SpecError(f"{where}: moe.top_k ({self.top_k}) must be between 1 and "
+                                f"moe.num_experts ({self.num_experts})")
+            if self.first_dense_layers >= self.num_layers:
+                raise SpecError(f"{where}: moe.first_dense_layers ({self.first_dense_layers}) must be below "
+                                f"num_layers ({self.num_layers})")
+            if not self.expert_intermediate_size:
+                raise SpecError(f"{where}: [moe] missing required key 'expert_intermediate_size'")
+        if self.sliding_layers > self.num_layers:
+            raise SpecError(f"{where}: sliding_layers ({self.sliding_layers}) exceeds num_layers")
+        return self
+
+
+def model_from_dict(data: Mapping, where: str) -> Model:
+    r = _Reader(data, where)
+    kw: dict[str, Any] = dict(
+        name=r.str("name"), source=r.str("source", ""),
+        num_layers=r.num("num_layers", integer=True),
+        hidden_size=r.num("hidden_size", integer=True),
+        num_heads=r.num("num_heads", integer=True),
+        vocab_size=r.num("vocab_size", integer=True),
+        tie_embeddings=r.bool("tie_embeddings", False),
+        mlp_gated=r.bool("mlp_gated", True),
+        attention=r.str("attention", "gqa", allowed=("gqa", "mla")),
+        sliding_window=r.num("sliding_window", 0, positive=False, integer=True, min_value=0),
+        sliding_layers=r.num("sliding_layers", 0, positive=False, integer=True, min_value=0),
+    )
+    kw["num_kv_heads"] = r.num("num_kv_heads", kw["num_heads"], integer=True)
+    kw["head_dim"] = r.num("head_dim", kw["hidden_size"] // kw["num_heads"], integer=True)
+    mla = r.sub("mla", required=kw["attention"] == "mla")
+    if mla is not None:
+        kw.update(q_lora_rank=mla.num("q_lora_rank", 0, positive=False, integer=True, min_value=0),
+                  kv_lora_rank=mla.num("kv_lora_rank", integer=True),
+                  qk_nope_head_dim=mla.num("qk_nope_head_dim", integer=True),
+                  qk_rope_head_dim=mla.num("qk_rope_head_dim", integer=True),
+                  v_head_dim=mla.num("v_head_dim", integer=True))
+        mla.finish()
+    moe = r.sub("moe")
+    if moe is not None:
+        kw.update(num_experts=moe.num("num_experts", integer=True),
+                  top_k=moe.num("top_k", integer=True),
+                  expert_intermediate_size=moe.num("expert_intermediate_size", integer=True),
+                  num_shared_experts=moe.num("num_shared_experts", 0, positive=False, integer=True, min_value=0),
+                  first_dense_layers=moe.num("first_dense_layers", 0, positive=False, integer=True, min_value=0))
+        kw["shared_intermediate_size"] = moe.num("shared_intermediate_size", kw["expert_intermediate_size"],
+                                                 integer=True)
+        moe.finish()
+    needs_dense = moe is None or kw.get("first_dense_layers", 0) > 0
+    kw["ffn_intermediate_size"] = r.num("ffn_intermediate_size", None if needs_dense else 0,
+                                        positive=needs_dense, integer=True, min_value=0)
+    r.finish()
+    return Model(**kw).validate(where)
+
+
+def model_from_hf_config(cfg: Mapping, name: str, where: str) -> Model:
+    """Map a Hugging Face ``config.json`` onto ``Model``.
+
+    Covered: Llama, Qwen3 (dense and MoE), Mixtral, MiniMax-M2, gpt-oss, DeepSeek-V3/R1 and
+    Kimi-K2 (MLA + routed/shared experts), GLM-5 (MLA; its sparse-attention indexer is not
+    counted). Multi-token-prediction layers (``num_nextn_predict_layers``) are not part of the
+    served model and are left out.
+    """
+    c = cfg.get("text_config", cfg)
+    mtype = c.get("model_type", cfg.get("model_type", "?"))
+    if c.get("layer_types") and any(t not in ("full_attention", "sliding_attention") for t in c["layer_types"]):
+        kinds = sorted(set(c["layer_types"]))
+        raise SpecError(f"{where}: model_type '{mtype}' uses layer types {kinds}; jaxplan covers "
+                        f"full and sliding-window softmax attention only")
+
+    def need(key):
+        if key not in c:
+            raise SpecError(f"{where}: Hugging Face config lacks '{key}' (model_type '{mtype}')")
+        return c[key]
+
+    d, h = int(need("hidden_size")), int(need("num_attention_heads"))
+    kw: dict[str, Any] = dict(
+        name=name, source=f"Hugging Face config {where}",
+        num_layers=int(need("num_hidden_layers")), hidden_size=d, num_heads=h,
+        num_kv_heads=int(c.get("num_key_value_heads") or h),
+        head_dim=int(c.get("head_dim") or d // h),
+        vocab_size=int(need("vocab_size")),
+        tie_embeddings=bool(c.get("tie_word_embeddings", cfg.get("tie_word_embeddings", False))),
+        ffn_intermediate_size=int(c.get("intermediate_size") or 0),
+    )
+    if c.get("kv_lora_rank"):
+        kw.update(attention="mla", q_lora_rank=int(c.get("q_lora_rank") or 0),
+                  kv_lora_rank=int(c["kv_lora_rank"]), qk_nope_head_dim=int(need("qk_nope_head_dim")),
+                  qk_rope_head_dim=int(need("qk_rope_head_dim")), v_head_dim=int(need("v_head_dim")))
+    n_exp = c.get("n_routed_experts") or c.get("num_experts") or c.get("num_local_experts") or 0
+    if n_exp:
+        ff_e = c.get("moe_intermediate_size") or c.get("intermediate_size")
+        n_shared = int(c.get("n_shared_experts") or 0)
+        ff_s = int(c.get("shared_expert_intermediate_size") or (ff_e if n_shared else 0))
+        if c.get("shared_expert_intermediate_size") and not n_shared:
+            n_shared = 1
+        first_dense = int(c.get("first_k_dense_replace") or 0)
+        if c.get("mlp_only_layers"):
+            raise SpecError(f"{where}: mlp_only_layers {c['mlp_only_layers']} (dense layers among MoE "
+                            f"layers) is not covered")
+        kw.update(num_experts=int(n_exp), top_k=int(need("num_experts_per_tok")),
+                  expert_intermediate_size=int(ff_e), num_shared_experts=n_shared,
+                  shared_intermediate_size=ff_s, first_dense_layers=first_dense)
+        if not first_dense:
+            kw["ffn_intermediate_size"] = 0
+    if c.get("sliding_window") and c.get("layer_types"):
+        kw.update(sliding_window=int(c["sliding_window"]),
+                  sliding_layers=sum(t == "sliding_attention" for t in c["layer_types"]))
+    return Model(**kw).validate(where)
+
+
+def load_model(name_or_path: str | os.PathLike) -> Model:
+    path = _resolve(name_or_path, "models")
+    if path.suffix == ".json":
+        try:
+            cfg = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise SpecError(f"{path}: not valid JSON: {e}") from None
+        return model_from_hf_config(cfg, path.stem, str(path))
+    return model_from_dict(read_yaml(path), str(path))
+
+
+# ----------------------------------------------------------------------------- hardware
+
+def _pytree_dataclass(meta: tuple[str, ...]):
+    def wrap(cls):
+        data = tuple(f.name for f in dataclasses.fields(cls) if f.name not in meta)
+        return jax.tree_util.register_dataclass(cls, data_fields=list(data), meta_fields=list(meta))
+    return wrap
+
+
+@_pytree_dataclass(meta=("name", "rates", "source"))
+@dataclasses.dataclass(frozen=True)
+class Hardware:
+    """One GPU and the fabrics around it, in SI units (FLOP/s, bytes, bytes/s, s).
+
+    Bandwidths are per GPU and per direction. ``scaleup_domain`` is the number of GPUs that
+    share the NVLink fabric (8 on HGX, 72 on NVL72); groups larger than that cross the
+    scale-out network.
+    """
+    name: str
+    rates: tuple[str, ...]          # precisions with a tensor-core rate, e.g. ("bf16", "fp8")
+    bf16_flops: float
+    fp8_flops: float
+    fp4_flops: float                # 0 when the chip has no FP4 tensor cores
+    hbm_bandwidth: float
+    hbm_capacity: float
+    scaleup_domain: float
+    scaleup_bandwidth: float
+    scaleup_latency: float
+    scaleout_bandwidth: float
+    scaleout_latency: float
+    source: str = ""
+
+    def peak(self, rate: str):
+        return {"bf16": self.bf16_flops, "fp8": self.fp8_flops, "fp4": self.fp4_flops}[rate]
+
+    def replace(self, **kw) -> "Hardware":
+        return dataclasses.replace(self, **kw)
+
+
+HARDWARE_KEYS = {  # yaml key -> (field, scale to SI)
+    "bf16_dense_tflops": ("bf16_flops", FLOPS_PER_TFLOP),
+    "fp8_dense_tflops": ("fp8_flops", FLOPS_PER_TFLOP),
+    "fp4_dense_tflops": ("fp4_flops", FLOPS_PER_TFLOP),
+    "hbm_bandwidth_tb_s": ("hbm_bandwidth", 1e12),
+    "hbm_capacity_gb": ("hbm_capacity", BYTES_PER_GB),
+    "scaleup_domain_gpus": ("scaleup_domain", 1.0),
+    "scaleup_bandwidth_gb_s": ("scaleup_bandwidth", BYTES_PER_GB),
+    "scaleup_latency_us": ("scaleup_latency", SECONDS_PER_US),
+    "scaleout_bandwidth_gb_s": ("scaleout_bandwidth", BYTES_PER_GB),
+    "scaleout_latency_us": ("scaleout_latency", SECONDS_PER_US),
+}
+
+
+def hardware_from_dict(data: Mapping, where: str) -> Hardware:
+    r = _Reader(data, where)
+    kw: dict[str, Any] = dict(name=r.str("name"), source=r.str("source", ""))
+    for key, (field, scale) in HARDWARE_KEYS.items():
+        optional = key == "fp4_dense_tflops"
+        v = r.num(key, 0.0 if optional else None, positive=not optional, min_value=0,
+                  integer=key == "scaleup_domain_gpus")
+        kw[field] = float(v) * scale
+    r.finish()
+    kw["rates"] = tuple(p for p in ("bf16", "fp8", "fp4") if kw[f"{p}_flops"] > 0)
+    return Hardware(**kw)
+
+
+def apply_hardware_overrides(hw: Hardware, overrides: Mapping, where: str) -> Hardware:
+    r = _Reader(overrides, where)
+    kw = {}
+    for key in overrides:
+        if key in HARDWARE_KEYS:
+            field, scale = HARDWARE_KEYS[key]
+            kw[field] = r.num(key, integer=key == "scaleup_domain_gpus") * scale
+    r.finish()
+    return hw.replace(**kw)
+
+
+def load_hardware(name_or_path: str | os.PathLike) -> Hardware:
+    path = _resolve(name_or_path, "hardware")
+    return hardware_from_dict(read_yaml(path), str(path))
+
+
+def check_precision(hw: Hardware, prec: Precision, where: str = "precision") -> None:
+    for rate in {prec.gemm_rate, prec.attn_rate}:
+        if rate not in hw.rates:
+            raise SpecError(f"{where}: precision '{prec.name}' needs {rate} tensor cores, which "
+                            f"hardware '{hw.name}' lacks; it supports: {', '.join(hw.rates)}")
+
+
+# ----------------------------------------------------------------------------- workload
+
+@_pytree_dataclass(meta=())
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """Traffic: prompt and output lengths in tokens (leaves, so they can be differentiated)."""
+    isl: float = 1024.0
+    osl: float = 1024.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SLA:
+    min_tokens_per_user: float = 0.0   # tokens/s/user floor
+    max_ttft_s: float = math.inf
+
+
+# ----------------------------------------------------------------------------- experiment
+
+DEFAULT_CHUNKS = (256, 512, 1024, 2048, 4096, 8192)
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    name: str
+    model: Model
+    hardware: Hardware
+    gpus: int
+    precision: Precision
+    workload: Workload
+    sla: SLA
+    chunk_sizes: tuple[int, ...] = DEFAULT_CHUNKS
+    max_batch: int = 4096
+    backend: str = "trtllm"
+    params_file: str | None = None
+
+
+def _check_gpus(gpus, where):
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+        raise SpecError(f"{where}: key 'gpus' must be a positive whole number, got {gpus!r}")
+    return gpus
+
+
+def load_experiment(path: str | os.PathLike, **overrides) -> Experiment:
+    """Read an experiment YAML; keyword overrides (from the CLI) replace its values."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"experiment file '{path}' does not exist")
+    where = str(path)
+    r = _Reader(read_yaml(path), where)
+    model_name = overrides.get("model") or r.str("model")
+    hw_name = overrides.get("hardware") or r.str("hardware")
+    r.used.update({"model", "hardware"})
+    model = load_model(model_name)
+    hw = load_hardware(hw_name)
+    hw_over = r.sub("hardware_overrides")
+    if hw_over is not None and not overrides.get("hardware"):
+        hw = apply_hardware_overrides(hw, hw_over.data, f"{where} [hardware_overrides]")
+    gpus = overrides.get("gpus")
+    gpus = _check_gpus(r.num("gpus", integer=True, positive=False) if gpus is None else gpus,
+                       "--gpus" if overrides.get("gpus") is not None else where)
+    prec_name = overrides.get("precision") or r.str("precision", allowed=tuple(PRECISIONS))
+    prec = get_precision(prec_name, "--precision" if overrides.get("precision") else where)
+    check_precision(hw, prec, where)
+    wl = r.sub("workload", required=True)
+    isl = overrides.get("isl") or wl.num("isl_tokens", integer=True)
+    osl = overrides.get("osl") or wl.num("osl_tokens", integer=True)
+    wl.finish()
+    for key, v in (("--isl", isl), ("--osl", osl)):
+        if v <= 0:
+            raise SpecError(f"{key} must be positive, got {v}")
+    sla_r = r.sub("sla")
+    sla = SLA(
+        min_tokens_per_user=overrides.get("min_tokens_per_user")
+        if overrides.get("min_tokens_per_user") is not None
+        else (sla_r.num("min_tokens_per_s_per_user", 0.0, positive=False, min_value=0) if sla_r else 0.0),
+        max_ttft_s=overrides.get("max_ttft") if overrides.get("max_ttft") is not None
+        else (sla_r.num("max_ttft_s", math.inf) if sla_r else math.inf))
+    if sla_r:
+        sla_r.finish()
+    search = r.sub("search")
+    chunks, max_batch = DEFAULT_CHUNKS, 4096
+    if search is not None:
+        raw = search._get("chunk_sizes", list(DEFAULT_CHUNKS), False)
+        if not isinstance(raw, list) or not raw or not all(isinstance(x, int) and not isinstance(x, bool)
+                                                          and x > 0 for x in raw):
+            raise SpecError(f"{where} [search]: key 'chunk_sizes' must be a list of positive whole "
+                            f"numbers, got {raw!r}")
+        chunks = tuple(sorted(set(raw)))
+        max_batch = search.num("max_batch", 4096, integer=True)
+        search.finish()
+    backend = r.str("backend", "trtllm", allowed=("trtllm", "vllm", "sglang"))
+    params_file = r._get("params", None, False)
+    r.finish(also_allowed=("description", "name"))
+    return Experiment(name=r.data.get("name", path.stem) if isinstance(r.data.get("name"), str) else path.stem,
+                      model=model, hardware=hw, gpus=gpus, precision=prec,
+                      workload=Workload(float(isl), float(osl)), sla=sla, chunk_sizes=chunks,
+                      max_batch=max_batch, backend=backend, params_file=params_file)

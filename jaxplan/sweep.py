@@ -1,0 +1,165 @@
+"""The batched evaluator: ``jit(vmap(evaluate))`` over fixed-size chunks of layouts, sharded over
+all local devices; the Pareto frontier and the SLA pick."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import sys
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from . import layouts as L
+from .cost import memory_per_gpu
+from .serving import Layout, evaluate
+from .specs import Experiment, Hardware, Model, Precision, Workload
+
+DEFAULT_CHUNK = 4096
+OUTPUT_COLUMNS = ("ttft_s", "tpot_s", "tokens_per_s_per_user", "tokens_per_s_per_gpu", "requests_per_s",
+                  "decode_batch", "prefill_saturated", "chunk_iter_s", "decode_iter_s",
+                  "memory_per_gpu_gb", "feasible")
+
+
+@functools.lru_cache(maxsize=None)
+def batched_evaluator(model: Model, prec: Precision, metric_fn: Callable = evaluate):
+    """``f(params, hardware, workload, layouts) -> dict of arrays``, compiled once per array shape.
+
+    Model and precision select code paths, so they are part of the cache key; params, hardware
+    and workload are traced and can change without recompiling."""
+    def one(p, hw, wl, lay):
+        return metric_fn(p, hw, model, prec, wl, lay)
+    return jax.jit(jax.vmap(one, in_axes=(None, None, None, 0)))
+
+
+def _mesh():
+    devs = jax.devices()
+    return (Mesh(np.asarray(devs), ("layouts",)), len(devs)) if len(devs) > 1 else (None, 1)
+
+
+def evaluate_layouts(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, cols: dict[str, np.ndarray],
+                     chunk: int = DEFAULT_CHUNK, progress: bool = False, metric_fn=evaluate) -> dict[str, np.ndarray]:
+    """Evaluate every layout in ``cols`` in fixed-size chunks; return numpy columns.
+
+    The last chunk is padded by repeating its final layout, so every call has the same shape and
+    the function compiles once. With several devices each chunk is split across them."""
+    n = len(cols["tp"])
+    fn = batched_evaluator(model, prec, metric_fn)
+    mesh, ndev = _mesh()
+    chunk = max(ndev, int(math.ceil(min(chunk, max(n, 1)) / ndev) * ndev))
+    sharding = NamedSharding(mesh, PartitionSpec("layouts")) if mesh is not None else None
+    out: dict[str, list] = {}
+    starts = range(0, n, chunk)
+    t0 = time.perf_counter()
+    for i, s in enumerate(starts):
+        idx = np.minimum(np.arange(s, s + chunk), n - 1)
+        lay = Layout(*(jnp.asarray(cols[f][idx]) for f in Layout._fields))
+        if sharding is not None:
+            lay = jax.device_put(lay, sharding)
+        res = jax.device_get(fn(p, hw, wl, lay))
+        take = min(chunk, n - s)
+        for k, v in res.items():
+            out.setdefault(k, []).append(np.asarray(v)[:take])
+        if progress and len(starts) > 1:
+            done = min(n, s + chunk)
+            rate = done / max(time.perf_counter() - t0, 1e-9)
+            print(f"\r  evaluated {done:,}/{n:,} layouts ({rate:,.0f}/s)", end="", file=sys.stderr, flush=True)
+    if progress and len(starts) > 1:
+        print(file=sys.stderr)
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def max_batch(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, configs: np.ndarray,
+              chunk: float, cap: int) -> np.ndarray:
+    """Largest batch per (tp, pp, ep, dp) whose memory fits: memory is affine in the batch, so two
+    evaluations give the slope. Returns 0 where even the weights do not fit."""
+    tp, pp, ep = (jnp.asarray(configs[:, i], jnp.float32) for i in (0, 1, 2))
+
+    def mem(b):
+        m = memory_per_gpu(p, hw, model, prec, wl.isl, wl.osl, tp, ep, pp, b, chunk)
+        return np.asarray(m["total"]), float(m["capacity"])
+
+    m0, cap_bytes = mem(0.0)
+    m1, _ = mem(1.0)
+    slope = np.maximum(m1 - m0, 1e-9)
+    b = np.floor((cap_bytes - m0) / slope)
+    return np.clip(b, 0, cap).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- frontier and SLA
+
+def pareto_mask(user: np.ndarray, gpu: np.ndarray, feasible: np.ndarray) -> np.ndarray:
+    """Feasible points no other feasible point beats on both tokens/s/user and tokens/s/GPU."""
+    mask = np.zeros(len(user), bool)
+    idx = np.flatnonzero(feasible & np.isfinite(user) & np.isfinite(gpu))
+    if idx.size == 0:
+        return mask
+    order = idx[np.lexsort((-gpu[idx], -user[idx]))]   # by user desc, then gpu desc
+    best = -np.inf
+    for i in order:
+        if gpu[i] > best:
+            mask[i] = True
+            best = gpu[i]
+    return mask
+
+
+def sla_pick(res: dict[str, np.ndarray], min_tokens_per_user: float, max_ttft_s: float) -> int | None:
+    """Index of the highest tokens/s/GPU among feasible layouts meeting the SLA, or None."""
+    ok = res["feasible"] & (res["tokens_per_s_per_user"] >= min_tokens_per_user) & (res["ttft_s"] <= max_ttft_s)
+    if not ok.any():
+        return None
+    gpu = np.where(ok, res["tokens_per_s_per_gpu"], -np.inf)
+    return int(np.argmax(gpu))
+
+
+# ----------------------------------------------------------------------------- a whole sweep
+
+@dataclasses.dataclass
+class SweepResult:
+    columns: dict[str, np.ndarray]      # layout fields + metrics + on_frontier, one entry per layout
+    frontier: np.ndarray                # indices on the frontier, by tokens/s/user ascending
+    best: int | None                    # SLA pick
+    num_parallel_configs: int
+    compile_s: float
+    evaluate_s: float
+    params_source: str
+
+    @property
+    def n(self) -> int:
+        return len(self.columns["tp"])
+
+    def row(self, i: int) -> dict:
+        return {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in self.columns.items()}
+
+
+def run_sweep(exp: Experiment, p, params_source: str = "", chunk: int = DEFAULT_CHUNK,
+              progress: bool = False) -> SweepResult:
+    model, hw, prec, wl = exp.model, exp.hardware, exp.precision, exp.workload
+    configs = L.parallel_configs(model, exp.gpus)
+    if len(configs) == 0:
+        raise ValueError(f"no legal (tp, pp, ep, dp) for {model.name} on {exp.gpus} GPUs")
+    bmax = max_batch(p, hw, model, prec, wl, configs, float(max(exp.chunk_sizes)), exp.max_batch)
+    cols = L.expand(configs, bmax, exp.chunk_sizes, wl.isl)
+    n = len(cols["tp"])
+    if progress:
+        print(f"jaxplan: {len(configs)} parallel layouts x batches x {len(set(min(c, wl.isl) for c in exp.chunk_sizes))}"
+              f" chunk sizes = {n:,} layouts of {model.name} on {exp.gpus} x {hw.name}", file=sys.stderr)
+    # Compile on one chunk first so the compile and evaluate times are reported apart.
+    size = max(1, min(chunk, n))
+    t0 = time.perf_counter()
+    evaluate_layouts(p, hw, model, prec, wl, {k: v[:size] for k, v in cols.items()}, chunk=size)
+    t1 = time.perf_counter()
+    res = evaluate_layouts(p, hw, model, prec, wl, cols, chunk=size, progress=progress)
+    t2 = time.perf_counter()
+    res = {k: np.asarray(v) for k, v in res.items()}
+    res["feasible"] = res["feasible"].astype(bool) & np.isfinite(res["tokens_per_s_per_gpu"])
+    on = pareto_mask(res["tokens_per_s_per_user"], res["tokens_per_s_per_gpu"], res["feasible"])
+    columns = {**{k: cols[k].astype(np.int64) for k in Layout._fields}, **res, "on_frontier": on}
+    front = np.flatnonzero(on)
+    front = front[np.argsort(res["tokens_per_s_per_user"][front])]
+    best = sla_pick(res, exp.sla.min_tokens_per_user, exp.sla.max_ttft_s)
+    return SweepResult(columns, front, best, len(configs), t1 - t0, t2 - t1, params_source)
