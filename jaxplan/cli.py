@@ -147,18 +147,19 @@ def cmd_explain(args) -> int:
         if res.best is None:
             raise SpecError("no layout meets the SLA; give one with --tp --pp --ep --batch --chunk")
         r = res.row(res.best)
-        tp, pp, ep, dp, batch, chunk = (int(r[k]) for k in Layout._fields)
+        tp, pp, ep, dp, batch, chunk, adp = (int(r[k]) for k in Layout._fields)
         origin = "the sweep's best layout at the SLA"
     else:
         tp, pp, ep = args.tp or 1, args.pp or 1, args.ep or 1
-        dp = check_parallel(exp.model, exp.gpus, tp, pp, ep, args.dp, where="--tp/--pp/--ep/--dp")
-        batch, chunk = args.batch or max(ep, 1), args.chunk or max(exp.chunk_sizes)
-        if batch < ep:
-            raise SpecError(f"--batch {batch} is below --ep {ep}: each attention-DP group needs a request")
+        adp = args.adp or ep
+        dp = check_parallel(exp.model, exp.gpus, tp, pp, ep, args.dp, adp, where="--tp/--pp/--ep/--dp/--adp")
+        batch, chunk = args.batch or adp, args.chunk or max(exp.chunk_sizes)
+        if batch < adp:
+            raise SpecError(f"--batch {batch} is below the {adp} attention-DP groups: each needs a request")
         origin = "the command line"
-    lay = Layout(*(jnp.float32(v) for v in (tp, pp, ep, dp, batch, chunk)))
+    lay = Layout(*(jnp.float32(v) for v in (tp, pp, ep, dp, batch, chunk, adp)))
     ex = explain(p, exp.hardware, exp.model, exp.precision, exp.workload, lay)
-    label = report.layout_label(dict(tp=tp, pp=pp, ep=ep, dp=dp, batch=batch, chunk=chunk))
+    label = report.layout_label(dict(tp=tp, pp=pp, ep=ep, dp=dp, adp=adp, batch=batch, chunk=chunk))
     groups = {}
     for phase in ("chunk_iteration", "decode_iteration"):
         groups[phase] = {k: {f: float(getattr(c, f)) for f in ("compute", "memory", "comm_tp", "comm_ep",
@@ -166,7 +167,8 @@ def cmd_explain(args) -> int:
                          for k, c in ex[phase].items()}
         groups[phase]["TOTAL"] = {"total": float(sum_costs(ex[phase].values()).total())}
     if args.json:
-        report.write_json(Path("/dev/stdout"), {"layout": dict(tp=tp, pp=pp, ep=ep, dp=dp, batch=batch, chunk=chunk),
+        report.write_json(Path("/dev/stdout"), {"layout": dict(tp=tp, pp=pp, ep=ep, dp=dp, adp=adp, batch=batch,
+                                                               chunk=chunk),
                                                 "experiment": exp.name, "params_source": source,
                                                 "metrics": ex["metrics"], "memory_gb": ex["memory_gb"],
                                                 "ops_s": groups})
@@ -207,10 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_sweep)
     ep = sub.add_parser("explain", help="one layout's metrics and per-op time breakdown")
     _add_experiment_args(ep)
-    for k in ("tp", "pp", "ep", "dp", "batch", "chunk"):
-        ep.add_argument(f"--{k}", type=_positive(int))
+    for k in ("tp", "pp", "ep", "dp", "adp", "batch", "chunk"):
+        ep.add_argument(f"--{k}", type=_positive(int), help="attention-DP groups (default: ep)" if k == "adp" else None)
     ep.add_argument("--json", action="store_true", help="print JSON instead of tables")
     ep.set_defaults(fn=cmd_explain)
+    from .bench import add_bench_args, bench_command
+    bp = sub.add_parser("bench", help="measure this machine's devices into the kernel-table format `fit` reads")
+    add_bench_args(bp)
+    bp.set_defaults(fn=bench_command)
     return ap
 
 

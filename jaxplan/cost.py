@@ -4,11 +4,13 @@ Pure functions of ``(params, hardware, model, precision, ...)`` with scalar layo
 to be vmapped over layouts. Each op returns a ``Cost``: time split into compute-bound,
 memory-bound, communication by mesh axis, and fixed overhead. Costs add.
 
-Rank placement (DESIGN.md): TP innermost, then EP, then PP, then DP. A replica spans
-``tp * ep * pp`` GPUs. Inside a replica, attention and dense layers are sharded ``tp`` ways and
-run data-parallel over the ``ep`` groups (attention-DP: each of the ``ep`` groups holds the KV
-cache of its own requests); routed experts are spread ``ep`` ways and each expert is sharded ``tp``
-ways. For a dense model ``ep`` is 1.
+Rank placement (DESIGN.md): TP innermost, then EP, then PP, then DP. A pipeline stage of a
+replica spans ``S = tp * ep`` GPUs; a replica ``S * pp``. Routed experts are spread ``ep`` ways and
+each expert is sharded ``tp`` ways. Attention and dense layers run data-parallel over ``adp``
+attention groups (attention-DP, ``adp`` divides ``ep``), each sharded ``tp_attn = S / adp`` ways and
+holding the KV cache of its own requests. ``adp = ep`` is the classic "TP x EP" layout (attention
+sharded like the experts' TP, replicated over EP); ``adp = 1`` shards attention over the whole
+stage (TensorRT-LLM's ``tp_size = moe_tp * moe_ep``). A dense model has ``ep = adp = 1``.
 """
 from __future__ import annotations
 
@@ -282,37 +284,39 @@ def mlp(p, hw, prec, tokens, hidden, intermediate, matrices, tp) -> Cost:
     return gemm(p, hw, prec, tokens, (matrices - 1) * ff, hidden) + gemm(p, hw, prec, tokens, hidden, ff)
 
 
-def layer_costs(p, hw: Hardware, model: Model, prec: Precision, dec, pre, kv_len, ctx, tp, ep, moe: bool) -> dict:
+def layer_costs(p, hw: Hardware, model: Model, prec: Precision, dec, pre, kv_len, ctx, tp, ep, adp,
+                moe: bool) -> dict:
     """One transformer layer on one GPU for a micro-batch of ``dec`` decode sequences and ``pre``
-    prefill tokens across the replica stage (so ``dec/ep`` and ``pre/ep`` per attention group).
+    prefill tokens across the replica stage (so ``dec/adp`` and ``pre/adp`` per attention group).
 
-    Two TP all-reduces per layer (after attention and after the MLP/MoE) of the group's activations."""
+    Two all-reduces per layer over the attention group (after attention and after the MLP/MoE)."""
     d = model.hidden_size
-    dec_g, pre_g = dec / ep, pre / ep
+    tpa = tp * ep / adp
+    dec_g, pre_g = dec / adp, pre / adp
     tok_g = dec_g + pre_g
-    ops = attention_block(p, hw, model, prec, dec_g, pre_g, kv_len, ctx, tp)
+    ops = attention_block(p, hw, model, prec, dec_g, pre_g, kv_len, ctx, tpa)
     if moe:
         tok_rep = dec + pre
         ops["moe_router"] = gemm(p, hw, prec, tok_g, model.num_experts, d, weight_bytes=2.0, rate="bf16")
         ops["moe_experts"] = moe_experts(p, hw, model, prec, tok_rep, tp, ep)
         if model.num_shared_experts:
             ops["mlp"] = mlp(p, hw, prec, tok_g, d, model.num_shared_experts * model.shared_intermediate_size,
-                             model.mlp_matrices, tp)
-        # Dispatch (quantized activations) and combine (BF16); each of the tp ranks of an
-        # attention group sends 1/tp of the group's routed copies.
-        copies = tok_g * model.top_k * d / tp
+                             model.mlp_matrices, tpa)
+        # Dispatch (quantized activations) and combine (BF16); each of the tp_attn ranks of an
+        # attention group sends 1/tp_attn of the group's routed copies.
+        copies = tok_g * model.top_k * d / tpa
         span = tp * ep
         ops["ep_alltoall"] = Cost(comm_ep=alltoall(p, hw, copies * prec.qact_bytes, ep, span)
                                   + alltoall(p, hw, copies * prec.act_bytes, ep, span))
     else:
-        ops["mlp"] = mlp(p, hw, prec, tok_g, d, model.ffn_intermediate_size, model.mlp_matrices, tp)
-    ops["tp_allreduce"] = Cost(comm_tp=2 * allreduce(p, hw, tok_g * d * prec.act_bytes, tp))
+        ops["mlp"] = mlp(p, hw, prec, tok_g, d, model.ffn_intermediate_size, model.mlp_matrices, tpa)
+    ops["tp_allreduce"] = Cost(comm_tp=2 * allreduce(p, hw, tok_g * d * prec.act_bytes, tpa))
     # Two norms, two residual adds, the activation function: ~6 passes over the activations.
     ops["norms"] = elementwise(p, hw, 6 * tok_g * d * prec.act_bytes) + Cost(overhead=p["layer_overhead_s"])
     return ops
 
 
-def stage_costs(p, hw: Hardware, model: Model, prec: Precision, dec, pre, kv_len, ctx, tp, ep, pp) -> dict:
+def stage_costs(p, hw: Hardware, model: Model, prec: Precision, dec, pre, kv_len, ctx, tp, ep, adp, pp) -> dict:
     """One micro-batch through one pipeline stage: layers/pp of each kind, plus a 1/pp share of the
     LM head (stages are assumed balanced by giving the last stage fewer layers).
 
@@ -324,48 +328,50 @@ def stage_costs(p, hw: Hardware, model: Model, prec: Precision, dec, pre, kv_len
             out[k] = out[k] + c.scale(weight) if k in out else c.scale(weight)
 
     if model.num_dense_layers:
-        acc(layer_costs(p, hw, model, prec, dec, pre, kv_len, ctx, tp, ep, moe=False),
+        acc(layer_costs(p, hw, model, prec, dec, pre, kv_len, ctx, tp, ep, adp, moe=False),
             model.num_dense_layers / pp)
     if model.num_moe_layers:
-        acc(layer_costs(p, hw, model, prec, dec, pre, kv_len, ctx, tp, ep, moe=True),
+        acc(layer_costs(p, hw, model, prec, dec, pre, kv_len, ctx, tp, ep, adp, moe=True),
             model.num_moe_layers / pp)
     # LM head: logits for every decode token and the last token of each prefill chunk (~1 per chunk).
-    heads_tokens = (dec + jnp.where(pre > 0, 1.0, 0.0)) / ep
-    acc({"lm_head": gemm(p, hw, prec, heads_tokens, model.vocab_size / tp, model.hidden_size,
+    tpa = tp * ep / adp
+    heads_tokens = (dec + jnp.where(pre > 0, adp, 0.0)) / adp
+    acc({"lm_head": gemm(p, hw, prec, heads_tokens, model.vocab_size / tpa, model.hidden_size,
                          weight_bytes=2.0, rate="bf16")}, 1.0 / pp)
     return out
 
 
 # ----------------------------------------------------------------------------- memory
 
-def memory_per_gpu(p, hw: Hardware, model: Model, prec: Precision, isl, osl, tp, ep, pp, batch, chunk) -> dict:
+def memory_per_gpu(p, hw: Hardware, model: Model, prec: Precision, isl, osl, tp, ep, adp, pp, batch, chunk) -> dict:
     """Bytes on the busiest GPU of a replica: weights, KV cache of the running batch at full
     context, activations of one iteration, and the runtime reserve."""
     d = model.hidden_size
-    hq, hkv = heads_per_gpu(model, tp)
+    tpa = tp * ep / adp
+    hq, hkv = heads_per_gpu(model, tpa)
     if model.attention == "mla":
         # q_a/kv_a down-projections are replicated; the rest of attention is sharded.
         repl = d * (model.q_lora_rank + model.kv_lora_rank + model.qk_rope_head_dim) if model.q_lora_rank else 0.0
-        attn = repl + (model.attention_params() - repl) / tp
+        attn = repl + (model.attention_params() - repl) / tpa
         kv_per_tok_layer = model.kv_elements_per_token_layer()          # latent replicated over TP
     else:
         attn = d * model.head_dim * (2 * hq + 2 * hkv)
         kv_per_tok_layer = 2 * hkv * model.head_dim
-    per_layer_dense = attn + model.dense_mlp_params() / tp
-    per_layer_moe = attn + model.num_experts / ep * model.expert_params() / tp + model.shared_params() / tp \
+    per_layer_dense = attn + model.dense_mlp_params() / tpa
+    per_layer_moe = attn + model.num_experts / ep * model.expert_params() / tp + model.shared_params() / tpa \
         + d * model.num_experts
     layer_weights = (model.num_dense_layers * per_layer_dense + model.num_moe_layers * per_layer_moe) / pp
     # Embedding on the first stage, LM head on the last, both BF16 and vocab-sharded over TP.
-    emb = model.vocab_size * d / tp * 2.0 * jnp.where(pp > 1, 1.0, 1.0 if model.tie_embeddings else 2.0)
+    emb = model.vocab_size * d / tpa * 2.0 * jnp.where(pp > 1, 1.0, 1.0 if model.tie_embeddings else 2.0)
     weights = layer_weights * prec.weight_bytes + emb
     ctx = isl + osl
     s = model.sliding_layers / model.num_layers
     eff_ctx = (1 - s) * ctx + s * jnp.minimum(ctx, float(model.sliding_window or 1e12))
-    kv = batch / ep * eff_ctx * kv_per_tok_layer * prec.kv_bytes * model.num_layers / pp
-    tokens = chunk + batch / ep                       # one attention group's iteration
+    kv = batch / adp * eff_ctx * kv_per_tok_layer * prec.kv_bytes * model.num_layers / pp
+    tokens = chunk + batch / adp                      # one attention group's iteration
     widest = max(model.ffn_intermediate_size, model.top_k * model.expert_intermediate_size,
                  model.num_heads * max(model.qk_head_dim, model.head_dim))
-    act = tokens * (4 * d + 2 * widest / tp) * prec.act_bytes + batch / ep * model.vocab_size / tp * 4.0
+    act = tokens * (4 * d + 2 * widest / tpa) * prec.act_bytes + batch / adp * model.vocab_size / tpa * 4.0
     reserve = p["mem_reserve_gb"] * 1e9
     total = weights + kv + act + reserve
     return {"weights": weights, "kv_cache": kv, "activations": act, "reserve": reserve, "total": total,

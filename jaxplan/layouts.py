@@ -3,10 +3,15 @@ held as one struct of arrays.
 
 Legality (a layout that breaks one of these is never generated, and an explicit one is refused):
 - ``tp * pp * ep * dp == gpus``;
-- TP divides the query heads (KV heads are replicated once TP exceeds them);
+- attention-DP ``adp`` divides ``ep``; the attention TP, ``tp * ep / adp``, divides the query heads
+  (KV heads are replicated once it exceeds them);
 - a dense model has EP 1; an MoE model's EP divides its routed experts;
 - PP is at most the number of layers.
-Batches run from EP (one request per attention-DP group) up to the largest that fits in memory.
+Batches run from ``adp`` (one request per attention group) up to the largest that fits in memory.
+
+By default attention-DP equals EP (attention sharded like the experts, replicated over EP), which
+is the space of NVIDIA's trillion-parameter study; ``attention_dp="all"`` also tries every divisor
+of EP, down to attention sharded over the whole stage.
 """
 from __future__ import annotations
 
@@ -24,17 +29,21 @@ def divisors(n: int) -> list[int]:
 
 
 def check_parallel(model: Model, gpus: int, tp: int, pp: int, ep: int, dp: int | None = None,
-                   where: str = "layout") -> int:
-    """Raise SpecError naming the offending value; return dp."""
+                   adp: int | None = None, where: str = "layout") -> int:
+    """Raise SpecError naming the offending value; return dp. ``adp`` defaults to ``ep``."""
+    adp = ep if adp is None else adp
     if gpus < 1:
         raise SpecError(f"{where}: gpus must be at least 1, got {gpus}")
-    for name, v in (("tp", tp), ("pp", pp), ("ep", ep)):
+    for name, v in (("tp", tp), ("pp", pp), ("ep", ep), ("adp", adp)):
         if v < 1:
             raise SpecError(f"{where}: {name} must be at least 1, got {v}")
-    if model.num_heads % tp:
+    if ep % adp:
+        raise SpecError(f"{where}: adp={adp} must divide ep={ep}; allowed adp: {divisors(ep)}")
+    tpa = tp * ep // adp
+    if model.num_heads % tpa:
         ok = [t for t in divisors(model.num_heads) if t <= gpus]
-        raise SpecError(f"{where}: tp={tp} does not divide the {model.num_heads} attention heads of "
-                        f"{model.name}; allowed tp: {ok}")
+        raise SpecError(f"{where}: attention tp = tp*ep/adp = {tpa} does not divide the {model.num_heads} "
+                        f"attention heads of {model.name}; allowed: {ok}")
     if not model.is_moe and ep != 1:
         raise SpecError(f"{where}: ep={ep} but {model.name} is dense; allowed ep: 1")
     if model.is_moe and (ep > model.num_experts or model.num_experts % ep):
@@ -50,21 +59,29 @@ def check_parallel(model: Model, gpus: int, tp: int, pp: int, ep: int, dp: int |
     return want
 
 
-def parallel_configs(model: Model, gpus: int) -> np.ndarray:
-    """All legal (tp, pp, ep, dp) rows whose product is ``gpus``, as an int array [n, 4]."""
+PARALLEL_FIELDS = ("tp", "pp", "ep", "dp", "adp")
+
+
+def parallel_configs(model: Model, gpus: int, attention_dp: str = "ep") -> np.ndarray:
+    """All legal (tp, pp, ep, dp, adp) rows with tp*pp*ep*dp == ``gpus``, as an int array [n, 5].
+
+    ``attention_dp``: "ep" (adp = ep) or "all" (every divisor of ep)."""
     if gpus < 1:
         raise SpecError(f"gpus must be at least 1, got {gpus}")
+    if attention_dp not in ("ep", "all"):
+        raise SpecError(f"attention_dp is '{attention_dp}'; allowed: ep, all")
     rows = []
     for tp in divisors(gpus):
-        if model.num_heads % tp:
-            continue
         for ep in divisors(gpus // tp):
             if (not model.is_moe and ep > 1) or (model.is_moe and model.num_experts % ep):
                 continue
-            for pp in divisors(gpus // (tp * ep)):
-                if pp <= model.num_layers:
-                    rows.append((tp, pp, ep, gpus // (tp * ep * pp)))
-    return np.asarray(rows, dtype=np.int64).reshape(-1, 4)
+            for adp in (divisors(ep) if attention_dp == "all" else [ep]):
+                if model.num_heads % (tp * ep // adp):
+                    continue
+                for pp in divisors(gpus // (tp * ep)):
+                    if pp <= model.num_layers:
+                        rows.append((tp, pp, ep, gpus // (tp * ep * pp), adp))
+    return np.asarray(rows, dtype=np.int64).reshape(-1, 5)
 
 
 def to_layout(columns: dict[str, np.ndarray]) -> Layout:
@@ -81,12 +98,12 @@ def expand(configs: np.ndarray, max_batch_per_config: np.ndarray, chunks, isl: f
     chunks = sorted({int(min(c, isl)) for c in chunks})
     grid = np.asarray(grid)
     cols = {k: [] for k in Layout._fields}
-    for (tp, pp, ep, dp), bmax in zip(configs, max_batch_per_config):
-        bs = grid[(grid >= ep) & (grid <= bmax)]
+    for (tp, pp, ep, dp, adp), bmax in zip(configs, max_batch_per_config):
+        bs = grid[(grid >= adp) & (grid <= bmax)]
         if bs.size == 0:
-            bs = np.asarray([max(ep, 1)])
+            bs = np.asarray([max(adp, 1)])
         n = bs.size * len(chunks)
-        for k, v in (("tp", tp), ("pp", pp), ("ep", ep), ("dp", dp)):
+        for k, v in (("tp", tp), ("pp", pp), ("ep", ep), ("dp", dp), ("adp", adp)):
             cols[k].append(np.full(n, v))
         cols["batch"].append(np.repeat(bs, len(chunks)))
         cols["chunk"].append(np.tile(chunks, bs.size))

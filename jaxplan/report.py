@@ -9,7 +9,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-LAYOUT_CSV_COLUMNS = ("tp", "pp", "ep", "dp", "batch", "chunk", "feasible", "ttft_s", "tpot_s",
+LAYOUT_CSV_COLUMNS = ("tp", "pp", "ep", "dp", "adp", "batch", "chunk", "feasible", "ttft_s", "tpot_s",
                       "tokens_per_s_per_user", "tokens_per_s_per_gpu", "memory_per_gpu_gb", "on_frontier",
                       "requests_per_s", "decode_batch", "prefill_saturated", "chunk_iter_s", "decode_iter_s")
 
@@ -44,7 +44,7 @@ def table(rows: list[dict], cols: Sequence[tuple[str, str, str]]) -> str:
     return "\n".join(out)
 
 
-FRONTIER_TABLE = (("tp", "TP", "d"), ("pp", "PP", "d"), ("ep", "EP", "d"), ("dp", "DP", "d"),
+FRONTIER_TABLE = (("tp", "TP", "d"), ("pp", "PP", "d"), ("ep", "EP", "d"), ("dp", "DP", "d"), ("adp", "ADP", "d"),
                   ("batch", "batch", "d"), ("chunk", "chunk", "d"),
                   ("tokens_per_s_per_user", "tok/s/user", ".1f"), ("tokens_per_s_per_gpu", "tok/s/GPU", ".1f"),
                   ("ttft_s", "TTFT s", ".2f"), ("tpot_s", "TPOT ms", "")
@@ -56,7 +56,7 @@ def frontier_rows(columns, idx) -> list[dict]:
     for i in idx:
         r = {k: columns[k][i] for k, _, _ in FRONTIER_TABLE}
         r["tpot_s"] = f"{1e3 * float(columns['tpot_s'][i]):.1f}"
-        for k in ("tp", "pp", "ep", "dp", "batch", "chunk"):
+        for k in ("tp", "pp", "ep", "dp", "adp", "batch", "chunk"):
             r[k] = int(r[k])
         rows.append(r)
     return rows
@@ -64,6 +64,8 @@ def frontier_rows(columns, idx) -> list[dict]:
 
 def layout_label(r: dict) -> str:
     parts = [f"{k.upper()}{int(r[k])}" for k in ("tp", "pp", "ep", "dp") if int(r[k]) > 1]
+    if "adp" in r and int(r["adp"]) != int(r["ep"]):
+        parts.append(f"ADP{int(r['adp'])}")
     return "·".join(parts or ["TP1"]) + f" B{int(r['batch'])} C{int(r['chunk'])}"
 
 
@@ -89,7 +91,7 @@ def plot_frontier(path: Path, columns: dict, frontier_idx, best: int | None, tit
         ax.axvline(min_tokens_per_user, color="tab:red", ls="--", lw=1, alpha=0.7,
                    label=f"SLA: ≥ {min_tokens_per_user:g} tokens/s/user")
     if best is not None:
-        r = {k: columns[k][best] for k in ("tp", "pp", "ep", "dp", "batch", "chunk")}
+        r = {k: columns[k][best] for k in ("tp", "pp", "ep", "dp", "adp", "batch", "chunk")}
         ax.plot([u[best]], [g[best]], marker="*", ms=16, color="tab:orange", mec="k", ls="none",
                 label=f"best at SLA: {layout_label(r)}")
     ax.set_xlabel("interactivity (output tokens/s per user)")

@@ -34,14 +34,17 @@ FIXED_POINT_STEPS = 8
 class Layout(NamedTuple):
     """One deployment of an aggregated replica set (all fields are float arrays so they vmap).
 
-    ``batch`` is the number of requests in flight per replica; ``chunk`` the prefill tokens per
-    iteration. GPUs used = tp * ep * pp * dp."""
+    ``tp``: tensor parallelism of each expert (and of attention when ``adp == ep``); ``ep``: expert
+    parallelism; ``adp``: attention-DP groups per stage (divides ``ep``; attention is sharded
+    ``tp * ep / adp`` ways). ``batch``: requests in flight per replica; ``chunk``: prefill tokens
+    per iteration of each attention group. GPUs used = tp * ep * pp * dp."""
     tp: object
     pp: object
     ep: object
     dp: object
     batch: object
     chunk: object
+    adp: object
 
 
 def pp_handoff(p, hw: Hardware, model: Model, prec: Precision, tokens, tp, ep, pp):
@@ -62,7 +65,7 @@ def round_costs(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, la
     pp = lay.pp
     kv_len = wl.isl + wl.osl / 2.0         # mean cached context of a decoding request
     ctx = wl.isl / 2.0                     # mean key span of a prefill token (causal)
-    stage = stage_costs(p, hw, model, prec, dec / pp, pre / pp, kv_len, ctx, lay.tp, lay.ep, pp)
+    stage = stage_costs(p, hw, model, prec, dec / pp, pre / pp, kv_len, ctx, lay.tp, lay.ep, lay.adp, pp)
     ops = {k: c.scale(pp) for k, c in stage.items()}
     ops["pp_handoff"] = Cost(comm_pp=pp_handoff(p, hw, model, prec, (dec + pre) / pp, lay.tp, lay.ep, pp))
     ops["step_overhead"] = Cost(overhead=p["step_overhead_s"])
@@ -76,10 +79,10 @@ def round_time(p, hw, model, prec, wl, lay, dec, pre):
 def evaluate(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: Layout) -> dict:
     """All serving metrics of one aggregated layout (scalars; vmap over layouts).
 
-    With attention-DP each of the ``ep`` attention groups of a replica schedules its own requests
-    (``batch / ep`` of them) and its own prefill chunk; the groups meet in every MoE layer, so
+    With attention-DP each of the ``adp`` attention groups of a replica schedules its own requests
+    (``batch / adp`` of them) and its own prefill chunk; the groups meet in every MoE layer, so
     they share the round time. The fixed point below is per group."""
-    isl, osl, g = wl.isl, wl.osl, lay.ep
+    isl, osl, g = wl.isl, wl.osl, lay.adp
     B = lay.batch / g
     c = jnp.minimum(lay.chunk, isl)
     n_chunks = isl / c
@@ -104,7 +107,7 @@ def evaluate(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: 
     x = g * d / (osl * t_mean)                             # completed requests/s per replica
     ttft = jnp.maximum(lay.batch / x - osl * tpot, ttft0)
     gpus_per_replica = lay.tp * lay.ep * lay.pp
-    mem = memory_per_gpu(p, hw, model, prec, isl, osl, lay.tp, lay.ep, lay.pp, B, lay.chunk)
+    mem = memory_per_gpu(p, hw, model, prec, isl, osl, lay.tp, lay.ep, lay.adp, lay.pp, lay.batch, lay.chunk)
     return {
         "ttft_s": ttft,
         "tpot_s": tpot,
@@ -126,9 +129,9 @@ def explain(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: L
     lay = Layout(*(jnp.asarray(v, jnp.float32) for v in lay))
     m = jax.jit(evaluate, static_argnums=(2, 3))(p, hw, model, prec, wl, lay)
     dec = m["decode_batch"]
-    c = jnp.minimum(lay.chunk, wl.isl) * lay.ep
+    c = jnp.minimum(lay.chunk, wl.isl) * lay.adp
     rc = jax.jit(round_costs, static_argnums=(2, 3))
-    mem = memory_per_gpu(p, hw, model, prec, wl.isl, wl.osl, lay.tp, lay.ep, lay.pp, lay.batch, lay.chunk)
+    mem = memory_per_gpu(p, hw, model, prec, wl.isl, wl.osl, lay.tp, lay.ep, lay.adp, lay.pp, lay.batch, lay.chunk)
     return {"metrics": {k: float(v) for k, v in m.items()},
             "chunk_iteration": rc(p, hw, model, prec, wl, lay, dec, c),
             "decode_iteration": rc(p, hw, model, prec, wl, lay, dec, jnp.float32(0.0)),

@@ -77,10 +77,10 @@ def max_batch(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, conf
               chunk: float, cap: int) -> np.ndarray:
     """Largest batch per (tp, pp, ep, dp) whose memory fits: memory is affine in the batch, so two
     evaluations give the slope. Returns 0 where even the weights do not fit."""
-    tp, pp, ep = (jnp.asarray(configs[:, i], jnp.float32) for i in (0, 1, 2))
+    tp, pp, ep, adp = (jnp.asarray(configs[:, i], jnp.float32) for i in (0, 1, 2, 4))
 
     def mem(b):
-        m = memory_per_gpu(p, hw, model, prec, wl.isl, wl.osl, tp, ep, pp, b, chunk)
+        m = memory_per_gpu(p, hw, model, prec, wl.isl, wl.osl, tp, ep, adp, pp, b, chunk)
         return np.asarray(m["total"]), float(m["capacity"])
 
     m0, cap_bytes = mem(0.0)
@@ -137,9 +137,9 @@ class SweepResult:
 
 
 def run_sweep(exp: Experiment, p, params_source: str = "", chunk: int = DEFAULT_CHUNK,
-              progress: bool = False) -> SweepResult:
+              progress: bool = False, attention_dp: str = "ep") -> SweepResult:
     model, hw, prec, wl = exp.model, exp.hardware, exp.precision, exp.workload
-    configs = L.parallel_configs(model, exp.gpus)
+    configs = L.parallel_configs(model, exp.gpus, attention_dp)
     if len(configs) == 0:
         raise ValueError(f"no legal (tp, pp, ep, dp) for {model.name} on {exp.gpus} GPUs")
     bmax = max_batch(p, hw, model, prec, wl, configs, float(max(exp.chunk_sizes)), exp.max_batch)
