@@ -551,10 +551,12 @@ def load_experiment(path: str | os.PathLike, **overrides) -> Experiment:
     gpus = overrides.get("gpus")
     gpus = _check_gpus(r.num("gpus", integer=True, positive=False) if gpus is None else gpus,
                        "--gpus" if overrides.get("gpus") is not None else where)
+    r.used.update({"precision", "gpus"})
     prec_name = overrides.get("precision") or r.str("precision", allowed=tuple(PRECISIONS))
     prec = get_precision(prec_name, "--precision" if overrides.get("precision") else where)
     check_precision(hw, prec, where)
     wl = r.sub("workload", required=True)
+    wl.used.update({"isl_tokens", "osl_tokens"})
     isl = overrides.get("isl") or wl.num("isl_tokens", integer=True)
     osl = overrides.get("osl") or wl.num("osl_tokens", integer=True)
     wl.finish()
@@ -562,6 +564,8 @@ def load_experiment(path: str | os.PathLike, **overrides) -> Experiment:
         if v <= 0:
             raise SpecError(f"{key} must be positive, got {v}")
     sla_r = r.sub("sla")
+    if sla_r:
+        sla_r.used.update({"min_tokens_per_s_per_user", "max_ttft_s"})
     sla = SLA(
         min_tokens_per_user=overrides.get("min_tokens_per_user")
         if overrides.get("min_tokens_per_user") is not None

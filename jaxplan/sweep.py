@@ -163,3 +163,28 @@ def run_sweep(exp: Experiment, p, params_source: str = "", chunk: int = DEFAULT_
     front = front[np.argsort(res["tokens_per_s_per_user"][front])]
     best = sla_pick(res, exp.sla.min_tokens_per_user, exp.sla.max_ttft_s)
     return SweepResult(columns, front, best, len(configs), t1 - t0, t2 - t1, params_source)
+
+
+def family_frontier(columns: dict[str, np.ndarray], **fixed) -> np.ndarray:
+    """Frontier indices (by tokens/s/user ascending) among feasible layouts whose fields equal
+    ``fixed`` (e.g. ``tp=4, ep=4, pp=4``): one parallel layout's best batch/chunk choices."""
+    m = np.asarray(columns["feasible"], bool).copy()
+    for k, v in fixed.items():
+        m &= columns[k] == v
+    u, g = columns["tokens_per_s_per_user"], columns["tokens_per_s_per_gpu"]
+    idx = np.flatnonzero(pareto_mask(u, g, m))
+    return idx[np.argsort(u[idx])]
+
+
+def throughput_at(columns: dict[str, np.ndarray], frontier_idx: np.ndarray, tokens_per_user: float) -> float:
+    """Best tokens/s/GPU on a frontier among points at or above ``tokens_per_user`` (0 if none)."""
+    u, g = columns["tokens_per_s_per_user"][frontier_idx], columns["tokens_per_s_per_gpu"][frontier_idx]
+    ok = u >= tokens_per_user
+    return float(g[ok].max()) if ok.any() else 0.0
+
+
+def interactivity_at(columns: dict[str, np.ndarray], frontier_idx: np.ndarray, tokens_per_gpu: float) -> float:
+    """Best tokens/s/user on a frontier among points at or above ``tokens_per_gpu`` (0 if none)."""
+    u, g = columns["tokens_per_s_per_user"][frontier_idx], columns["tokens_per_s_per_gpu"][frontier_idx]
+    ok = g >= tokens_per_gpu
+    return float(u[ok].max()) if ok.any() else 0.0
