@@ -7,7 +7,7 @@ memory-bound, communication by mesh axis, and fixed overhead. Costs add.
 Rank placement (DESIGN.md): TP innermost, then EP, then PP, then DP. A pipeline stage of a
 replica spans ``S = tp * ep`` GPUs; a replica ``S * pp``. Routed experts are spread ``ep`` ways and
 each expert is sharded ``tp`` ways. Attention and dense layers run data-parallel over ``adp``
-attention groups (attention-DP, ``adp`` divides ``ep``), each sharded ``tp_attn = S / adp`` ways and
+attention groups (attention-DP, ``adp`` divides ``S``), each sharded ``tp_attn = S / adp`` ways and
 holding the KV cache of its own requests. ``adp = ep`` is the classic "TP x EP" layout (attention
 sharded like the experts' TP, replicated over EP); ``adp = 1`` shards attention over the whole
 stage (TensorRT-LLM's ``tp_size = moe_tp * moe_ep``). A dense model has ``ep = adp = 1``.
@@ -210,9 +210,9 @@ def allreduce(p, hw: Hardware, nbytes, n) -> jax.Array:
 
 
 def alltoall(p, hw: Hardware, nbytes_per_gpu, n, span):
-    """All-to-all among n GPUs laid out over ``span`` consecutive ranks (stride span/n).
+    """All-to-all among n groups laid out over ``span`` consecutive ranks.
 
-    Each GPU sends (n-1)/n of ``nbytes_per_gpu``. Peers in its scale-up domain are reached over
+    Each GPU exchanges (n-1)/n of ``nbytes_per_gpu`` with the other groups. Peers in its scale-up domain are reached over
     NVLink, the rest over the scale-out network; both links run at once, so the slower sets the
     time. The share beyond the domain is 1 - domain/span once span exceeds the domain."""
     leaving = nbytes_per_gpu * (n - 1) / jnp.maximum(n, 1.0)
@@ -302,12 +302,17 @@ def layer_costs(p, hw: Hardware, model: Model, prec: Precision, dec, pre, kv_len
         if model.num_shared_experts:
             ops["mlp"] = mlp(p, hw, prec, tok_g, d, model.num_shared_experts * model.shared_intermediate_size,
                              model.mlp_matrices, tpa)
-        # Dispatch (quantized activations) and combine (BF16); each of the tp_attn ranks of an
-        # attention group sends 1/tp_attn of the group's routed copies.
-        copies = tok_g * model.top_k * d / tpa
+        # Dispatch (quantized activations) and combine (BF16). A token must reach every GPU that
+        # holds a shard of one of its experts: the tp shards of each distinct EP rank it hits,
+        # u = 1 - (1 - 1/ep)^k of the ep ranks. Spread over the S = tp*ep GPUs of the stage that
+        # is tok_rep * u * d elements received per GPU, of which the share 1/adp already sits in
+        # the GPU's own attention group (adp = 1: every GPU has every token; no all-to-all, the
+        # MoE output is summed by the layer's second all-reduce instead).
         span = tp * ep
-        ops["ep_alltoall"] = Cost(comm_ep=alltoall(p, hw, copies * prec.qact_bytes, ep, span)
-                                  + alltoall(p, hw, copies * prec.act_bytes, ep, span))
+        hit = 1.0 - (1.0 - 1.0 / ep) ** model.top_k
+        per_gpu = tok_rep * hit * d
+        ops["ep_alltoall"] = Cost(comm_ep=alltoall(p, hw, per_gpu * prec.qact_bytes, adp, span)
+                                  + alltoall(p, hw, per_gpu * prec.act_bytes, adp, span))
     else:
         ops["mlp"] = mlp(p, hw, prec, tok_g, d, model.ffn_intermediate_size, model.mlp_matrices, tpa)
     ops["tp_allreduce"] = Cost(comm_tp=2 * allreduce(p, hw, tok_g * d * prec.act_bytes, tpa))

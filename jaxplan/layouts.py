@@ -3,15 +3,17 @@ held as one struct of arrays.
 
 Legality (a layout that breaks one of these is never generated, and an explicit one is refused):
 - ``tp * pp * ep * dp == gpus``;
-- attention-DP ``adp`` divides ``ep``; the attention TP, ``tp * ep / adp``, divides the query heads
+- attention-DP ``adp`` divides the stage width ``tp * ep``; the attention TP, ``tp * ep / adp``,
+  divides the query heads
   (KV heads are replicated once it exceeds them);
 - a dense model has EP 1; an MoE model's EP divides its routed experts;
 - PP is at most the number of layers.
 Batches run from ``adp`` (one request per attention group) up to the largest that fits in memory.
 
 By default attention-DP equals EP (attention sharded like the experts, replicated over EP), which
-is the space of NVIDIA's trillion-parameter study; ``attention_dp="all"`` also tries every divisor
-of EP, down to attention sharded over the whole stage.
+is the space of NVIDIA's trillion-parameter study; ``attention_dp="all"`` tries every divisor of
+the stage width, from attention sharded over the whole stage (adp = 1) to one GPU per attention
+group (adp = tp * ep, DeepSeek-style attention-DP).
 """
 from __future__ import annotations
 
@@ -37,8 +39,8 @@ def check_parallel(model: Model, gpus: int, tp: int, pp: int, ep: int, dp: int |
     for name, v in (("tp", tp), ("pp", pp), ("ep", ep), ("adp", adp)):
         if v < 1:
             raise SpecError(f"{where}: {name} must be at least 1, got {v}")
-    if ep % adp:
-        raise SpecError(f"{where}: adp={adp} must divide ep={ep}; allowed adp: {divisors(ep)}")
+    if (tp * ep) % adp:
+        raise SpecError(f"{where}: adp={adp} must divide tp*ep={tp * ep}; allowed adp: {divisors(tp * ep)}")
     tpa = tp * ep // adp
     if model.num_heads % tpa:
         ok = [t for t in divisors(model.num_heads) if t <= gpus]
@@ -65,7 +67,7 @@ PARALLEL_FIELDS = ("tp", "pp", "ep", "dp", "adp")
 def parallel_configs(model: Model, gpus: int, attention_dp: str = "ep") -> np.ndarray:
     """All legal (tp, pp, ep, dp, adp) rows with tp*pp*ep*dp == ``gpus``, as an int array [n, 5].
 
-    ``attention_dp``: "ep" (adp = ep) or "all" (every divisor of ep)."""
+    ``attention_dp``: "ep" (adp = ep) or "all" (every divisor of tp * ep)."""
     if gpus < 1:
         raise SpecError(f"gpus must be at least 1, got {gpus}")
     if attention_dp not in ("ep", "all"):
@@ -75,7 +77,7 @@ def parallel_configs(model: Model, gpus: int, attention_dp: str = "ep") -> np.nd
         for ep in divisors(gpus // tp):
             if (not model.is_moe and ep > 1) or (model.is_moe and model.num_experts % ep):
                 continue
-            for adp in (divisors(ep) if attention_dp == "all" else [ep]):
+            for adp in (divisors(tp * ep) if attention_dp == "all" else [ep]):
                 if model.num_heads % (tp * ep // adp):
                     continue
                 for pp in divisors(gpus // (tp * ep)):

@@ -35,7 +35,7 @@ class Layout(NamedTuple):
     """One deployment of an aggregated replica set (all fields are float arrays so they vmap).
 
     ``tp``: tensor parallelism of each expert (and of attention when ``adp == ep``); ``ep``: expert
-    parallelism; ``adp``: attention-DP groups per stage (divides ``ep``; attention is sharded
+    parallelism; ``adp``: attention-DP groups per stage (divides ``tp * ep``; attention is sharded
     ``tp * ep / adp`` ways). ``batch``: requests in flight per replica; ``chunk``: prefill tokens
     per iteration of each attention group. GPUs used = tp * ep * pp * dp."""
     tp: object
@@ -136,3 +136,88 @@ def explain(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: L
             "chunk_iteration": rc(p, hw, model, prec, wl, lay, dec, c),
             "decode_iteration": rc(p, hw, model, prec, wl, lay, dec, jnp.float32(0.0)),
             "memory_gb": {k: float(v) / 1e9 for k, v in mem.items()}}
+
+
+# ----------------------------------------------------------------------------- disaggregated serving
+#
+# A disaggregated deployment runs ``x`` prefill workers and ``y`` decode workers, each with its own
+# layout (a ``Layout`` with dp = 1). A prefill worker runs prompt chunks only; a decode worker runs
+# decode rounds only; the KV cache of every prompt moves from the prefill GPUs to the decode GPUs.
+
+def kv_cache_bytes(model: Model, prec: Precision, tokens):
+    """KV cache of ``tokens`` tokens over all layers: GQA keeps K and V per KV head, MLA one latent."""
+    return tokens * model.kv_elements_per_token_layer() * prec.kv_bytes * model.num_layers
+
+
+def kv_shards(model: Model, lay: Layout):
+    """GPUs of one worker that hold distinct parts of a request's KV cache: the pipeline stages
+    times the attention-TP ranks with distinct KV heads (MLA's latent is replicated over TP)."""
+    tpa = lay.tp * lay.ep / lay.adp
+    heads = 1.0 if model.attention == "mla" else jnp.minimum(tpa, float(model.num_kv_heads))
+    return lay.pp * heads
+
+
+def kv_transfer_time(p, hw: Hardware, model: Model, prec: Precision, isl, pre: Layout, dec: Layout, cross_network):
+    """Moving one prompt's KV cache from a prefill worker to a decode worker: every holding GPU
+    sends its shard at once, so min(sender shards, receiver shards) links work in parallel."""
+    links = jnp.minimum(kv_shards(model, pre), kv_shards(model, dec))
+    return p2p(p, hw, kv_cache_bytes(model, prec, isl) / links, cross_network)
+
+
+def prefill_worker(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: Layout) -> dict:
+    """A prefill-only worker: each attention group runs one prompt at a time in chunks of
+    ``min(chunk, isl)`` tokens. Returns its request rate, one prompt's latency, and memory."""
+    c = jnp.minimum(lay.chunk, wl.isl)
+    t_iter = round_time(p, hw, model, prec, wl, lay, jnp.float32(0.0), lay.adp * c)
+    mem = memory_per_gpu(p, hw, model, prec, wl.isl, 0.0, lay.tp, lay.ep, lay.adp, lay.pp, lay.adp, c)
+    return {"rate": lay.adp * c / wl.isl / t_iter, "latency_s": wl.isl / c * t_iter, "iter_s": t_iter,
+            "memory_per_gpu_gb": mem["total"] / 1e9, "feasible": mem["total"] <= mem["capacity"]}
+
+
+def decode_worker(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: Layout) -> dict:
+    """A decode-only worker holding ``batch`` requests at full context. Returns TPOT, its request
+    rate, and memory."""
+    tpot = round_time(p, hw, model, prec, wl, lay, lay.batch, jnp.float32(0.0))
+    mem = memory_per_gpu(p, hw, model, prec, wl.isl, wl.osl, lay.tp, lay.ep, lay.adp, lay.pp, lay.batch, 0.0)
+    return {"tpot_s": tpot, "rate": lay.batch / (wl.osl * tpot),
+            "memory_per_gpu_gb": mem["total"] / 1e9, "feasible": mem["total"] <= mem["capacity"]}
+
+
+def prefill_wait(rho, rate):
+    """Mean wait for a prefill worker at utilization rho: M/D/1, service time 1/rate."""
+    rho = jnp.clip(rho, 0.0, 0.98)
+    return rho / (2.0 * (1.0 - rho)) / rate
+
+
+def evaluate_disagg(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, pre: Layout, dec: Layout,
+                    x, y, concurrency, cross_network) -> dict:
+    """A disaggregated deployment under closed-loop load of ``concurrency`` requests in flight.
+
+    Decode workers share the requests that are past prefill; TPOT is their round time. Rates must
+    match: completions X = min(y * decode rate, x * prefill rate). TTFT = prefill queueing (M/D/1
+    at the prefill utilization) + prefill compute + the KV-cache transfer, and, once the prefill
+    pool saturates, whatever wait Little's law N = X * (TTFT + osl * TPOT) leaves."""
+    osl = wl.osl
+    pw = prefill_worker(p, hw, model, prec, wl, pre)
+    t_kv = kv_transfer_time(p, hw, model, prec, wl.isl, pre, dec, cross_network)
+    cap = x * pw["rate"]
+
+    def state(b):
+        tpot = round_time(p, hw, model, prec, wl, dec._replace(batch=b), b, jnp.float32(0.0))
+        X = jnp.minimum(y * b / (osl * tpot), cap)
+        ttft0 = pw["latency_s"] + prefill_wait(X / cap, pw["rate"]) + t_kv
+        return tpot, X, ttft0
+
+    def step(_, b):
+        tpot, _, ttft0 = state(b)
+        return jnp.maximum(concurrency / y * osl * tpot / (ttft0 + osl * tpot), 1e-3)
+
+    b0 = concurrency / y * osl / (osl + 1.0)
+    b = jax.lax.fori_loop(0, FIXED_POINT_STEPS, step, b0)
+    tpot, X, ttft0 = state(b)
+    ttft = jnp.maximum(concurrency / X - osl * tpot, ttft0)
+    gpus = x * pre.tp * pre.ep * pre.pp + y * dec.tp * dec.ep * dec.pp
+    return {"ttft_s": ttft, "tpot_s": tpot, "tokens_per_s_per_user": 1.0 / tpot,
+            "tokens_per_s_per_gpu": X * osl / gpus, "requests_per_s": X, "decode_batch": b,
+            "kv_transfer_s": t_kv, "prefill_latency_s": pw["latency_s"],
+            "prefill_utilization": X / cap}

@@ -188,3 +188,117 @@ def interactivity_at(columns: dict[str, np.ndarray], frontier_idx: np.ndarray, t
     u, g = columns["tokens_per_s_per_user"][frontier_idx], columns["tokens_per_s_per_gpu"][frontier_idx]
     ok = g >= tokens_per_gpu
     return float(u[ok].max()) if ok.any() else 0.0
+
+
+# ----------------------------------------------------------------------------- disaggregated sweep
+
+PREFILL_UTILIZATIONS = (0.5, 0.7, 0.85, 0.95)   # prefill pool sizing targets tried per pairing
+
+
+def _worker_configs(model: Model, gpus: int) -> np.ndarray:
+    """Every legal single-worker layout (dp = 1) of any width that divides the budget."""
+    rows = [L.parallel_configs(model, n, "all") for n in L.divisors(gpus)]
+    rows = np.concatenate([r[r[:, 3] == 1] for r in rows if len(r)])
+    return rows
+
+
+def _pool_eval(fn, p, hw, model, prec, wl, cols, chunk=DEFAULT_CHUNK):
+    return evaluate_layouts(p, hw, model, prec, wl, cols, chunk=chunk, metric_fn=fn)
+
+
+def _pareto_by_size(a: np.ndarray, b: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """Indices not dominated (both a and b maximized) among workers of the same GPU count: a wider
+    worker may dominate per GPU yet not fit beside the other pool, so each width keeps its own."""
+    keep = np.zeros(len(a), bool)
+    for s in np.unique(size):
+        m = size == s
+        keep |= pareto_mask(a, b, m)
+    return np.flatnonzero(keep)
+
+
+def run_disagg_sweep(exp: Experiment, p, params_source: str = "", progress: bool = False) -> SweepResult:
+    """Search prefill-pool and decode-pool layouts and their worker counts x:y within the budget.
+
+    Each pool is evaluated on its own (vmapped); only Pareto-optimal workers go on to pairing
+    (prefill: request rate per GPU vs prompt latency; decode: tokens/s/GPU vs tokens/s/user), which
+    is exact for rate matching. For each pair and each decode worker count y, the prefill pool is
+    sized to a target utilization, x = ceil(y * decode rate / (rho * prefill rate)), and kept if
+    x and y workers fit the budget. Throughput per GPU counts the GPUs the deployment uses."""
+    from .serving import decode_worker, kv_transfer_time, prefill_wait, prefill_worker
+
+    model, hw, prec, wl, G = exp.model, exp.hardware, exp.precision, exp.workload, exp.gpus
+    t0 = time.perf_counter()
+    cfg = _worker_configs(model, G)
+    # prefill candidates: configs x chunk sizes
+    chunks = sorted({int(min(c, wl.isl)) for c in exp.chunk_sizes})
+    pc = {k: np.repeat(cfg[:, i], len(chunks)).astype(np.float32) for i, k in enumerate(L.PARALLEL_FIELDS)}
+    pc["chunk"] = np.tile(np.asarray(chunks, np.float32), len(cfg))
+    pc["batch"] = pc["adp"].copy()
+    pres = _pool_eval(prefill_worker, p, hw, model, prec, wl, pc)
+    gp = pc["tp"] * pc["ep"] * pc["pp"]
+    ok = pres["feasible"].astype(bool)
+    keep_p = np.flatnonzero(ok)[_pareto_by_size(pres["rate"][ok] / gp[ok], -pres["latency_s"][ok], gp[ok])]
+    # decode candidates: configs x batches up to memory
+    bmax = max_batch(p, hw, model, prec, wl, cfg, 0.0, exp.max_batch)
+    dc = L.expand(cfg, bmax, [1], wl.isl)
+    dc["chunk"] = np.zeros_like(dc["chunk"])
+    dres = _pool_eval(decode_worker, p, hw, model, prec, wl, dc)
+    gd = dc["tp"] * dc["ep"] * dc["pp"]
+    ok = dres["feasible"].astype(bool)
+    keep_d = np.flatnonzero(ok)[_pareto_by_size(dres["rate"][ok] * wl.osl / gd[ok], 1.0 / dres["tpot_s"][ok], gd[ok])]
+    t1 = time.perf_counter()
+    if progress:
+        print(f"jaxplan: disaggregated: {len(pc['tp']):,} prefill and {len(dc['tp']):,} decode worker layouts; "
+              f"pairing {len(keep_p)} x {len(keep_d)} Pareto-optimal workers", file=sys.stderr)
+    # all pairs (i, j)
+    I, J = np.meshgrid(keep_p, keep_d, indexing="ij")
+    I, J = I.ravel(), J.ravel()
+    pre_lay = Layout(*(jnp.asarray(pc[f][I]) for f in Layout._fields))
+    dec_lay = Layout(*(jnp.asarray(dc[f][J]) for f in Layout._fields))
+    kv = jax.jit(jax.vmap(lambda a, b, cross: kv_transfer_time(p, hw, model, prec, wl.isl, a, b, cross),
+                          in_axes=(0, 0, None)))
+    t_kv_nv, t_kv_net = np.asarray(kv(pre_lay, dec_lay, False)), np.asarray(kv(pre_lay, dec_lay, True))
+    r_p, r_d = pres["rate"][I], dres["rate"][J]
+    g_p, g_d = gp[I], gd[J]
+    ys = np.arange(1, G + 1, dtype=np.float32)
+    rhos = np.asarray(PREFILL_UTILIZATIONS, np.float32)
+    pair, yy, rr = np.meshgrid(np.arange(len(I)), ys, rhos, indexing="ij")
+    pair, yy, rr = pair.ravel(), yy.ravel(), rr.ravel()
+    xx = np.ceil(yy * r_d[pair] / (rr * r_p[pair]) - 1e-6)
+    used = xx * g_p[pair] + yy * g_d[pair]
+    fit = used <= G
+    pair, yy, xx, used = pair[fit], yy[fit], xx[fit], used[fit]
+    # distinct (pair, x, y) only: several utilization targets can round to the same x
+    uniq = np.unique(np.stack([pair, xx, yy], 1), axis=0)
+    pair, xx, yy = uniq[:, 0].astype(np.int64), uniq[:, 1], uniq[:, 2]
+    used = xx * g_p[pair] + yy * g_d[pair]
+    X = yy * r_d[pair]
+    rho = X / (xx * r_p[pair])
+    cross = used > hw.scaleup_domain
+    t_kv = np.where(cross, t_kv_net[pair], t_kv_nv[pair])
+    ttft = pres["latency_s"][I][pair] + np.asarray(prefill_wait(rho, r_p[pair])) + t_kv
+    tpot = dres["tpot_s"][J][pair]
+    i_p, i_d = I[pair], J[pair]
+    cols = {"mode": np.full(len(pair), "disagg", dtype=object),
+            "tp": dc["tp"][i_d], "pp": dc["pp"][i_d], "ep": dc["ep"][i_d], "dp": yy, "adp": dc["adp"][i_d],
+            "batch": dc["batch"][i_d], "chunk": pc["chunk"][i_p],
+            "prefill_tp": pc["tp"][i_p], "prefill_pp": pc["pp"][i_p], "prefill_ep": pc["ep"][i_p],
+            "prefill_adp": pc["adp"][i_p], "prefill_chunk": pc["chunk"][i_p], "prefill_workers": xx,
+            "decode_tp": dc["tp"][i_d], "decode_pp": dc["pp"][i_d], "decode_ep": dc["ep"][i_d],
+            "decode_adp": dc["adp"][i_d], "decode_batch": dc["batch"][i_d], "decode_workers": yy,
+            "gpus_used": used, "feasible": np.ones(len(pair), bool),
+            "ttft_s": ttft, "tpot_s": tpot, "tokens_per_s_per_user": 1.0 / tpot,
+            "tokens_per_s_per_gpu": X * wl.osl / used, "requests_per_s": X,
+            "memory_per_gpu_gb": np.maximum(pres["memory_per_gpu_gb"][i_p], dres["memory_per_gpu_gb"][i_d]),
+            "kv_transfer_s": t_kv, "prefill_utilization": rho, "prefill_latency_s": pres["latency_s"][i_p]}
+    for k in ("tp", "pp", "ep", "dp", "adp", "batch", "chunk", "prefill_tp", "prefill_pp", "prefill_ep",
+              "prefill_adp", "prefill_chunk", "prefill_workers", "decode_tp", "decode_pp", "decode_ep",
+              "decode_adp", "decode_batch", "decode_workers", "gpus_used"):
+        cols[k] = np.asarray(cols[k]).astype(np.int64)
+    on = pareto_mask(cols["tokens_per_s_per_user"], cols["tokens_per_s_per_gpu"], cols["feasible"])
+    cols["on_frontier"] = on
+    front = np.flatnonzero(on)
+    front = front[np.argsort(cols["tokens_per_s_per_user"][front])]
+    best = sla_pick(cols, exp.sla.min_tokens_per_user, exp.sla.max_ttft_s)
+    t2 = time.perf_counter()
+    return SweepResult(cols, front, best, len(cfg), 0.0, (t1 - t0) + (t2 - t1), params_source)
