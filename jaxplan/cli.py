@@ -69,13 +69,13 @@ def _add_experiment_args(sp):
 
 
 def _load(args):
-    from .params import params_for
+    from .params import for_backend, params_for
     from .specs import load_experiment
     exp = load_experiment(_experiment_path(args.experiment), model=args.model, hardware=args.hardware,
                           gpus=args.gpus, isl=args.isl, osl=args.osl, precision=args.precision,
                           min_tokens_per_user=args.min_tokens_per_user, max_ttft=args.max_ttft)
     p, source = params_for(exp.hardware.name, args.params or exp.params_file)
-    return exp, p, source
+    return exp, for_backend(p, exp.backend), source
 
 
 def _title(exp) -> str:
@@ -85,47 +85,76 @@ def _title(exp) -> str:
 
 # ----------------------------------------------------------------------------- sweep
 
+def _sla_text(exp) -> str:
+    return f"≥ {exp.sla.min_tokens_per_user:g} tokens/s/user, TTFT ≤ {exp.sla.max_ttft_s:g} s"
+
+
+def _meeting_sla(cols, exp) -> int:
+    return int((cols["feasible"] & (cols["tokens_per_s_per_user"] >= exp.sla.min_tokens_per_user)
+                & (cols["ttft_s"] <= exp.sla.max_ttft_s)).sum())
+
+
 def cmd_sweep(args) -> int:
     from . import report
-    from .sweep import run_sweep
+    from .sweep import run_disagg_sweep, run_sweep
 
     exp, p, source = _load(args)
     out = Path(args.out or Path("out") / exp.name)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"jaxplan sweep: {_title(exp)}; parameters: {source}", file=sys.stderr)
-    res = run_sweep(exp, p, params_source=source, progress=True)
-    cols = res.columns
-    report.write_csv(out / "layouts.csv", cols, report.LAYOUT_CSV_COLUMNS)
-    report.write_csv(out / "frontier.csv", cols, report.LAYOUT_CSV_COLUMNS, rows=res.frontier)
-    report.plot_frontier(out / "frontier.png", cols, res.frontier, res.best, _title(exp),
-                         exp.sla.min_tokens_per_user)
-    best = res.row(res.best) if res.best is not None else None
+    print(f"jaxplan sweep: {_title(exp)}; serving: {args.serving}; parameters: {source}", file=sys.stderr)
+    results = {}
+    if args.serving in ("agg", "both"):
+        results["agg"] = run_sweep(exp, p, params_source=source, progress=True, attention_dp=args.attention_dp)
+    if args.serving in ("disagg", "both"):
+        results["disagg"] = run_disagg_sweep(exp, p, params_source=source, progress=True)
+    cols, front, best = report.merge_results(results)
+    names = report.LAYOUT_CSV_COLUMNS if args.serving == "agg" else report.MODE_CSV_COLUMNS
+    report.write_csv(out / "layouts.csv", cols, names)
+    report.write_csv(out / "frontier.csv", cols, names, rows=front)
+    extra = {}
+    if len(results) > 1:
+        for mode, r in results.items():
+            fi = r.frontier
+            extra[f"{mode} frontier"] = (r.columns["tokens_per_s_per_user"][fi], r.columns["tokens_per_s_per_gpu"][fi])
+    report.plot_frontier(out / "frontier.png", cols, [] if extra else front, best, _title(exp),
+                         exp.sla.min_tokens_per_user, extra=extra)
+    best_row = report.row(cols, best) if best is not None else None
     summary = {
         "experiment": exp.name, "model": exp.model.name, "hardware": exp.hardware.name, "gpus": exp.gpus,
-        "precision": exp.precision.name, "isl": exp.workload.isl, "osl": exp.workload.osl,
+        "precision": exp.precision.name, "backend": exp.backend, "isl": exp.workload.isl, "osl": exp.workload.osl,
+        "serving": args.serving,
         "sla": {"min_tokens_per_s_per_user": exp.sla.min_tokens_per_user, "max_ttft_s": exp.sla.max_ttft_s},
         "params_source": source,
-        "counts": {"parallel_layouts": res.num_parallel_configs, "layouts": res.n,
-                   "feasible": int(cols["feasible"].sum()), "frontier": int(len(res.frontier)),
-                   "meeting_sla": int((cols["feasible"] & (cols["tokens_per_s_per_user"] >= exp.sla.min_tokens_per_user)
-                                       & (cols["ttft_s"] <= exp.sla.max_ttft_s)).sum())},
-        "best_at_sla": best,
-        "seconds": {"compile": res.compile_s, "evaluate": res.evaluate_s},
-        "layouts_per_second": res.n / max(res.evaluate_s, 1e-9),
+        "counts": {"layouts": int(len(cols["tokens_per_s_per_gpu"])), "feasible": int(cols["feasible"].sum()),
+                   "frontier": int(len(front)), "meeting_sla": _meeting_sla(cols, exp)},
+        "best_at_sla": best_row,
+        "seconds": {"compile": sum(r.compile_s for r in results.values()),
+                    "evaluate": sum(r.evaluate_s for r in results.values())},
+        "layouts_per_second": sum(r.n for r in results.values()) / max(sum(r.evaluate_s for r in results.values()), 1e-9),
+        "by_mode": {m: {"layouts": r.n, "parallel_layouts": r.num_parallel_configs,
+                        "best_at_sla": r.row(r.best) if r.best is not None else None,
+                        "seconds": {"compile": r.compile_s, "evaluate": r.evaluate_s}} for m, r in results.items()},
     }
+    if "agg" in results:
+        summary["counts"]["parallel_layouts"] = results["agg"].num_parallel_configs
+    if len(results) == 2 and all(r.best is not None for r in results.values()):
+        summary["disagg_over_agg_at_sla"] = (results["disagg"].row(results["disagg"].best)["tokens_per_s_per_gpu"]
+                                             / results["agg"].row(results["agg"].best)["tokens_per_s_per_gpu"])
     report.write_json(out / "summary.json", summary)
-    print(f"\nPareto frontier ({len(res.frontier)} of {res.n:,} layouts, "
-          f"{int(cols['feasible'].sum()):,} feasible):")
-    print(report.table(report.frontier_rows(cols, res.frontier), report.FRONTIER_TABLE))
-    sla = f"≥ {exp.sla.min_tokens_per_user:g} tokens/s/user, TTFT ≤ {exp.sla.max_ttft_s:g} s"
-    if best is None:
-        print(f"\nNo feasible layout meets the SLA ({sla}).")
+    for mode, r in results.items():
+        table = report.FRONTIER_TABLE if mode == "agg" else report.DISAGG_TABLE
+        print(f"\n{mode} Pareto frontier ({len(r.frontier)} of {r.n:,} layouts, {int(r.columns['feasible'].sum()):,} feasible):")
+        print(report.table(report.frontier_rows(r.columns, r.frontier, table), table))
+    if best_row is None:
+        print(f"\nNo feasible layout meets the SLA ({_sla_text(exp)}).")
     else:
-        print(f"\nBest at SLA ({sla}): {report.layout_label(best)}: "
-              f"{best['tokens_per_s_per_gpu']:.1f} tokens/s/GPU, {best['tokens_per_s_per_user']:.1f} tokens/s/user, "
-              f"TTFT {best['ttft_s']:.2f} s, {best['memory_per_gpu_gb']:.0f} GB/GPU")
-    print(f"compiled in {res.compile_s:.1f} s, evaluated {res.n:,} layouts in {res.evaluate_s:.3f} s; "
-          f"wrote {out}/layouts.csv, frontier.csv, summary.json, frontier.png")
+        print(f"\nBest at SLA ({_sla_text(exp)}): {report.label(best_row)}: "
+              f"{best_row['tokens_per_s_per_gpu']:.1f} tokens/s/GPU, {best_row['tokens_per_s_per_user']:.1f} tokens/s/user, "
+              f"TTFT {best_row['ttft_s']:.2f} s, {best_row['memory_per_gpu_gb']:.0f} GB/GPU")
+    if "disagg_over_agg_at_sla" in summary:
+        print(f"Disaggregated / aggregated tokens/s/GPU at the SLA: {summary['disagg_over_agg_at_sla']:.2f}x")
+    print(f"compiled in {summary['seconds']['compile']:.1f} s, evaluated {summary['counts']['layouts']:,} layouts in "
+          f"{summary['seconds']['evaluate']:.3f} s; wrote {out}/layouts.csv, frontier.csv, summary.json, frontier.png")
     return 0
 
 
@@ -177,7 +206,7 @@ def cmd_explain(args) -> int:
     print(f"{_title(exp)}\nlayout {label} (from {origin}); parameters: {source}\n")
     print(f"  TTFT {m['ttft_s']:.3f} s   TPOT {1e3 * m['tpot_s']:.2f} ms   "
           f"{m['tokens_per_s_per_user']:.1f} tokens/s/user   {m['tokens_per_s_per_gpu']:.1f} tokens/s/GPU   "
-          f"decode batch {m['decode_batch']:.1f} of {batch}"
+          f"decoding {m['decoding_requests']:.1f} of {batch} requests"
           + ("   (prefill saturated: requests queue for prefill)" if m["prefill_saturated"] > 0.5 else ""))
     mem = ex["memory_gb"]
     print(f"  memory per GPU: {mem['total']:.1f} GB of {mem['capacity']:.1f} usable "
@@ -206,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("sweep", help="evaluate every layout, draw the Pareto frontier, pick the best at the SLA")
     _add_experiment_args(sp)
     sp.add_argument("--out", help="output folder (default: out/<experiment>)")
+    sp.add_argument("--serving", choices=("agg", "disagg", "both"), default="agg",
+                    help="aggregated in-flight batching, disaggregated prefill/decode pools, or both (default: agg)")
+    sp.add_argument("--attention-dp", choices=("ep", "all"), default="ep",
+                    help="aggregated space: attention-DP equal to EP (default), or every divisor of the stage")
     sp.set_defaults(fn=cmd_sweep)
     ep = sub.add_parser("explain", help="one layout's metrics and per-op time breakdown")
     _add_experiment_args(ep)

@@ -73,6 +73,11 @@ PARAM_SPECS: dict[str, ParamSpec] = {
     # --- fixed overheads
     "layer_overhead_s": _p(8e-6, 1e-8, 1e-3, "per layer per forward: norms, residual, small kernels", log=True),
     "step_overhead_s": _p(2e-3, 1e-6, 5e-2, "per iteration: scheduling, sampling, host work", log=True),
+    # --- per-backend serving overheads (TensorRT-LLM, vLLM, SGLang schedule differently);
+    #     ``for_backend`` puts them in place of the generic two above
+    **{f"{kind}_overhead_{b}_s": _p(v, lo, hi, f"{kind} overhead of {b}", log=True)
+       for b in ("trtllm", "vllm", "sglang")
+       for kind, v, lo, hi in (("step", 2e-3, 1e-6, 5e-2), ("layer", 8e-6, 1e-8, 1e-3))},
     # --- memory
     "mem_usable_frac": _p(0.92, 0.5, 1.0, "share of HBM the runtime may fill (fragmentation, allocator)"),
     "mem_reserve_gb": _p(4.0, 0.1, 40.0, "per-GPU runtime reserve: CUDA context, NCCL buffers, graphs", log=True),
@@ -83,6 +88,22 @@ Params = dict  # name -> jax scalar (physical value)
 
 def default_params() -> Params:
     return {k: jnp.asarray(s.default, jnp.float32) for k, s in PARAM_SPECS.items()}
+
+
+BACKENDS = ("trtllm", "vllm", "sglang")
+
+
+def for_backend(params: Mapping, backend: str) -> Params:
+    """The parameters as one serving backend sees them: its own step and layer overheads take the
+    place of the generic ``step_overhead_s`` and ``layer_overhead_s``."""
+    if backend not in BACKENDS:
+        raise SpecError(f"backend '{backend}' is unknown; allowed: {', '.join(BACKENDS)}")
+    out = dict(params)
+    for kind in ("step", "layer"):
+        key = f"{kind}_overhead_{backend}_s"
+        if key in out:
+            out[f"{kind}_overhead_s"] = out[key]
+    return out
 
 
 def _bounds(spec: ParamSpec):

@@ -11,10 +11,14 @@ import numpy as np
 
 LAYOUT_CSV_COLUMNS = ("tp", "pp", "ep", "dp", "adp", "batch", "chunk", "feasible", "ttft_s", "tpot_s",
                       "tokens_per_s_per_user", "tokens_per_s_per_gpu", "memory_per_gpu_gb", "on_frontier",
-                      "requests_per_s", "decode_batch", "prefill_saturated", "chunk_iter_s", "decode_iter_s")
+                      "requests_per_s", "decoding_requests", "prefill_saturated", "chunk_iter_s", "decode_iter_s")
 
 
 def _fmt(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, str):
+        return v
     if isinstance(v, (bool, np.bool_)):
         return "1" if v else "0"
     if isinstance(v, (int, np.integer)):
@@ -51,22 +55,85 @@ FRONTIER_TABLE = (("tp", "TP", "d"), ("pp", "PP", "d"), ("ep", "EP", "d"), ("dp"
                   , ("memory_per_gpu_gb", "mem GB", ".0f"))
 
 
-def frontier_rows(columns, idx) -> list[dict]:
-    rows = []
-    for i in idx:
-        r = {k: columns[k][i] for k, _, _ in FRONTIER_TABLE}
-        r["tpot_s"] = f"{1e3 * float(columns['tpot_s'][i]):.1f}"
-        for k in ("tp", "pp", "ep", "dp", "adp", "batch", "chunk"):
-            r[k] = int(r[k])
-        rows.append(r)
-    return rows
+DISAGG_TABLE = (("prefill", "prefill worker", ""), ("prefill_workers", "x", "d"),
+                ("decode", "decode worker", ""), ("decode_workers", "y", "d"), ("gpus_used", "GPUs", "d"),
+                ("tokens_per_s_per_user", "tok/s/user", ".1f"), ("tokens_per_s_per_gpu", "tok/s/GPU", ".1f"),
+                ("ttft_s", "TTFT s", ".2f"), ("tpot_s", "TPOT ms", ""), ("kv_transfer_s", "KV ms", ""))
+MODE_CSV_COLUMNS = ("mode",) + LAYOUT_CSV_COLUMNS + (
+    "prefill_tp", "prefill_pp", "prefill_ep", "prefill_adp", "prefill_chunk", "prefill_workers",
+    "decode_tp", "decode_pp", "decode_ep", "decode_adp", "decode_batch", "decode_workers", "gpus_used",
+    "kv_transfer_s", "prefill_utilization", "prefill_latency_s")
+INT_FIELDS = {"tp", "pp", "ep", "dp", "adp", "batch", "chunk", "prefill_workers", "decode_workers", "gpus_used"}
+
+
+def _parallel_label(r: dict, prefix: str = "") -> str:
+    g = lambda k: int(r[prefix + k])
+    parts = [f"{k.upper()}{g(k)}" for k in ("tp", "pp", "ep") if g(k) > 1]
+    if not prefix and g("dp") > 1:
+        parts.insert(3, f"DP{g('dp')}")
+    if g("adp") != g("ep"):
+        parts.append(f"ADP{g('adp')}")
+    return "·".join(parts or ["TP1"])
 
 
 def layout_label(r: dict) -> str:
-    parts = [f"{k.upper()}{int(r[k])}" for k in ("tp", "pp", "ep", "dp") if int(r[k]) > 1]
-    if "adp" in r and int(r["adp"]) != int(r["ep"]):
-        parts.append(f"ADP{int(r['adp'])}")
-    return "·".join(parts or ["TP1"]) + f" B{int(r['batch'])} C{int(r['chunk'])}"
+    return _parallel_label(r) + f" B{int(r['batch'])} C{int(r['chunk'])}"
+
+
+def disagg_label(r: dict) -> str:
+    return (f"prefill {int(r['prefill_workers'])}x[{_parallel_label(r, 'prefill_')} C{int(r['prefill_chunk'])}] + "
+            f"decode {int(r['decode_workers'])}x[{_parallel_label(r, 'decode_')} B{int(r['decode_batch'])}]")
+
+
+def label(r: dict) -> str:
+    return disagg_label(r) if r.get("mode") == "disagg" else layout_label(r)
+
+
+def frontier_rows(columns, idx, spec=FRONTIER_TABLE) -> list[dict]:
+    rows = []
+    for i in idx:
+        r = {k: columns[k][i] for k in columns}
+        out = {k: r[k] for k, _, _ in spec if k in r}
+        out["tpot_s"] = f"{1e3 * float(columns['tpot_s'][i]):.1f}"
+        if spec is DISAGG_TABLE:
+            out["prefill"] = f"{_parallel_label(r, 'prefill_')} C{int(r['prefill_chunk'])}"
+            out["decode"] = f"{_parallel_label(r, 'decode_')} B{int(r['decode_batch'])}"
+            out["kv_transfer_s"] = f"{1e3 * float(r['kv_transfer_s']):.1f}"
+        for k in INT_FIELDS & set(out):
+            out[k] = int(out[k])
+        rows.append(out)
+    return rows
+
+
+def row(columns: dict, i: int) -> dict:
+    return {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in columns.items()}
+
+
+def merge_results(results: dict) -> tuple[dict, np.ndarray, int | None]:
+    """One table of every mode's layouts (union of columns, None where a column does not apply),
+    each mode's frontier, and the overall SLA pick (the best of the modes' picks)."""
+    n = {m: r.n for m, r in results.items()}
+    total = sum(n.values())
+    keys = []
+    for r in results.values():
+        keys += [k for k in r.columns if k not in keys]
+    cols = {}
+    for k in keys:
+        parts = []
+        for m, r in results.items():
+            v = r.columns.get(k)
+            parts.append(np.asarray(v, dtype=object) if v is not None else np.full(n[m], None, dtype=object))
+        cols[k] = np.concatenate(parts) if parts else np.zeros(0)
+    cols["mode"] = np.concatenate([np.full(n[m], m, dtype=object) for m in results])
+    for k in ("feasible", "on_frontier"):
+        cols[k] = cols[k].astype(bool)
+    for k in ("tokens_per_s_per_user", "tokens_per_s_per_gpu", "ttft_s", "tpot_s", "memory_per_gpu_gb"):
+        cols[k] = cols[k].astype(np.float64)
+    offsets = np.cumsum([0] + list(n.values()))[:-1]
+    front = np.concatenate([r.frontier + o for r, o in zip(results.values(), offsets)]) if total else np.zeros(0, int)
+    picks = [r.best + o for r, o in zip(results.values(), offsets) if r.best is not None]
+    best = max(picks, key=lambda i: cols["tokens_per_s_per_gpu"][i]) if picks else None
+    return cols, front.astype(int), best
 
 
 def plot_frontier(path: Path, columns: dict, frontier_idx, best: int | None, title: str,
@@ -79,28 +146,29 @@ def plot_frontier(path: Path, columns: dict, frontier_idx, best: int | None, tit
     import matplotlib.pyplot as plt
 
     feas = np.asarray(columns["feasible"], bool)
-    u, g = np.asarray(columns["tokens_per_s_per_user"]), np.asarray(columns["tokens_per_s_per_gpu"])
+    u = np.asarray(columns["tokens_per_s_per_user"], float)
+    g = np.asarray(columns["tokens_per_s_per_gpu"], float)
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
     ax.scatter(u[feas], g[feas], s=6, alpha=0.15, color="tab:gray", label=f"{feas.sum():,} feasible layouts")
     fi = np.asarray(frontier_idx, int)
     if fi.size:
         ax.plot(u[fi], g[fi], "-o", color="tab:blue", ms=3.5, lw=1.6, label="Pareto frontier")
-    for label, (xu, xg) in (extra or {}).items():
-        ax.plot(xu, xg, "-s", ms=3.5, lw=1.6, label=label)
+    for name, (xu, xg) in (extra or {}).items():
+        ax.plot(xu, xg, "-s", ms=3.5, lw=1.6, label=name)
     if min_tokens_per_user > 0:
         ax.axvline(min_tokens_per_user, color="tab:red", ls="--", lw=1, alpha=0.7,
                    label=f"SLA: ≥ {min_tokens_per_user:g} tokens/s/user")
     if best is not None:
-        r = {k: columns[k][best] for k in ("tp", "pp", "ep", "dp", "adp", "batch", "chunk")}
+        r = {k: columns[k][best] for k in columns}
         ax.plot([u[best]], [g[best]], marker="*", ms=16, color="tab:orange", mec="k", ls="none",
-                label=f"best at SLA: {layout_label(r)}")
+                label=f"best at SLA: {label(r)}")
     ax.set_xlabel("interactivity (output tokens/s per user)")
     ax.set_ylabel("throughput (output tokens/s per GPU)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.set_xlim(left=0)
     ax.set_ylim(bottom=0)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -114,7 +114,7 @@ def evaluate(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: 
         "tokens_per_s_per_user": 1.0 / tpot,
         "tokens_per_s_per_gpu": x * osl / gpus_per_replica,
         "requests_per_s": x * lay.dp,
-        "decode_batch": g * d,
+        "decoding_requests": g * d,
         "prefill_saturated": d >= d_sat * (1 - 1e-4),
         "chunk_iter_s": t_chunk,
         "decode_iter_s": t_plain,
@@ -128,7 +128,7 @@ def explain(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: L
     prefill chunk and of a decode-only iteration, at the solved decode batch, and the memory."""
     lay = Layout(*(jnp.asarray(v, jnp.float32) for v in lay))
     m = jax.jit(evaluate, static_argnums=(2, 3))(p, hw, model, prec, wl, lay)
-    dec = m["decode_batch"]
+    dec = m["decoding_requests"]
     c = jnp.minimum(lay.chunk, wl.isl) * lay.adp
     rc = jax.jit(round_costs, static_argnums=(2, 3))
     mem = memory_per_gpu(p, hw, model, prec, wl.isl, wl.osl, lay.tp, lay.ep, lay.adp, lay.pp, lay.batch, lay.chunk)

@@ -159,6 +159,11 @@ PRECISIONS = {
     # NVFP4: 4-bit E2M1 values plus one FP8 scale per 16 values = 4.5 bits per weight
     # (NVIDIA, "Introducing NVFP4", 2025). KV cache and attention stay FP8.
     "fp4": Precision("fp4", 4.5 / 8, "fp4", 1.0, "fp8", 0.5625),
+    # Weight-only 4-bit formats, dequantized to BF16 inside the GEMM (what Hopper runs, having no
+    # FP4 tensor cores): MXFP4 (32-value blocks with an 8-bit scale = 4.25 bits; gpt-oss) and INT4
+    # with one BF16 scale per 32 values (= 4.5 bits; Kimi-K2 QAT checkpoints). BF16 KV cache.
+    "mxfp4": Precision("mxfp4", 4.25 / 8, "bf16", 2.0, "bf16", 2.0),
+    "int4": Precision("int4", 4.5 / 8, "bf16", 2.0, "bf16", 2.0),
 }
 RAW_FP4_WEIGHT_BYTES = 0.5  # what a bare 4-bit count gives, without the block scales
 

@@ -21,7 +21,7 @@ from .specs import Experiment, Hardware, Model, Precision, Workload
 
 DEFAULT_CHUNK = 4096
 OUTPUT_COLUMNS = ("ttft_s", "tpot_s", "tokens_per_s_per_user", "tokens_per_s_per_gpu", "requests_per_s",
-                  "decode_batch", "prefill_saturated", "chunk_iter_s", "decode_iter_s",
+                  "decoding_requests", "prefill_saturated", "chunk_iter_s", "decode_iter_s",
                   "memory_per_gpu_gb", "feasible")
 
 
@@ -64,12 +64,13 @@ def evaluate_layouts(p, hw: Hardware, model: Model, prec: Precision, wl: Workloa
         take = min(chunk, n - s)
         for k, v in res.items():
             out.setdefault(k, []).append(np.asarray(v)[:take])
-        if progress and len(starts) > 1:
+        if progress and len(starts) > 1 and sys.stderr.isatty():
             done = min(n, s + chunk)
             rate = done / max(time.perf_counter() - t0, 1e-9)
             print(f"\r  evaluated {done:,}/{n:,} layouts ({rate:,.0f}/s)", end="", file=sys.stderr, flush=True)
     if progress and len(starts) > 1:
-        print(file=sys.stderr)
+        dt = time.perf_counter() - t0
+        print(f"\r  evaluated {n:,} layouts in {dt:.2f} s ({n / max(dt, 1e-9):,.0f}/s)", file=sys.stderr)
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
