@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .cost import Cost, memory_per_gpu, p2p, stage_costs, sum_costs
 from .specs import Hardware, Model, Precision, Workload
@@ -181,6 +182,12 @@ def decode_worker(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, 
     mem = memory_per_gpu(p, hw, model, prec, wl.isl, wl.osl, lay.tp, lay.ep, lay.adp, lay.pp, lay.batch, 0.0)
     return {"tpot_s": tpot, "rate": lay.batch / (wl.osl * tpot),
             "memory_per_gpu_gb": mem["total"] / 1e9, "feasible": mem["total"] <= mem["capacity"]}
+
+
+def prefill_workers_needed(decode_workers, decode_rate, prefill_rate, utilization):
+    """Rate matching: the fewest prefill workers whose combined request rate, run at the target
+    ``utilization``, covers what ``decode_workers`` decode workers complete."""
+    return np.ceil(decode_workers * decode_rate / (utilization * prefill_rate) - 1e-6)
 
 
 def prefill_wait(rho, rate):

@@ -225,7 +225,7 @@ def run_disagg_sweep(exp: Experiment, p, params_source: str = "", progress: bool
     is exact for rate matching. For each pair and each decode worker count y, the prefill pool is
     sized to a target utilization, x = ceil(y * decode rate / (rho * prefill rate)), and kept if
     x and y workers fit the budget. Throughput per GPU counts the GPUs the deployment uses."""
-    from .serving import decode_worker, kv_transfer_time, prefill_wait, prefill_worker
+    from .serving import decode_worker, kv_transfer_time, prefill_wait, prefill_worker, prefill_workers_needed
 
     model, hw, prec, wl, G = exp.model, exp.hardware, exp.precision, exp.workload, exp.gpus
     t0 = time.perf_counter()
@@ -265,7 +265,7 @@ def run_disagg_sweep(exp: Experiment, p, params_source: str = "", progress: bool
     rhos = np.asarray(PREFILL_UTILIZATIONS, np.float32)
     pair, yy, rr = np.meshgrid(np.arange(len(I)), ys, rhos, indexing="ij")
     pair, yy, rr = pair.ravel(), yy.ravel(), rr.ravel()
-    xx = np.ceil(yy * r_d[pair] / (rr * r_p[pair]) - 1e-6)
+    xx = prefill_workers_needed(yy, r_d[pair], r_p[pair], rr)
     used = xx * g_p[pair] + yy * g_d[pair]
     fit = used <= G
     pair, yy, xx, used = pair[fit], yy[fit], xx[fit], used[fit]
