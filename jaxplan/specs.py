@@ -54,13 +54,14 @@ def preset_names(kind: str) -> list[str]:
 
 def _resolve(name_or_path: str | os.PathLike, kind: str) -> Path:
     p = Path(name_or_path)
+    noun = kind[:-1] if kind.endswith("s") else kind
     if p.suffix in (".yaml", ".yml", ".json") or os.sep in str(name_or_path):
         if not p.is_file():
-            raise SpecError(f"{kind} file '{p}' does not exist")
+            raise SpecError(f"{noun} file '{p}' does not exist")
         return p
     preset = config_root() / kind / f"{name_or_path}.yaml"
     if not preset.is_file():
-        raise SpecError(f"unknown {kind[:-1] if kind.endswith('s') else kind} '{name_or_path}'; "
+        raise SpecError(f"unknown {noun} '{name_or_path}'; "
                         f"presets are: {', '.join(preset_names(kind))} (or give a file path)")
     return preset
 
