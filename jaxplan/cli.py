@@ -166,7 +166,7 @@ def cmd_explain(args) -> int:
     from . import report
     from .cost import sum_costs
     from .layouts import check_parallel
-    from .serving import Layout, explain
+    from .serving import Layout, explain, sensitivities
 
     exp, p, source = _load(args)
     given = [args.tp, args.pp, args.ep, args.dp, args.batch, args.chunk]
@@ -188,6 +188,7 @@ def cmd_explain(args) -> int:
         origin = "the command line"
     lay = Layout(*(jnp.float32(v) for v in (tp, pp, ep, dp, batch, chunk, adp)))
     ex = explain(p, exp.hardware, exp.model, exp.precision, exp.workload, lay)
+    sens = sensitivities(p, exp.hardware, exp.model, exp.precision, exp.workload, lay)
     label = report.layout_label(dict(tp=tp, pp=pp, ep=ep, dp=dp, adp=adp, batch=batch, chunk=chunk))
     groups = {}
     for phase in ("chunk_iteration", "decode_iteration"):
@@ -200,7 +201,7 @@ def cmd_explain(args) -> int:
                                                                chunk=chunk),
                                                 "experiment": exp.name, "params_source": source,
                                                 "metrics": ex["metrics"], "memory_gb": ex["memory_gb"],
-                                                "ops_s": groups})
+                                                "ops_s": groups, "elasticities": sens})
         return 0
     m = ex["metrics"]
     print(f"{_title(exp)}\nlayout {label} (from {origin}); parameters: {source}\n")
@@ -224,6 +225,15 @@ def cmd_explain(args) -> int:
         print(f"\n  {title}: {1e3 * total:.2f} ms")
         print("  " + report.table(rows, (("op", "op", ""), ("ms", "ms", ""), ("share", "share", ""),
                                          ("bound", "mostly", ""))).replace("\n", "\n  "))
+    names = {"hbm_bandwidth": "HBM bandwidth", "bf16_flops": "BF16 FLOP/s", "fp8_flops": "FP8 FLOP/s",
+             "fp4_flops": "FP4 FLOP/s", "scaleup_bandwidth": "NVLink bandwidth",
+             "scaleout_bandwidth": "scale-out bandwidth", "hbm_capacity": "HBM capacity",
+             "isl": "input length", "osl": "output length"}
+    rows = [{"x": names.get(k, k), **{m: f"{sens[m][k]:+.3f}" for m in sens}} for k in sens["ttft_s"]]
+    print("\n  elasticities: % change of each metric per +1% of the input (exact derivatives of the model):")
+    print("  " + report.table(rows, (("x", "input", ""), ("tokens_per_s_per_gpu", "tok/s/GPU", ""),
+                                     ("tokens_per_s_per_user", "tok/s/user", ""),
+                                     ("ttft_s", "TTFT", ""))).replace("\n", "\n  "))
     return 0
 
 
