@@ -197,11 +197,11 @@ def cmd_explain(args) -> int:
                          for k, c in ex[phase].items()}
         groups[phase]["TOTAL"] = {"total": float(sum_costs(ex[phase].values()).total())}
     if args.json:
-        report.write_json(Path("/dev/stdout"), {"layout": dict(tp=tp, pp=pp, ep=ep, dp=dp, adp=adp, batch=batch,
+        sys.stdout.write(report.to_json({"layout": dict(tp=tp, pp=pp, ep=ep, dp=dp, adp=adp, batch=batch,
                                                                chunk=chunk),
                                                 "experiment": exp.name, "params_source": source,
                                                 "metrics": ex["metrics"], "memory_gb": ex["memory_gb"],
-                                                "ops_s": groups, "elasticities": sens})
+                                                "ops_s": groups, "elasticities": sens}))
         return 0
     m = ex["metrics"]
     print(f"{_title(exp)}\nlayout {label} (from {origin}); parameters: {source}\n")

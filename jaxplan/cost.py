@@ -98,16 +98,36 @@ def gemm(p, hw: Hardware, prec: Precision, m, n, k, *, weight_bytes=None, rate=N
     """Y[m, n] = X[m, k] W[k, n]: 2mnk FLOPs; reads the weights and activations, writes Y in BF16.
     ``batch`` independent GEMMs of that shape run as one batched kernel (MLA's per-head matmuls).
 
-    Efficiency falls for thin shapes: eff = eff_max * m/(m + m_half) * n/(n + h) * k/(k + h)."""
+    Efficiency falls for thin shapes: eff = eff_max * m/(m + m_half) * n/(n + h) * k/(k + h + k_extra)
+    (tiles pad m and n; each tile's k-loop pays a pipeline fill and epilogue worth h + k_extra of k).
+
+    Waves (fitted profiles; neutral at the default wave_elems = 1): the padded m x n output is cut
+    into tiles that run in waves over the SMs, one wave covering ``gemm_wave_elems_<rate>`` output
+    elements; below one wave the SMs idle unless the kernel splits k over more CTAs (split-K, not
+    below ``gemm_splitk_min_k_<rate>`` of k per CTA). Time = (waves, at least one) x the time of one
+    wave's k-loop.
+
+    FP8/FP4 GEMMs as TensorRT-LLM runs them first quantize their BF16 input in a separate pass:
+    ``gemm_quant_bytes_<rate>`` bytes of HBM traffic per input element (3 = read BF16, write FP8;
+    more with an amax pass) plus ``gemm_quant_latency_<rate>_s`` (both 0 by default)."""
     rate = rate or prec.gemm_rate
     wb = prec.weight_bytes if weight_bytes is None else weight_bytes
     ab = prec.qact_bytes if rate != "bf16" else 2.0
     ms = _nonzero(m)
     flops = FLOPS_PER_MAC * ms * n * k * batch
     nbytes = (n * k * wb + ms * k * ab + ms * n * prec.act_bytes) * batch
-    eff = p[f"gemm_eff_{rate}"] * saturate(ms, p["gemm_m_half"]) \
-        * saturate(n, p["gemm_nk_half"]) * saturate(k, p["gemm_nk_half"])
-    return roofline(p, flops, nbytes, hw.peak(rate), eff, hw.hbm_bandwidth, p["mem_eff"]).where(m > 0)
+    # padded rows, columns and k-loop; one wave's worth of output elements; split-K below one wave
+    mp, npd, kp = ms + p["gemm_m_half"], n + p["gemm_nk_half"], k + p["gemm_nk_half"] + p[f"gemm_k_extra_{rate}"]
+    wave = p[f"gemm_wave_elems_{rate}"]
+    waves = mp * npd * batch / wave
+    split = jnp.minimum(smooth_max(k / p[f"gemm_splitk_min_k_{rate}"], 1.0, 8.0), jnp.maximum(1.0, 1.0 / waves))
+    t_c = FLOPS_PER_MAC * wave * (kp - k + k / split) * jnp.maximum(1.0, waves * split) / (hw.peak(rate) * p[f"gemm_eff_{rate}"])
+    eff = flops / (t_c * hw.peak(rate))
+    cost = roofline(p, flops, nbytes, hw.peak(rate), eff, hw.hbm_bandwidth, p["mem_eff"])
+    if rate != "bf16":
+        cost = cost + Cost(memory=ms * k * batch * p[f"gemm_quant_bytes_{rate}"] / (hw.hbm_bandwidth * p["mem_eff"]),
+                           overhead=p[f"gemm_quant_latency_{rate}_s"])
+    return cost.where(m > 0)
 
 
 def elementwise(p, hw: Hardware, nbytes) -> Cost:
@@ -126,15 +146,34 @@ def attention_prefill(p, hw, model: Model, prec, q_tokens, ctx, heads, kv_heads)
         flops = FLOPS_PER_MAC * qs * ctx * heads * (model.qk_head_dim + model.v_head_dim)
         kv_read = ctx * model.kv_elements_per_token_layer() * prec.kv_bytes
         io = qs * heads * (model.qk_head_dim + model.v_head_dim) * prec.act_bytes
-        eff = p["mla_prefill_eff"]
+        eff, dim, fixed = p["mla_prefill_eff"], (model.qk_head_dim + model.v_head_dim) / 2, p["mla_prefill_latency_s"]
     else:
         flops = FLOPS_PER_MAC * 2 * qs * ctx * heads * model.head_dim
         kv_read = ctx * 2 * kv_heads * model.head_dim * prec.kv_bytes
         io = 2 * qs * heads * model.head_dim * prec.act_bytes
-        eff = p["attn_prefill_eff"]
-    eff = eff * saturate(qs, p["attn_q_half"])
-    return roofline(p, flops, kv_read + io, hw.peak(prec.attn_rate), eff, hw.hbm_bandwidth,
-                    p["mem_eff"]).where(q_tokens > 0)
+        eff, dim, fixed = p["attn_prefill_eff"], model.head_dim, p["attn_prefill_latency_s"]
+    if prec.attn_rate != "bf16":                     # FP8 FMHA reaches a smaller share of its 2x peak
+        eff = eff * p["attn_eff_scale_fp8"]
+    # Tiles (all terms neutral at their defaults): query rows are padded per sequence to
+    # ``attn_seq_tile`` (a causal prompt of s tokens has ctx = (s+1)/2, so s = 2 ctx - 1); every
+    # (query, key) pair costs the matmuls' 2 * 2 * dim FLOPs plus the softmax exponential, worth
+    # ``attn_softmax_dim`` more; each query tile's key loop pays ``attn_prefill_k_overhead`` keys of
+    # fill/epilogue. Tiles run in waves of ``attn_prefill_wave_rows`` query-head rows, each wave
+    # also paying ``attn_prefill_tile_s``; below one wave the longest (last) causal tile sets the time.
+    seq = jnp.maximum(jnp.minimum(qs, 2.0 * ctx - 1.0), 1.0)
+    rows = (qs + p["attn_q_half"]) * jnp.maximum(1.0, p["attn_seq_tile"] / seq) * heads
+    wave = p["attn_prefill_wave_rows"]
+    waves = rows / wave
+
+    def wave_time(keys):
+        return p["attn_prefill_tile_s"] + FLOPS_PER_MAC * 2 * wave * (dim + p["attn_softmax_dim"]) \
+            * (keys + p["attn_prefill_k_overhead"]) / (hw.peak(prec.attn_rate) * eff)
+    t_c = jnp.maximum(wave_time(ctx) * jnp.maximum(waves, 1.0)
+                      + (wave_time(jnp.maximum(2.0 * ctx - 1.0, ctx)) - wave_time(ctx)) * jnp.clip(1.0 - waves, 0.0, 1.0),
+                      TINY)
+    cost = roofline(p, flops, kv_read + io, hw.peak(prec.attn_rate), flops / (t_c * hw.peak(prec.attn_rate)),
+                    hw.hbm_bandwidth, p["mem_eff"])
+    return (cost + Cost(overhead=fixed)).where(q_tokens > 0)
 
 
 def attention_decode(p, hw, model: Model, prec, seqs, kv_len, heads, kv_heads) -> Cost:
@@ -147,13 +186,23 @@ def attention_decode(p, hw, model: Model, prec, seqs, kv_len, heads, kv_heads) -
     if model.attention == "mla":
         per_tok_bytes = model.kv_elements_per_token_layer() * prec.kv_bytes
         per_tok_flops = FLOPS_PER_MAC * heads * (2 * model.kv_lora_rank + model.qk_rope_head_dim)
-        eff_c, eff_m = p["mla_decode_eff"], p["mla_decode_mem_eff"]
+        eff_c, eff_m, fixed = p["mla_decode_eff"], p["mla_decode_mem_eff"], p["mla_decode_latency_s"]
+        dim, groups, group = (2 * model.kv_lora_rank + model.qk_rope_head_dim) / 2, 1.0, heads
     else:
         per_tok_bytes = 2 * kv_heads * model.head_dim * prec.kv_bytes
         per_tok_flops = FLOPS_PER_MAC * 2 * heads * model.head_dim
-        eff_c, eff_m = p["attn_decode_eff"], p["attn_decode_mem_eff"]
-    return roofline(p, ss * kv_len * per_tok_flops, ss * kv_len * per_tok_bytes, hw.peak(prec.attn_rate),
-                    eff_c, hw.hbm_bandwidth, eff_m).where(seqs > 0)
+        eff_c, eff_m, fixed = p["attn_decode_eff"], p["attn_decode_mem_eff"], p["attn_decode_latency_s"]
+        dim, groups, group = model.head_dim, kv_heads, heads / kv_heads
+    flops = ss * kv_len * per_tok_flops
+    # Tiles (neutral at the defaults): the query heads sharing a KV head (MLA: all heads) form the
+    # rows of the MMA, padded by ``attn_decode_group_pad``; each sequence's key loop pays
+    # ``attn_decode_k_overhead`` keys of fill; the softmax costs ``attn_softmax_dim`` more per pair.
+    t_c = FLOPS_PER_MAC * 2 * ss * groups * (group + p["attn_decode_group_pad"]) * (dim + p["attn_softmax_dim"]) \
+        * (kv_len + p["attn_decode_k_overhead"]) / (hw.peak(prec.attn_rate) * eff_c)
+    t_c = jnp.maximum(t_c, TINY)
+    cost = roofline(p, flops, ss * kv_len * per_tok_bytes, hw.peak(prec.attn_rate),
+                    _nonzero(flops) / (t_c * hw.peak(prec.attn_rate)), hw.hbm_bandwidth, eff_m)
+    return (cost + Cost(overhead=fixed)).where(seqs > 0)
 
 
 def expected_active_experts(experts, top_k, tokens):
@@ -181,10 +230,20 @@ def moe_experts(p, hw, model: Model, prec, tokens, tp, ep) -> Cost:
     flops = FLOPS_PER_MAC * pairs * per_expert
     nbytes = active * per_expert * prec.weight_bytes \
         + pairs * model.hidden_size * (prec.qact_bytes + prec.act_bytes)
-    m_per_expert = ts * k / E * imb
+    # rows of each *active* expert's GEMM (1 for a single token, tokens * k / E for many)
+    m_per_expert = ts * k * imb / expected_active_experts(E, k, ts)
     eff = p["moe_eff"] * saturate(m_per_expert, p["moe_m_half"])
-    return roofline(p, flops, nbytes, hw.peak(prec.gemm_rate), eff, hw.hbm_bandwidth,
-                    p["moe_mem_eff"]).where(tokens > 0)
+    # Fitted terms (neutral at the defaults): the FP8/FP4 grouped GEMMs reach a share
+    # ``moe_eff_scale_<rate>`` of the BF16 efficiency; each expert's sharded slice pays
+    # ``moe_k_overhead`` columns of tile fill (thin slices at high TP); routing, permute and
+    # finalize cost ``moe_pair_s`` per routed (token, expert) pair of the batch; the layer's
+    # auxiliary kernels add ``moe_latency_s``.
+    if prec.gemm_rate != "bf16":
+        eff = eff * p[f"moe_eff_scale_{prec.gemm_rate}"]
+    inter = model.expert_intermediate_size / tp
+    eff = eff * inter / (inter + p["moe_k_overhead"])
+    cost = roofline(p, flops, nbytes, hw.peak(prec.gemm_rate), eff, hw.hbm_bandwidth, p["moe_mem_eff"])
+    return (cost + Cost(overhead=ts * k * p["moe_pair_s"] + p["moe_latency_s"])).where(tokens > 0)
 
 
 # ----------------------------------------------------------------------------- collectives
@@ -198,12 +257,18 @@ def _tiers(hw: Hardware, n):
 def allreduce(p, hw: Hardware, nbytes, n) -> jax.Array:
     """All-reduce of ``nbytes`` over n GPUs, hierarchical when n exceeds the scale-up domain.
 
-    Ring/tree: 2(n-1)/n of the buffer crosses each GPU's link, plus a latency per log2(n) step.
+    Ring/tree: 2(n-1)/n of the buffer crosses each GPU's link, plus a latency per log2(n) step;
+    or one-shot (below), whichever is faster.
     Beyond one domain: reduce-scatter on NVLink, all-reduce of the 1/inside share across domains on
     the scale-out network, all-gather on NVLink."""
     inside, outside = _tiers(hw, n)
     t_in = p["allreduce_latency_nvlink_s"] * jnp.log2(jnp.maximum(inside, 1.0)) \
         + 2 * (inside - 1) / inside * nbytes / (hw.scaleup_bandwidth * p["allreduce_bw_eff_nvlink"])
+    # One-shot (TensorRT-LLM's custom all-reduce for small buffers): every GPU reads the other n-1
+    # buffers over NVLink and reduces locally: one fixed latency, (n-1) x the buffer per GPU. The
+    # faster of the two is used (never, at the default one-shot latency of 1 ms).
+    t_in = jnp.minimum(t_in, p["allreduce_oneshot_latency_s"]
+                       + (inside - 1) * nbytes / (hw.scaleup_bandwidth * p["allreduce_bw_eff_nvlink"]))
     t_out = p["allreduce_latency_net_s"] * jnp.log2(outside) \
         + 2 * (outside - 1) / outside * (nbytes / inside) / (hw.scaleout_bandwidth * p["allreduce_bw_eff_net"])
     return jnp.where(n > 1, t_in, 0.0) + jnp.where(outside > 1, t_out, 0.0)

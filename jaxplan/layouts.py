@@ -77,7 +77,8 @@ def parallel_configs(model: Model, gpus: int, attention_dp: str = "ep") -> np.nd
         for ep in divisors(gpus // tp):
             if (not model.is_moe and ep > 1) or (model.is_moe and model.num_experts % ep):
                 continue
-            for adp in (divisors(tp * ep) if attention_dp == "all" else [ep]):
+            # attention-DP only pays off around experts; for a dense model it is plain DP
+            for adp in (divisors(tp * ep) if attention_dp == "all" and model.is_moe else [ep]):
                 if model.num_heads % (tp * ep // adp):
                     continue
                 for pp in divisors(gpus // (tp * ep)):

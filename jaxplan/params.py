@@ -81,6 +81,56 @@ PARAM_SPECS: dict[str, ParamSpec] = {
     # --- memory
     "mem_usable_frac": _p(0.92, 0.5, 1.0, "share of HBM the runtime may fill (fragmentation, allocator)"),
     "mem_reserve_gb": _p(4.0, 0.1, 40.0, "per-GPU runtime reserve: CUDA context, NCCL buffers, graphs", log=True),
+    # --- kernel-shape terms fitted to the TensorRT-LLM kernel tables (jaxplan.fit). Every default
+    #     is neutral: with it the op costs the same as without the term; fitted profiles set them.
+    #     GEMM per rate; the ``_fp8_block`` family (128-block-scaled FP8, DeepGEMM-style kernels)
+    #     is fitted on its own rows and stands in for the ``_fp8`` values when mapped onto gemm().
+    **{k: v for r in ("bf16", "fp8", "fp4", "fp8_block") for k, v in {
+        f"gemm_k_extra_{r}": _p(1e-4, 1e-4, 8192.0, f"{r} GEMM: k-loop fill/epilogue per tile beyond gemm_nk_half", log=True),
+        f"gemm_wave_elems_{r}": _p(1.0, 1.0, 1e9, f"{r} GEMM: output elements one wave of tiles covers "
+                                                   "(tile area x SMs; 1 = no wave model)", log=True),
+        f"gemm_splitk_min_k_{r}": _p(1024.0, 16.0, 1e7, f"{r} GEMM: k per CTA below which split-K stops "
+                                                         "(block-scaled kernels: ~no split-K)", log=True),
+    }.items()},
+    **{k: v for r in ("fp8", "fp4", "fp8_block") for k, v in {
+        f"gemm_quant_bytes_{r}": _p(1e-6, 1e-6, 64.0, f"{r} GEMM: HBM bytes per input element of the activation "
+                                                      "quantization pass (3 = read BF16, write FP8)", log=True),
+        f"gemm_quant_latency_{r}_s": _p(1e-12, 1e-12, 1e-4, f"{r} GEMM: fixed time of the activation quantization "
+                                                          "(its kernels and scale handling)", log=True),
+    }.items()},
+    "gemm_eff_fp8_block": _p(0.60, 0.05, 1.0, "peak fraction of large 128-block-scaled FP8 GEMMs"),
+    # attention kernels (flash-style prefill, XQA-style decode)
+    "attn_seq_tile": _p(1.0, 1.0, 1024.0, "prefill query tile: shorter sequences are padded to it", log=True),
+    "attn_softmax_dim": _p(1e-6, 1e-6, 1024.0, "softmax exponential per (query, key) pair, in head-dim units of MMA work", log=True),
+    "attn_prefill_k_overhead": _p(1e-4, 1e-4, 16384.0, "prefill: keys' worth of fill/epilogue per query tile", log=True),
+    "attn_prefill_wave_rows": _p(1.0, 1.0, 1e8, "prefill: query-head rows one wave of CTAs covers (1 = no wave model)",
+                                 log=True),
+    "attn_prefill_tile_s": _p(3e-18, 3e-18, 1e-4, "prefill: fixed time per wave of tiles", log=True),
+    "attn_prefill_latency_s": _p(1e-12, 1e-12, 1e-3, "prefill attention beyond one kernel: RoPE / KV-cache write kernels", log=True),
+    "mla_prefill_latency_s": _p(1e-12, 1e-12, 1e-3, "MLA prefill beyond one kernel: RoPE / latent-cache write kernels", log=True),
+    "attn_decode_group_pad": _p(1e-6, 1e-6, 256.0, "decode: padding of the query-head group that forms the MMA rows", log=True),
+    "attn_decode_k_overhead": _p(1e-4, 1e-4, 16384.0, "decode: keys' worth of fill per sequence", log=True),
+    "attn_decode_latency_s": _p(1e-12, 1e-12, 1e-3, "decode attention beyond one kernel: RoPE / KV-append kernels", log=True),
+    "mla_decode_latency_s": _p(1e-12, 1e-12, 1e-3, "MLA decode beyond one kernel", log=True),
+    "attn_eff_scale_fp8": _p(1.0, 0.05, 1.0, "FP8 prefill attention (FMHA): share of the BF16 efficiency it reaches"),
+    # MoE grouped GEMM
+    "moe_eff_scale_fp8": _p(1.0, 0.05, 1.0, "FP8 expert GEMMs: share of moe_eff they reach"),
+    "moe_eff_scale_fp4": _p(1.0, 0.05, 1.0, "FP4 expert GEMMs: share of moe_eff they reach"),
+    "moe_eff_scale_fp8_block": _p(1.0, 0.05, 1.0, "128-block FP8 expert GEMMs (kernel tables): share of moe_eff"),
+    "moe_k_overhead": _p(1e-4, 1e-4, 16384.0, "columns of tile fill per expert slice (inter/tp + this)", log=True),
+    "moe_pair_s": _p(3e-18, 3e-18, 1e-6, "routing, permute and finalize time per routed (token, expert) pair", log=True),
+    "moe_latency_s": _p(1e-12, 1e-12, 1e-3, "MoE layer beyond one kernel: router, permute, activation, finalize", log=True),
+    "moe_imbalance_powerlaw_101": _p(0.06, 0.0, 4.0, "busiest-rank excess per log2(EP) under the kernel tables' "
+                                                      "power_law_1.01 routing (fit only; sweeps use "
+                                                      "moe_imbalance_per_log2_ep)"),
+    "moe_imbalance_powerlaw_12": _p(0.06, 0.0, 4.0, "the same for power_law_1.2 routing (fit only)"),
+    # collectives as NCCL runs them (the kernel tables' nccl_perf; sweeps use the allreduce_* values,
+    # fitted on TensorRT-LLM's custom all-reduce)
+    "allreduce_oneshot_latency_s": _p(1e-3, 1e-7, 1e-2, "one-shot all-reduce (TensorRT-LLM custom, small "
+                                      "buffers) fixed latency; 1 ms = off", log=True),
+    "nccl_allreduce_latency_s": _p(10e-6, 1e-7, 1e-3, "NCCL all-reduce latency per log2(n) step on NVLink",
+                                   log=True),
+    "nccl_allreduce_bw_eff": _p(0.70, 0.05, 1.0, "NVLink bandwidth fraction reached by NCCL all-reduce"),
 }
 
 Params = dict  # name -> jax scalar (physical value)

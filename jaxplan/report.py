@@ -175,6 +175,11 @@ def plot_frontier(path: Path, columns: dict, frontier_idx, best: int | None, tit
 
 
 def write_json(path: Path, obj) -> None:
+    Path(path).write_text(to_json(obj))
+
+
+def to_json(obj) -> str:
+    """JSON text with numpy scalars converted and non-finite floats as null."""
     def conv(o):
         if isinstance(o, (np.integer,)):
             return int(o)
@@ -190,4 +195,4 @@ def write_json(path: Path, obj) -> None:
         if isinstance(o, (list, tuple)):
             return [conv(v) for v in o]
         return o
-    Path(path).write_text(json.dumps(conv(obj), indent=2) + "\n")
+    return json.dumps(conv(obj), indent=2) + "\n"

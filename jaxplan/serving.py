@@ -60,15 +60,25 @@ def pp_handoff(p, hw: Hardware, model: Model, prec: Precision, tokens, tp, ep, p
     return crossings * p2p(p, hw, nbytes, True) + (pp - 1.0 - crossings) * p2p(p, hw, nbytes, False)
 
 
+def micro_batches(lay: Layout, dec, pre):
+    """Micro-batches in flight: pp when a prefill chunk (splittable by tokens) can fill the
+    pipeline, else no more than the decoding requests of an attention group (a request is never
+    split), and at least one."""
+    return jnp.where(pre > 0, lay.pp, jnp.clip(dec / lay.adp, 1.0, lay.pp))
+
+
 def round_costs(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: Layout, dec, pre) -> dict:
-    """One round on one replica: ``dec`` decoding requests, ``pre`` prefill tokens, split into pp
-    micro-batches. Returns op-group -> Cost (their sum is the round time)."""
+    """One round on one replica: ``dec`` decoding requests, ``pre`` prefill tokens, split into
+    ``n <= pp`` micro-batches. Each micro-batch needs pp stage times to come round again, so the
+    round takes pp stage times of a 1/n-sized micro-batch whatever n is: PP never shortens a
+    token's latency. Returns op-group -> Cost (their sum is the round time)."""
     pp = lay.pp
+    n = micro_batches(lay, dec, pre)
     kv_len = wl.isl + wl.osl / 2.0         # mean cached context of a decoding request
     ctx = wl.isl / 2.0                     # mean key span of a prefill token (causal)
-    stage = stage_costs(p, hw, model, prec, dec / pp, pre / pp, kv_len, ctx, lay.tp, lay.ep, lay.adp, pp)
+    stage = stage_costs(p, hw, model, prec, dec / n, pre / n, kv_len, ctx, lay.tp, lay.ep, lay.adp, pp)
     ops = {k: c.scale(pp) for k, c in stage.items()}
-    ops["pp_handoff"] = Cost(comm_pp=pp_handoff(p, hw, model, prec, (dec + pre) / pp, lay.tp, lay.ep, pp))
+    ops["pp_handoff"] = Cost(comm_pp=pp_handoff(p, hw, model, prec, (dec + pre) / n, lay.tp, lay.ep, pp))
     ops["step_overhead"] = Cost(overhead=p["step_overhead_s"])
     return ops
 
@@ -99,12 +109,17 @@ def evaluate(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: 
         tpot = f_seen * t_chunk + (1 - f_seen) * t_plain
         return t_chunk, t_plain, t_mean, tpot, n_chunks * t_chunk
 
-    def step(_, d):
-        _, _, t_mean, tpot, ttft0 = times(d)
-        return jnp.minimum(B * osl * t_mean / (ttft0 + osl * tpot), d_sat)
+    def step(_, carry):
+        d = carry[0]
+        t = times(d)
+        _, _, t_mean, tpot, ttft0 = t
+        return (jnp.minimum(B * osl * t_mean / (ttft0 + osl * tpot), d_sat), d) + t
 
-    d = jax.lax.fori_loop(0, FIXED_POINT_STEPS, step, d0)
-    t_chunk, t_plain, t_mean, tpot, ttft0 = times(d)
+    # The cost model is traced once (inside the loop body); the outputs are those of the last
+    # iterate d, which the loop carries beside its successor.
+    zero = jnp.zeros_like(d0)
+    carry = jax.lax.fori_loop(0, FIXED_POINT_STEPS, step, (d0, d0, zero, zero, zero, zero, zero))
+    d, t_chunk, t_plain, t_mean, tpot, ttft0 = carry[1:]
     x = g * d / (osl * t_mean)                             # completed requests/s per replica
     ttft = jnp.maximum(lay.batch / x - osl * tpot, ttft0)
     gpus_per_replica = lay.tp * lay.ep * lay.pp
@@ -215,13 +230,14 @@ def evaluate_disagg(p, hw: Hardware, model: Model, prec: Precision, wl: Workload
         ttft0 = pw["latency_s"] + prefill_wait(X / cap, pw["rate"]) + t_kv
         return tpot, X, ttft0
 
-    def step(_, b):
-        tpot, _, ttft0 = state(b)
-        return jnp.maximum(concurrency / y * osl * tpot / (ttft0 + osl * tpot), 1e-3)
+    def step(_, carry):
+        b = carry[0]
+        tpot, X, ttft0 = state(b)
+        return jnp.maximum(concurrency / y * osl * tpot / (ttft0 + osl * tpot), 1e-3), b, tpot, X, ttft0
 
     b0 = concurrency / y * osl / (osl + 1.0)
-    b = jax.lax.fori_loop(0, FIXED_POINT_STEPS, step, b0)
-    tpot, X, ttft0 = state(b)
+    zero = jnp.zeros_like(b0)
+    b, tpot, X, ttft0 = jax.lax.fori_loop(0, FIXED_POINT_STEPS, step, (b0, b0, zero, zero, zero))[1:]
     ttft = jnp.maximum(concurrency / X - osl * tpot, ttft0)
     gpus = x * pre.tp * pre.ep * pre.pp + y * dec.tp * dec.ep * dec.pp
     return {"ttft_s": ttft, "tpot_s": tpot, "tokens_per_s_per_user": 1.0 / tpot,

@@ -235,7 +235,7 @@ class Model:
         return self.qk_nope_head_dim + self.qk_rope_head_dim if self.attention == "mla" else self.head_dim
 
     def attention_params(self) -> float:
-        d, h = self.hidden_size, self.num_heads
+        d, h = float(self.hidden_size), self.num_heads
         if self.attention == "mla":
             q = (d * self.q_lora_rank + self.q_lora_rank * h * self.qk_head_dim) if self.q_lora_rank \
                 else d * h * self.qk_head_dim
@@ -244,19 +244,21 @@ class Model:
             return q + kv + h * self.v_head_dim * d
         return d * h * self.head_dim * 2 + d * self.num_kv_heads * self.head_dim * 2
 
+    # Counts are Python floats: several exceed 2^31 (Llama-405B's MLP is 2.6e9 per layer), which
+    # JAX would refuse as an int32 constant.
     def dense_mlp_params(self) -> float:
-        return self.mlp_matrices * self.hidden_size * self.ffn_intermediate_size
+        return float(self.mlp_matrices * self.hidden_size * self.ffn_intermediate_size)
 
     def expert_params(self) -> float:
         """One routed expert in one layer."""
-        return self.mlp_matrices * self.hidden_size * self.expert_intermediate_size
+        return float(self.mlp_matrices * self.hidden_size * self.expert_intermediate_size)
 
     def shared_params(self) -> float:
         """All shared experts of one MoE layer."""
-        return self.num_shared_experts * self.mlp_matrices * self.hidden_size * self.shared_intermediate_size
+        return float(self.num_shared_experts * self.mlp_matrices * self.hidden_size * self.shared_intermediate_size)
 
     def embedding_params(self) -> float:
-        return self.vocab_size * self.hidden_size * (1 if self.tie_embeddings else 2)
+        return float(self.vocab_size * self.hidden_size * (1 if self.tie_embeddings else 2))
 
     def total_params(self) -> float:
         per_moe = self.num_experts * self.expert_params() + self.shared_params() \
@@ -274,8 +276,8 @@ class Model:
     def kv_elements_per_token_layer(self) -> float:
         """Cached elements per token per layer for the whole model (all heads)."""
         if self.attention == "mla":
-            return self.kv_lora_rank + self.qk_rope_head_dim   # compressed latent + shared RoPE key
-        return 2 * self.num_kv_heads * self.head_dim
+            return float(self.kv_lora_rank + self.qk_rope_head_dim)   # compressed latent + shared RoPE key
+        return float(2 * self.num_kv_heads * self.head_dim)
 
     def validate(self, where: str) -> "Model":
         if self.attention not in ("gqa", "mla"):

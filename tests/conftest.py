@@ -1,0 +1,41 @@
+"""Shared, cheap fixtures: the default parameters, presets loaded once per session, and the
+published H100 SXM figures that tests build their expected numbers from."""
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from jaxplan.params import default_params
+from jaxplan.specs import get_precision, load_hardware, load_model
+
+
+@functools.lru_cache(maxsize=None)
+def _model(name):
+    return load_model(name)
+
+
+@pytest.fixture(scope="session")
+def models():
+    """``models(name)`` -> the preset Model (loaded once)."""
+    return _model
+
+
+@pytest.fixture(scope="session")
+def p():
+    return default_params()
+
+
+@pytest.fixture(scope="session")
+def h100():
+    return load_hardware("h100-sxm")
+
+
+@pytest.fixture(scope="session")
+def fp8():
+    return get_precision("fp8")
+
+
+@pytest.fixture(scope="session")
+def bf16():
+    return get_precision("bf16")
