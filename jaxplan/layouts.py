@@ -91,14 +91,13 @@ def to_layout(columns: dict[str, np.ndarray]) -> Layout:
     return Layout(*(np.asarray(columns[f], np.float32) for f in Layout._fields))
 
 
-def expand(configs: np.ndarray, max_batch_per_config: np.ndarray, chunks, isl: float,
-           grid=BATCH_GRID) -> dict[str, np.ndarray]:
-    """Cross each parallel config with the batch grid (EP ... its memory limit) and the chunk sizes.
+def expand(configs: np.ndarray, max_batch_per_config: np.ndarray, chunks, grid=BATCH_GRID) -> dict[str, np.ndarray]:
+    """Cross each parallel config with the batch grid (adp ... its memory limit) and the chunk sizes.
 
     A config whose weights do not fit even at the smallest batch keeps one row, marked infeasible
-    by the evaluator, so that the output says why it is absent from the frontier. Chunks longer than
-    the prompt act as the whole prompt and are folded into it."""
-    chunks = sorted({int(min(c, isl)) for c in chunks})
+    by the evaluator, so that the output says why it is absent from the frontier. (A chunk longer
+    than the prompt still matters: the iteration packs several prompts.)"""
+    chunks = sorted({int(c) for c in chunks})
     grid = np.asarray(grid)
     cols = {k: [] for k in Layout._fields}
     for (tp, pp, ep, dp, adp), bmax in zip(configs, max_batch_per_config):

@@ -77,7 +77,10 @@ PARAM_SPECS: dict[str, ParamSpec] = {
     #     ``for_backend`` puts them in place of the generic two above
     **{f"{kind}_overhead_{b}_s": _p(v, lo, hi, f"{kind} overhead of {b}", log=True)
        for b in ("trtllm", "vllm", "sglang")
-       for kind, v, lo, hi in (("step", 2e-3, 1e-6, 5e-2), ("layer", 8e-6, 1e-8, 1e-3))},
+       for kind, v, lo, hi in (("step", 2e-3, 1e-6, 5e-2), ("layer", 8e-6, 1e-8, 1e-3),
+                               ("disagg", 0.1, 1e-4, 2.0))},
+    "disagg_overhead_s": _p(0.1, 1e-4, 2.0, "per request of a disaggregated deployment: routing, KV-receiver "
+                                            "allocation and transfer handshake (size-independent)", log=True),
     # --- memory
     "mem_usable_frac": _p(0.92, 0.5, 1.0, "share of HBM the runtime may fill (fragmentation, allocator)"),
     "mem_reserve_gb": _p(4.0, 0.1, 40.0, "per-GPU runtime reserve: CUDA context, NCCL buffers, graphs", log=True),
@@ -128,6 +131,8 @@ PARAM_SPECS: dict[str, ParamSpec] = {
     # fitted on TensorRT-LLM's custom all-reduce)
     "allreduce_oneshot_latency_s": _p(1e-3, 1e-7, 1e-2, "one-shot all-reduce (TensorRT-LLM custom, small "
                                       "buffers) fixed latency; 1 ms = off", log=True),
+    "allreduce_nvls_share": _p(1e-6, 1e-6, 1.0, "share of all-reduce traffic done by NVLink SHARP in the switch "
+                               "(buffer once per GPU) rather than by a ring (2(n-1)/n)", log=True),
     "nccl_allreduce_latency_s": _p(10e-6, 1e-7, 1e-3, "NCCL all-reduce latency per log2(n) step on NVLink",
                                    log=True),
     "nccl_allreduce_bw_eff": _p(0.70, 0.05, 1.0, "NVLink bandwidth fraction reached by NCCL all-reduce"),
@@ -144,12 +149,13 @@ BACKENDS = ("trtllm", "vllm", "sglang")
 
 
 def for_backend(params: Mapping, backend: str) -> Params:
-    """The parameters as one serving backend sees them: its own step and layer overheads take the
-    place of the generic ``step_overhead_s`` and ``layer_overhead_s``."""
+    """The parameters as one serving backend sees them: its own step, layer and disaggregation
+    overheads take the place of the generic ``step_overhead_s``, ``layer_overhead_s`` and
+    ``disagg_overhead_s``."""
     if backend not in BACKENDS:
         raise SpecError(f"backend '{backend}' is unknown; allowed: {', '.join(BACKENDS)}")
     out = dict(params)
-    for kind in ("step", "layer"):
+    for kind in ("step", "layer", "disagg"):
         key = f"{kind}_overhead_{backend}_s"
         if key in out:
             out[f"{kind}_overhead_s"] = out[key]

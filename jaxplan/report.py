@@ -60,7 +60,7 @@ DISAGG_TABLE = (("prefill", "prefill worker", ""), ("prefill_workers", "x", "d")
                 ("tokens_per_s_per_user", "tok/s/user", ".1f"), ("tokens_per_s_per_gpu", "tok/s/GPU", ".1f"),
                 ("ttft_s", "TTFT s", ".2f"), ("tpot_s", "TPOT ms", ""), ("kv_transfer_s", "KV ms", ""))
 MODE_CSV_COLUMNS = ("mode",) + LAYOUT_CSV_COLUMNS + (
-    "prefill_tp", "prefill_pp", "prefill_ep", "prefill_adp", "prefill_chunk", "prefill_workers",
+    "prefill_tp", "prefill_pp", "prefill_ep", "prefill_adp", "prefill_chunk", "prefill_batch", "prefill_workers",
     "decode_tp", "decode_pp", "decode_ep", "decode_adp", "decode_batch", "decode_workers", "gpus_used",
     "kv_transfer_s", "prefill_utilization", "prefill_latency_s")
 INT_FIELDS = {"tp", "pp", "ep", "dp", "adp", "batch", "chunk", "prefill_workers", "decode_workers", "gpus_used"}
@@ -81,7 +81,8 @@ def layout_label(r: dict) -> str:
 
 
 def disagg_label(r: dict) -> str:
-    return (f"prefill {int(r['prefill_workers'])}x[{_parallel_label(r, 'prefill_')} C{int(r['prefill_chunk'])}] + "
+    return (f"prefill {int(r['prefill_workers'])}x[{_parallel_label(r, 'prefill_')} B{int(r['prefill_batch'])} "
+            f"C{int(r['prefill_chunk'])}] + "
             f"decode {int(r['decode_workers'])}x[{_parallel_label(r, 'decode_')} B{int(r['decode_batch'])}]")
 
 
@@ -96,7 +97,7 @@ def frontier_rows(columns, idx, spec=FRONTIER_TABLE) -> list[dict]:
         out = {k: r[k] for k, _, _ in spec if k in r}
         out["tpot_s"] = f"{1e3 * float(columns['tpot_s'][i]):.1f}"
         if spec is DISAGG_TABLE:
-            out["prefill"] = f"{_parallel_label(r, 'prefill_')} C{int(r['prefill_chunk'])}"
+            out["prefill"] = f"{_parallel_label(r, 'prefill_')} B{int(r['prefill_batch'])} C{int(r['prefill_chunk'])}"
             out["decode"] = f"{_parallel_label(r, 'decode_')} B{int(r['decode_batch'])}"
             out["kv_transfer_s"] = f"{1e3 * float(r['kv_transfer_s']):.1f}"
         for k in INT_FIELDS & set(out):

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -87,40 +89,87 @@ def round_time(p, hw, model, prec, wl, lay, dec, pre):
     return sum_costs(round_costs(p, hw, model, prec, wl, lay, dec, pre).values()).total()
 
 
-def evaluate(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: Layout) -> dict:
+SCHEDULERS = {"trtllm": "mixed", "vllm": "mixed", "sglang": "wave"}
+
+
+def admitted_batch(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: Layout):
+    """Requests per attention group the KV cache can hold while they run: paged engines allocate
+    the context a request has, on average ``isl + osl/2`` tokens over its life. Memory is affine
+    in the batch, so two evaluations give the slope."""
+    ctx_osl = wl.osl / 2.0
+    m0 = memory_per_gpu(p, hw, model, prec, wl.isl, ctx_osl, lay.tp, lay.ep, lay.adp, lay.pp, 0.0, lay.chunk)
+    m1 = memory_per_gpu(p, hw, model, prec, wl.isl, ctx_osl, lay.tp, lay.ep, lay.adp, lay.pp, lay.adp, lay.chunk)
+    return jnp.maximum((m0["capacity"] - m0["total"]) / jnp.maximum(m1["total"] - m0["total"], 1.0), 1.0)
+
+
+def evaluate(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: Layout,
+             scheduler: str = "mixed") -> dict:
     """All serving metrics of one aggregated layout (scalars; vmap over layouts).
 
     With attention-DP each of the ``adp`` attention groups of a replica schedules its own requests
-    (``batch / adp`` of them) and its own prefill chunk; the groups meet in every MoE layer, so
-    they share the round time. The fixed point below is per group."""
+    (``batch / adp`` of them) and its own prefill tokens; the groups meet in every MoE layer, so
+    they share the round time. Everything below is per group.
+
+    Admission: only the requests whose KV cache fits run (``admitted_batch``); the others wait,
+    and Little's law puts the wait into TTFT.
+
+    ``scheduler="mixed"`` (TensorRT-LLM, vLLM: prompt chunks ride along with decode tokens): an
+    iteration packs the prompts of up to ``m = floor(chunk / isl)`` waiting requests, ``c =
+    min(chunk, m * isl)`` tokens; a prompt needs ``max(isl / chunk, 1)`` such iterations. The
+    share of iterations that carry prompts and the number of decoding requests follow from the
+    closed loop (fixed point, see the module docstring).
+
+    ``scheduler="wave"`` (SGLang: prefill batches run before decode, never mixed): with one OSL
+    for all, requests that start together finish together and return together, so the batch runs
+    in lock-step waves: ``k = max(B * isl / chunk, 1)`` prefill iterations, then ``osl`` decode
+    iterations. TTFT is (k + 1)/2 prefill iterations; a request whose prompt ran early waits for
+    the rest of the wave before decoding, which its TPOT absorbs."""
+    if scheduler not in ("mixed", "wave"):
+        raise ValueError(f"scheduler '{scheduler}'; allowed: mixed, wave")
     isl, osl, g = wl.isl, wl.osl, lay.adp
     B = lay.batch / g
-    c = jnp.minimum(lay.chunk, isl)
-    n_chunks = isl / c
-    d_sat = osl * c / isl
-    d0 = jnp.minimum(B * osl / (osl + n_chunks), d_sat)
+    Br = jnp.minimum(B, admitted_batch(p, hw, model, prec, wl, lay))
+    zero = jnp.zeros_like(B)
+    if scheduler == "wave":
+        c = jnp.minimum(lay.chunk, Br * isl)
+        k = jnp.maximum(Br * isl / lay.chunk, 1.0)
+        t_chunk = round_time(p, hw, model, prec, wl, lay, zero, g * c)
+        t_plain = round_time(p, hw, model, prec, wl, lay, g * Br, 0.0)
+        tpot = t_plain + (k - 1.0) / 2.0 * t_chunk / osl
+        ttft0 = (k + 1.0) / 2.0 * t_chunk
+        x_g = Br / (k * t_chunk + osl * t_plain)
+        d = Br
+        saturated = jnp.zeros_like(B, dtype=bool)
+    else:
+        m = jnp.clip(jnp.floor(lay.chunk / isl), 1.0, jnp.maximum(Br, 1.0))
+        c = jnp.minimum(lay.chunk, m * isl)
+        n_iter = jnp.maximum(isl / lay.chunk, 1.0)
+        d_sat = osl * c / isl
+        d0 = jnp.minimum(Br * osl / (osl + n_iter), d_sat)
 
-    def times(d):
-        t_chunk = round_time(p, hw, model, prec, wl, lay, g * d, g * c)
-        t_plain = round_time(p, hw, model, prec, wl, lay, g * d, 0.0)
-        f = jnp.clip(d * isl / (osl * c), 0.0, 1.0)
-        t_mean = f * t_chunk + (1 - f) * t_plain
-        f_seen = f * (1.0 - 1.0 / jnp.maximum(B, 1.0))   # a request never waits on its own chunks
-        tpot = f_seen * t_chunk + (1 - f_seen) * t_plain
-        return t_chunk, t_plain, t_mean, tpot, n_chunks * t_chunk
+        def times(d):
+            t_chunk = round_time(p, hw, model, prec, wl, lay, g * d, g * c)
+            t_plain = round_time(p, hw, model, prec, wl, lay, g * d, 0.0)
+            f = jnp.clip(d * isl / (osl * c), 0.0, 1.0)
+            t_mean = f * t_chunk + (1 - f) * t_plain
+            # a request never waits on the iterations that carry its own prompt
+            f_seen = f * (1.0 - jnp.minimum(m / jnp.maximum(Br, 1.0), 1.0))
+            tpot = f_seen * t_chunk + (1 - f_seen) * t_plain
+            return t_chunk, t_plain, t_mean, tpot, n_iter * t_chunk
 
-    def step(_, carry):
-        d = carry[0]
-        t = times(d)
-        _, _, t_mean, tpot, ttft0 = t
-        return (jnp.minimum(B * osl * t_mean / (ttft0 + osl * tpot), d_sat), d) + t
+        def step(_, carry):
+            d = carry[0]
+            t = times(d)
+            _, _, t_mean, tpot, ttft0 = t
+            return (jnp.minimum(Br * osl * t_mean / (ttft0 + osl * tpot), d_sat), d) + t
 
-    # The cost model is traced once (inside the loop body); the outputs are those of the last
-    # iterate d, which the loop carries beside its successor.
-    zero = jnp.zeros_like(d0)
-    carry = jax.lax.fori_loop(0, FIXED_POINT_STEPS, step, (d0, d0, zero, zero, zero, zero, zero))
-    d, t_chunk, t_plain, t_mean, tpot, ttft0 = carry[1:]
-    x = g * d / (osl * t_mean)                             # completed requests/s per replica
+        # The cost model is traced once (inside the loop body); the outputs are those of the last
+        # iterate d, which the loop carries beside its successor.
+        carry = jax.lax.fori_loop(0, FIXED_POINT_STEPS, step, (d0, d0, zero, zero, zero, zero, zero))
+        d, t_chunk, t_plain, t_mean, tpot, ttft0 = carry[1:]
+        x_g = d / (osl * t_mean)
+        saturated = d >= d_sat * (1 - 1e-4)
+    x = g * x_g                                            # completed requests/s per replica
     ttft = jnp.maximum(lay.batch / x - osl * tpot, ttft0)
     gpus_per_replica = lay.tp * lay.ep * lay.pp
     mem = memory_per_gpu(p, hw, model, prec, isl, osl, lay.tp, lay.ep, lay.adp, lay.pp, lay.batch, lay.chunk)
@@ -131,12 +180,22 @@ def evaluate(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: 
         "tokens_per_s_per_gpu": x * osl / gpus_per_replica,
         "requests_per_s": x * lay.dp,
         "decoding_requests": g * d,
-        "prefill_saturated": d >= d_sat * (1 - 1e-4),
+        "prefill_tokens_per_iter": g * c,
+        "prefill_saturated": saturated,
+        "admitted_requests": g * Br,
         "chunk_iter_s": t_chunk,
         "decode_iter_s": t_plain,
         "memory_per_gpu_gb": mem["total"] / 1e9,
         "feasible": mem["total"] <= mem["capacity"],
     }
+
+
+EVALUATORS = {"mixed": evaluate, "wave": functools.partial(evaluate, scheduler="wave")}
+
+
+def evaluator_for(backend: str):
+    """The aggregated evaluator whose scheduler matches a serving backend."""
+    return EVALUATORS[SCHEDULERS.get(backend, "mixed")]
 
 
 def explain(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: Layout) -> dict:
@@ -145,7 +204,7 @@ def explain(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: L
     lay = Layout(*(jnp.asarray(v, jnp.float32) for v in lay))
     m = jax.jit(evaluate, static_argnums=(2, 3))(p, hw, model, prec, wl, lay)
     dec = m["decoding_requests"]
-    c = jnp.minimum(lay.chunk, wl.isl) * lay.adp
+    c = m["prefill_tokens_per_iter"]
     rc = jax.jit(round_costs, static_argnums=(2, 3))
     mem = memory_per_gpu(p, hw, model, prec, wl.isl, wl.osl, lay.tp, lay.ep, lay.adp, lay.pp, lay.batch, lay.chunk)
     return {"metrics": {k: float(v) for k, v in m.items()},
@@ -181,13 +240,15 @@ def kv_transfer_time(p, hw: Hardware, model: Model, prec: Precision, isl, pre: L
 
 
 def prefill_worker(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: Layout) -> dict:
-    """A prefill-only worker: each attention group runs one prompt at a time in chunks of
-    ``min(chunk, isl)`` tokens. Returns its request rate, one prompt's latency, and memory."""
-    c = jnp.minimum(lay.chunk, wl.isl)
+    """A prefill-only worker: each attention group packs up to ``batch / adp`` prompts (as many as
+    fit in ``chunk`` tokens) into an iteration; a prompt longer than the chunk takes ``isl/chunk``
+    iterations. Returns its request rate, one prompt's latency, and memory."""
+    m = jnp.clip(jnp.floor(lay.chunk / wl.isl), 1.0, jnp.maximum(lay.batch / lay.adp, 1.0))
+    c = jnp.minimum(lay.chunk, m * wl.isl)
     t_iter = round_time(p, hw, model, prec, wl, lay, jnp.float32(0.0), lay.adp * c)
-    mem = memory_per_gpu(p, hw, model, prec, wl.isl, 0.0, lay.tp, lay.ep, lay.adp, lay.pp, lay.adp, c)
-    return {"rate": lay.adp * c / wl.isl / t_iter, "latency_s": wl.isl / c * t_iter, "iter_s": t_iter,
-            "memory_per_gpu_gb": mem["total"] / 1e9, "feasible": mem["total"] <= mem["capacity"]}
+    mem = memory_per_gpu(p, hw, model, prec, wl.isl, 0.0, lay.tp, lay.ep, lay.adp, lay.pp, lay.adp * m, c)
+    return {"rate": lay.adp * c / wl.isl / t_iter, "latency_s": jnp.maximum(wl.isl / lay.chunk, 1.0) * t_iter,
+            "iter_s": t_iter, "memory_per_gpu_gb": mem["total"] / 1e9, "feasible": mem["total"] <= mem["capacity"]}
 
 
 def decode_worker(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: Layout) -> dict:
@@ -216,24 +277,28 @@ def evaluate_disagg(p, hw: Hardware, model: Model, prec: Precision, wl: Workload
     """A disaggregated deployment under closed-loop load of ``concurrency`` requests in flight.
 
     Decode workers share the requests that are past prefill; TPOT is their round time. Rates must
-    match: completions X = min(y * decode rate, x * prefill rate). TTFT = prefill queueing (M/D/1
-    at the prefill utilization) + prefill compute + the KV-cache transfer, and, once the prefill
-    pool saturates, whatever wait Little's law N = X * (TTFT + osl * TPOT) leaves."""
+    match: completions X = min(y * decode rate, x * prefill rate). Decode workers admit only the
+    requests whose KV cache fits. TTFT = prefill queueing (M/D/1 at the prefill utilization) +
+    prefill compute + the KV-cache transfer + a fixed per-request disaggregation overhead
+    (routing, KV-receiver allocation, handshake), and, once the prefill pool saturates or decode
+    memory is full, whatever wait Little's law N = X * (TTFT + osl * TPOT) leaves."""
     osl = wl.osl
     pw = prefill_worker(p, hw, model, prec, wl, pre)
     t_kv = kv_transfer_time(p, hw, model, prec, wl.isl, pre, dec, cross_network)
     cap = x * pw["rate"]
+    b_max = admitted_batch(p, hw, model, prec, wl, dec) * dec.adp   # decode requests whose KV fits
 
     def state(b):
         tpot = round_time(p, hw, model, prec, wl, dec._replace(batch=b), b, jnp.float32(0.0))
         X = jnp.minimum(y * b / (osl * tpot), cap)
-        ttft0 = pw["latency_s"] + prefill_wait(X / cap, pw["rate"]) + t_kv
+        ttft0 = pw["latency_s"] + prefill_wait(X / cap, pw["rate"]) + t_kv + p["disagg_overhead_s"]
         return tpot, X, ttft0
 
     def step(_, carry):
         b = carry[0]
         tpot, X, ttft0 = state(b)
-        return jnp.maximum(concurrency / y * osl * tpot / (ttft0 + osl * tpot), 1e-3), b, tpot, X, ttft0
+        b_next = jnp.minimum(concurrency / y * osl * tpot / (ttft0 + osl * tpot), b_max)
+        return jnp.maximum(b_next, 1e-3), b, tpot, X, ttft0
 
     b0 = concurrency / y * osl / (osl + 1.0)
     zero = jnp.zeros_like(b0)

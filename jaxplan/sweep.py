@@ -16,12 +16,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from . import layouts as L
 from .cost import memory_per_gpu
-from .serving import Layout, evaluate
+from .serving import Layout, evaluate, evaluator_for
 from .specs import Experiment, Hardware, Model, Precision, Workload
 
 DEFAULT_CHUNK = 4096
 OUTPUT_COLUMNS = ("ttft_s", "tpot_s", "tokens_per_s_per_user", "tokens_per_s_per_gpu", "requests_per_s",
-                  "decoding_requests", "prefill_saturated", "chunk_iter_s", "decode_iter_s",
+                  "decoding_requests", "prefill_tokens_per_iter", "prefill_saturated", "admitted_requests", "chunk_iter_s", "decode_iter_s",
                   "memory_per_gpu_gb", "feasible")
 
 
@@ -144,17 +144,18 @@ def run_sweep(exp: Experiment, p, params_source: str = "", chunk: int = DEFAULT_
     if len(configs) == 0:
         raise ValueError(f"no legal (tp, pp, ep, dp) for {model.name} on {exp.gpus} GPUs")
     bmax = max_batch(p, hw, model, prec, wl, configs, float(max(exp.chunk_sizes)), exp.max_batch)
-    cols = L.expand(configs, bmax, exp.chunk_sizes, wl.isl)
+    cols = L.expand(configs, bmax, exp.chunk_sizes)
     n = len(cols["tp"])
     if progress:
-        print(f"jaxplan: {len(configs)} parallel layouts x batches x {len(set(min(c, wl.isl) for c in exp.chunk_sizes))}"
+        print(f"jaxplan: {len(configs)} parallel layouts x batches x {len(exp.chunk_sizes)}"
               f" chunk sizes = {n:,} layouts of {model.name} on {exp.gpus} x {hw.name}", file=sys.stderr)
     # Compile on one chunk first so the compile and evaluate times are reported apart.
     size = max(1, min(chunk, n))
     t0 = time.perf_counter()
-    evaluate_layouts(p, hw, model, prec, wl, {k: v[:size] for k, v in cols.items()}, chunk=size)
+    fn = evaluator_for(exp.backend)
+    evaluate_layouts(p, hw, model, prec, wl, {k: v[:size] for k, v in cols.items()}, chunk=size, metric_fn=fn)
     t1 = time.perf_counter()
-    res = evaluate_layouts(p, hw, model, prec, wl, cols, chunk=size, progress=progress)
+    res = evaluate_layouts(p, hw, model, prec, wl, cols, chunk=size, progress=progress, metric_fn=fn)
     t2 = time.perf_counter()
     res = {k: np.asarray(v) for k, v in res.items()}
     res["feasible"] = res["feasible"].astype(bool) & np.isfinite(res["tokens_per_s_per_gpu"])
@@ -231,17 +232,19 @@ def run_disagg_sweep(exp: Experiment, p, params_source: str = "", progress: bool
     t0 = time.perf_counter()
     cfg = _worker_configs(model, G)
     # prefill candidates: configs x chunk sizes
-    chunks = sorted({int(min(c, wl.isl)) for c in exp.chunk_sizes})
-    pc = {k: np.repeat(cfg[:, i], len(chunks)).astype(np.float32) for i, k in enumerate(L.PARALLEL_FIELDS)}
-    pc["chunk"] = np.tile(np.asarray(chunks, np.float32), len(cfg))
-    pc["batch"] = pc["adp"].copy()
+    chunks = sorted({int(c) for c in exp.chunk_sizes})
+    # each chunk twice: one prompt per iteration (latency) or as many as the chunk holds (throughput)
+    pc = {k: np.repeat(cfg[:, i], 2 * len(chunks)).astype(np.float32) for i, k in enumerate(L.PARALLEL_FIELDS)}
+    pc["chunk"] = np.tile(np.repeat(np.asarray(chunks, np.float32), 2), len(cfg))
+    packed = np.tile(np.asarray([False, True]), len(cfg) * len(chunks))
+    pc["batch"] = pc["adp"] * np.where(packed, np.maximum(1.0, np.floor(pc["chunk"] / wl.isl)), 1.0)
     pres = _pool_eval(prefill_worker, p, hw, model, prec, wl, pc)
     gp = pc["tp"] * pc["ep"] * pc["pp"]
     ok = pres["feasible"].astype(bool)
     keep_p = np.flatnonzero(ok)[_pareto_by_size(pres["rate"][ok] / gp[ok], -pres["latency_s"][ok], gp[ok])]
     # decode candidates: configs x batches up to memory
     bmax = max_batch(p, hw, model, prec, wl, cfg, 0.0, exp.max_batch)
-    dc = L.expand(cfg, bmax, [1], wl.isl)
+    dc = L.expand(cfg, bmax, [1])
     dc["chunk"] = np.zeros_like(dc["chunk"])
     dres = _pool_eval(decode_worker, p, hw, model, prec, wl, dc)
     gd = dc["tp"] * dc["ep"] * dc["pp"]
@@ -277,14 +280,15 @@ def run_disagg_sweep(exp: Experiment, p, params_source: str = "", progress: bool
     rho = X / (xx * r_p[pair])
     cross = used > hw.scaleup_domain
     t_kv = np.where(cross, t_kv_net[pair], t_kv_nv[pair])
-    ttft = pres["latency_s"][I][pair] + np.asarray(prefill_wait(rho, r_p[pair])) + t_kv
+    ttft = pres["latency_s"][I][pair] + np.asarray(prefill_wait(rho, r_p[pair])) + t_kv + float(p["disagg_overhead_s"])
     tpot = dres["tpot_s"][J][pair]
     i_p, i_d = I[pair], J[pair]
     cols = {"mode": np.full(len(pair), "disagg", dtype=object),
             "tp": dc["tp"][i_d], "pp": dc["pp"][i_d], "ep": dc["ep"][i_d], "dp": yy, "adp": dc["adp"][i_d],
             "batch": dc["batch"][i_d], "chunk": pc["chunk"][i_p],
             "prefill_tp": pc["tp"][i_p], "prefill_pp": pc["pp"][i_p], "prefill_ep": pc["ep"][i_p],
-            "prefill_adp": pc["adp"][i_p], "prefill_chunk": pc["chunk"][i_p], "prefill_workers": xx,
+            "prefill_adp": pc["adp"][i_p], "prefill_chunk": pc["chunk"][i_p], "prefill_batch": pc["batch"][i_p],
+            "prefill_workers": xx,
             "decode_tp": dc["tp"][i_d], "decode_pp": dc["pp"][i_d], "decode_ep": dc["ep"][i_d],
             "decode_adp": dc["adp"][i_d], "decode_batch": dc["batch"][i_d], "decode_workers": yy,
             "gpus_used": used, "feasible": np.ones(len(pair), bool),
@@ -293,7 +297,7 @@ def run_disagg_sweep(exp: Experiment, p, params_source: str = "", progress: bool
             "memory_per_gpu_gb": np.maximum(pres["memory_per_gpu_gb"][i_p], dres["memory_per_gpu_gb"][i_d]),
             "kv_transfer_s": t_kv, "prefill_utilization": rho, "prefill_latency_s": pres["latency_s"][i_p]}
     for k in ("tp", "pp", "ep", "dp", "adp", "batch", "chunk", "prefill_tp", "prefill_pp", "prefill_ep",
-              "prefill_adp", "prefill_chunk", "prefill_workers", "decode_tp", "decode_pp", "decode_ep",
+              "prefill_adp", "prefill_chunk", "prefill_batch", "prefill_workers", "decode_tp", "decode_pp", "decode_ep",
               "decode_adp", "decode_batch", "decode_workers", "gpus_used"):
         cols[k] = np.asarray(cols[k]).astype(np.int64)
     on = pareto_mask(cols["tokens_per_s_per_user"], cols["tokens_per_s_per_gpu"], cols["feasible"])

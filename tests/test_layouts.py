@@ -144,19 +144,19 @@ def test_batch_grid_is_powers_of_two_and_midpoints():
 def test_expand_crosses_batches_up_to_the_memory_limit_and_chunks():
     configs = np.asarray([[1, 1, 1, 8, 1], [2, 1, 4, 1, 4], [8, 1, 1, 1, 1]])
     bmax = np.asarray([16, 24, 0])            # the third does not fit at all
-    cols = L.expand(configs, bmax, chunks=[512, 4096, 8192], isl=2048.0)
-    # chunks longer than the 2048-token prompt are folded into the whole prompt: {512, 2048}
+    cols = L.expand(configs, bmax, chunks=[512, 4096, 8192, 4096])
+    # every distinct chunk is kept, also those longer than a prompt (iterations pack prompts)
     per = {0: [1, 2, 3, 4, 6, 8, 12, 16], 1: [4, 6, 8, 12, 16, 24], 2: [1]}
-    n = sum(len(v) for v in per.values()) * 2
+    n = sum(len(v) for v in per.values()) * 3
     assert all(len(v) == n for v in cols.values())
     assert set(cols) == set(Layout._fields)
     assert all(v.dtype == np.float32 for v in cols.values())
-    assert set(cols["chunk"]) == {512.0, 2048.0}
+    assert set(cols["chunk"]) == {512.0, 4096.0, 8192.0}
     rows = set(zip(*(cols[k] for k in ("tp", "ep", "adp", "batch", "chunk"))))
     expect = set()
     for i, (tp, pp, ep, dp, adp) in enumerate(configs):
         for b in per[i]:
-            for c in (512, 2048):
+            for c in (512, 4096, 8192):
                 expect.add((tp, ep, adp, b, c))
     assert rows == expect
     # every attention-DP group gets at least one request
