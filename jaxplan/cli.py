@@ -256,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
         ep.add_argument(f"--{k}", type=_positive(int), help="attention-DP groups (default: ep)" if k == "adp" else None)
     ep.add_argument("--json", action="store_true", help="print JSON instead of tables")
     ep.set_defaults(fn=cmd_explain)
+    from .fit import register as register_fit
+    register_fit(sub)
     from .bench import add_bench_args, bench_command
     bp = sub.add_parser("bench", help="measure this machine's devices into the kernel-table format `fit` reads")
     add_bench_args(bp)

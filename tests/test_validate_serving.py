@@ -1,0 +1,256 @@
+"""Serving validation: mapping the measured deployments of silicon_hopper.csv onto jaxplan, the
+predictions, the closed-loop law, the serving-level fit and the report files.
+
+Expected layouts are read off the CSV rows by hand (quoted in each case), not from the mapper.
+The module compiles one vmapped evaluator per (architecture, precision, mode, scheduling policy)
+once and shares it through module-scoped fixtures."""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+
+import numpy as np
+import pytest
+
+from jaxplan import validate_serving as vs
+from jaxplan.params import default_params
+from jaxplan.specs import SpecError
+
+SERVING = vs.default_data_dir() / "serving" / "silicon_hopper.csv"
+pytestmark = pytest.mark.skipif(not SERVING.is_file(),
+                                reason=f"shared serving data not found at {SERVING} (../shared/data is absent)")
+
+TOTAL_ROWS = 1884          # rows of silicon_hopper.csv (README: 1,884 measured deployments)
+QWEN35_ROWS = 45           # Qwen/Qwen3.5-397B-A17B: hybrid linear attention, rejected by the loader
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return vs.load_serving(SERVING)
+
+
+@pytest.fixture(scope="module")
+def by_id(loaded):
+    return {c.id: c for c in loaded[0]}
+
+
+@pytest.fixture(scope="module")
+def validation(loaded):
+    cases, unmapped = loaded
+    return vs.validate(cases, unmapped, params=default_params())
+
+
+def _lay(c):
+    return {f: float(getattr(c.layout, f)) for f in ("tp", "pp", "ep", "adp", "batch", "chunk")}
+
+
+# ----------------------------------------------------------------------------- mapping
+
+def test_every_row_is_mapped_or_listed(loaded):
+    cases, unmapped = loaded
+    assert len(cases) + len(unmapped) == TOTAL_ROWS
+    assert len({c.id for c in cases} | {u.id for u in unmapped}) == TOTAL_ROWS
+    assert all(u.reason for u in unmapped)
+
+
+def test_unmapped_reasons(loaded):
+    _, unmapped = loaded
+    qwen35 = [u for u in unmapped if "Qwen3.5" in u.model_path]
+    assert len(qwen35) == QWEN35_ROWS
+    assert all(u.reason == "model rejected by the loader" and "linear_attention" in u.detail for u in qwen35)
+    counts = {r: n for r, n, _ in vs.unmapped_counts(unmapped)}
+    assert counts["model rejected by the loader"] == QWEN35_ROWS
+    # vLLM Qwen3-235B rows with tp_size 1 but moe_tp_size 2: 1 GPU of attention vs 2 of experts
+    row = "qwen_qwen3_235b_a22b_fp8_qwen_qwen3_235b_a22b_fp8_h200_sxm_vllm_agg_1000x100_c8_tp1_epnone_2"
+    u = next(u for u in unmapped if u.id == row)
+    assert u.reason.startswith("stage GPUs") and "1*1 = 1 but 2*1 = 2" in u.detail
+
+
+def test_dense_row_bf16(by_id):
+    # Llama-3.1-8B-Instruct, trtllm, precision blank, tp 1, batch 8, concurrency 8
+    c = by_id["meta_llama_llama_3_1_8b_instruct_meta_llama_llama_3_1_8b_instruct_h100_sxm_trtllm_agg_1024x128_c8_tp1_epnone_1"]
+    assert c.model.name == "llama-3.1-8b" and c.precision.name == "bf16" and c.hardware.name == "h100-sxm"
+    assert _lay(c) == dict(tp=1, pp=1, ep=1, adp=1, batch=8, chunk=vs.CHUNK["trtllm"])
+    assert c.concurrency == 8 and c.replicas == 1 and (c.isl, c.osl) == (1024, 128)
+
+
+def test_moe_attention_tp_row(by_id):
+    # DeepSeek-V3, sglang, tp 8, adp 1, moe_tp 8, moe_ep 1, batch 4: experts TP8, attention TP8
+    c = by_id["dsr1_h200_sglang_fp8_agg_1024x1024_c4_cfg81"]
+    assert c.model.name == "deepseek-v3" and c.precision.name == "fp8" and c.hardware.name == "h200-sxm"
+    assert _lay(c) == dict(tp=8, pp=1, ep=1, adp=1, batch=4, chunk=vs.CHUNK["sglang"])
+
+
+def test_attention_dp_row_batch_is_per_rank(by_id):
+    # DeepSeek-R1 trtllm: tp 1, adp 8, moe_tp 1, moe_ep 8, batch_size 32, concurrency 256 = 32 * 8
+    c = by_id["2026_03_25_deepseek_r1_h200_sxm_trtllm_fp8_agg_1024x8192_c256_tp8_0_ep8_0_1238"]
+    assert c.model.name == "DeepSeek-R1"
+    assert _lay(c) == dict(tp=1, pp=1, ep=8, adp=8, batch=256, chunk=vs.CHUNK["trtllm"])
+    assert c.concurrency == 256 and c.replicas == 1
+    # MiniMax-M2.5 vllm: tp 4, adp 4 (16 GPUs), moe_tp 1, moe_ep 16, batch 8, concurrency 32
+    c = by_id["2026_04_06_minimax_m2_5_h100_sxm_vllm_fp8_agg_8192x1024_c32_tp4_ep4_1322"]
+    assert _lay(c) == dict(tp=1, pp=1, ep=16, adp=4, batch=32, chunk=vs.CHUNK["vllm"])
+
+
+def test_weight_only_fp4_and_replicas(by_id):
+    # gpt-oss-120b "fp4" on Hopper -> MXFP4 weights on BF16 tensor cores
+    c = by_id["2026_03_25_gpt_oss_120b_h100_sxm_vllm_fp4_agg_1024x1024_c64_tp4_0_ep1_0_185"]
+    assert c.precision.name == "mxfp4"
+    assert _lay(c) == dict(tp=4, pp=1, ep=1, adp=1, batch=64, chunk=vs.CHUNK["vllm"])
+    # concurrency 192 on batch_size 48: four identical replicas of TP4
+    c = by_id["openai_gpt_oss_120b_openai_gpt_oss_120b_h100_sxm_trtllm_agg_4000x1000_c192_tp4_epnone_1"]
+    assert c.precision.name == "fp8" and c.replicas == 4 and float(c.layout.batch) == 48
+    assert c.gpus == 16
+
+
+def test_disagg_rows(by_id):
+    # 2 prefill workers of (tp 1, adp 8, moe_ep 8) and 3 decode workers of the same; N = 192
+    c = by_id["dsr1_h200_trtllm_fp8_disagg_8192x1024_c192_cfg325"]
+    assert c.mode == "disagg" and (c.prefill_workers, c.decode_workers) == (2, 3) and c.concurrency == 192
+    pre = {f: float(getattr(c.prefill, f)) for f in ("tp", "pp", "ep", "adp", "chunk")}
+    assert pre == dict(tp=1, pp=1, ep=8, adp=8, chunk=vs.CHUNK["trtllm"])
+    assert (float(c.decode.tp), float(c.decode.ep), float(c.decode.adp)) == (1, 8, 8)
+    assert c.gpus == 40 and c.cross_network             # 5 workers x 8 GPUs > one 8-GPU NVLink domain
+    # blank worker counts -> 1 + 1; tp 16 = moe_ep 16 in each pool
+    c = by_id["2026_03_25_deepseek_r1_h100_sxm_trtllm_fp8_disagg_8192x1024_c154_tp16_0_ep16_0_851"]
+    assert (c.prefill_workers, c.decode_workers) == (1, 1) and c.concurrency == 154
+    assert (float(c.prefill.tp), float(c.prefill.ep), float(c.prefill.adp)) == (1, 16, 1)
+    assert "blank *_num_workers" in c.note
+    # no silicon_concurrency: N = decode_batch_size 48 * adp 1 * 11 decode workers
+    c = by_id["qwen3_32b_qwen3_32b_h100_sxm_sglang_disagg_4000x1000_c_tpnone_epnone_1"]
+    assert c.concurrency == 48 * 11 and (c.prefill_workers, c.decode_workers) == (5, 11)
+    assert c.cross_network and "concurrency absent" in c.note
+
+
+def test_user_errors_name_the_problem(tmp_path):
+    with pytest.raises(SpecError, match="does not exist"):
+        vs.load_serving(tmp_path / "nope.csv")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,model_path,system,backend\nx,a/b,h100_sxm,trtllm\n")
+    with pytest.raises(SpecError, match="silicon_ttft_ms"):
+        vs.load_serving(bad)
+    args = argparse.Namespace(serving=str(tmp_path / "nope.csv"), params=None, out=str(tmp_path))
+    with pytest.raises(SpecError, match="does not exist"):
+        vs.validate_serving_command(args)
+
+
+# ----------------------------------------------------------------------------- predictions
+
+def test_predictions_finite_and_positive(loaded, validation):
+    cases, _ = loaded
+    for k in ("ttft_s", "tpot_s", "requests_per_s"):
+        v = validation.pred[k]
+        assert v.shape == (len(cases),)
+        assert np.all(np.isfinite(v)) and np.all(v > 0), k
+
+
+def test_closed_loop_law_agg(loaded, validation):
+    """Per replica: batch = X * (TTFT + OSL * TPOT)."""
+    cases, _ = loaded
+    agg = np.asarray([c.mode == "agg" for c in cases])
+    n = np.asarray([float(c.layout.batch) if c.mode == "agg" else np.nan for c in cases])[agg]
+    osl = np.asarray([c.osl for c in cases])[agg]
+    p = validation.pred
+    law = p["requests_per_s"][agg] * (p["ttft_s"][agg] + osl * p["tpot_s"][agg])
+    np.testing.assert_allclose(law, n, rtol=1e-3)
+
+
+def test_summary_statistics(validation):
+    rows = validation.summary
+    overall = rows[-1]
+    assert overall["system"] == "overall" and overall["n"] == len(validation.cases)
+    # the statistics of the overall row are those of the APE column
+    ape = validation.table["tpot_ape"]
+    assert math.isclose(overall["tpot_mape"], float(np.mean(ape)), rel_tol=1e-9)
+    assert math.isclose(overall["tpot_within25"], float(np.mean(ape <= 0.25)), rel_tol=1e-9)
+    assert sum(r["n"] for r in rows[:-1]) == overall["n"]
+
+
+def test_overheads_enter_as_one_scalar(loaded, validation):
+    """Every round time depends on (step, layer) only through step + num_layers * layer, the
+    property the serving fit's tabulation rests on."""
+    cases, _ = loaded
+    p = default_params()
+    a = {**p, **{f"step_overhead_{b}_s": np.float32(1e-3) for b in ("trtllm", "vllm", "sglang")},
+         **{f"layer_overhead_{b}_s": np.float32(2e-5) for b in ("trtllm", "vllm", "sglang")}}
+    base = vs.predict(cases, a)
+    # the same o = 1e-3 + L * 2e-5, all of it in the step term, for the models of L layers
+    for layers in (32, 61):
+        sel = [i for i, c in enumerate(cases) if c.model.num_layers == layers]
+        b = {**p, **{f"step_overhead_{k}_s": np.float32(1e-3 + layers * 2e-5) for k in ("trtllm", "vllm", "sglang")},
+             **{f"layer_overhead_{k}_s": np.float32(0.0) for k in ("trtllm", "vllm", "sglang")}}
+        other = vs.predict(cases, b)
+        np.testing.assert_allclose(other["ttft_s"][sel], base["ttft_s"][sel], rtol=2e-4)
+        np.testing.assert_allclose(other["tpot_s"][sel], base["tpot_s"][sel], rtol=2e-4)
+
+
+# ----------------------------------------------------------------------------- fit
+
+def test_serving_fit_lowers_the_loss(loaded):
+    cases, _ = loaded
+    pool = [c for c in cases if c.system == vs.TRAIN_SYSTEM and c.model.name == "llama-3.1-8b"
+            and c.backend == "trtllm"]
+    sub = vs.subsample(pool, 24, seed=0)
+    assert sub == vs.subsample(pool, 24, seed=0) and len(sub) == 24       # deterministic
+    p = default_params()
+    fitted, info = vs.fit_serving(p, sub, ("step_overhead_trtllm_s", "layer_overhead_trtllm_s"), steps=40)
+    assert info["loss_after"] < info["loss_before"]
+    before = vs.serving_loss(sub, vs.predict(sub, p))
+    after = vs.serving_loss(sub, vs.predict(sub, fitted))
+    assert math.isclose(before, info["loss_before"], rel_tol=1e-3)         # the tabulation is the model
+    assert after < before
+    assert fitted["step_overhead_trtllm_s"] != p["step_overhead_trtllm_s"]
+    for k in p:                                                            # everything else is masked
+        if k not in ("step_overhead_trtllm_s", "layer_overhead_trtllm_s"):
+            assert float(fitted[k]) == pytest.approx(float(p[k]), rel=1e-5), k
+    with pytest.raises(SpecError, match="serving-level"):
+        vs.fit_serving(p, sub, ("gemm_eff_bf16",), steps=1)
+
+
+# ----------------------------------------------------------------------------- report
+
+def test_command_writes_predictions_and_plot(loaded, validation, tmp_path, capsys):
+    args = argparse.Namespace(serving=str(SERVING), params=None, out=str(tmp_path / "val"))
+    assert vs.validate_serving_command(args) == 0
+    out = tmp_path / "val"
+    with open(out / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(loaded[0])
+    for col in ("id", "model", "system", "backend", "mode", "isl", "osl", "concurrency", "tp", "pp", "ep",
+                "measured_ttft_ms", "predicted_ttft_ms", "ttft_ape", "measured_tpot_ms", "predicted_tpot_ms",
+                "tpot_ape"):
+        assert col in rows[0], col
+    assert all(float(r["predicted_tpot_ms"]) > 0 for r in rows)
+    png = out / "serving_scatter.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(out / "unmapped.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == len(loaded[1])
+    text = capsys.readouterr()
+    assert "overall" in text.out and "unmapped" in text.err
+
+
+def test_duplicate_measurements_keep_the_described_row(loaded):
+    cases, _ = loaded
+    mask = vs.unique_mask(cases)
+    ids = {c.id: i for i, c in enumerate(cases)}
+    # one measurement, three ids: the DeepSeek-V3 cfg434 row gives the worker counts, the two
+    # DeepSeek-R1 exports leave them blank
+    full = "dsr1_h200_sglang_fp8_disagg_8192x1024_c256_cfg434"
+    dups = ["2026_03_25_deepseek_r1_h200_sxm_sglang_fp8_disagg_8192x1024_c256_tp8_0_ep1_0_921",
+            "2026_04_06_deepseek_r1_h200_sxm_sglang_fp8_disagg_8192x1024_c256_tp8_ep1_1447"]
+    keys = {vs.measurement_key(cases[ids[i]]) for i in [full] + dups}
+    assert len(keys) == 1
+    assert mask[ids[full]] and not any(mask[ids[i]] for i in dups)
+
+
+def test_memory_cap_flags_overfull_replicas(by_id):
+    # Qwen3-32B BF16 (65.5 GB of weights) on one 80 GB H100 with 16 requests of 1024 + 512 tokens
+    # (256 KiB of KV per token): the KV of 16 requests (6.4 GB) does not fit beside the weights
+    big = by_id["qwen_qwen3_32b_qwen_qwen3_32b_h100_sxm_sglang_agg_1024x512_c16_tp1_epnone_3"]
+    small = by_id["meta_llama_llama_3_1_8b_instruct_meta_llama_llama_3_1_8b_instruct_h100_sxm_trtllm_agg_1024x128_c8_tp1_epnone_1"]
+    assert big.precision.name == "bf16" and float(big.layout.tp) == 1 and float(big.layout.batch) == 16
+    cases = [small, big]
+    cap = vs.memory_batch_cap(cases, default_params())
+    assert cap[0] >= float(small.layout.batch)        # 8 short requests beside 16 GB of Llama-8B
+    assert 0 < cap[1] < float(big.layout.batch)
