@@ -165,7 +165,9 @@ def test_disagg_sweep_respects_budget_and_rates(disagg_sweep):
 
 def test_sensitivities_match_finite_differences(p):
     """The explain command's elasticities are exact derivatives: check one against a difference."""
+    import jax
     from jaxplan.serving import evaluate, sensitivities
+    evaluate = jax.jit(evaluate, static_argnums=(2, 3))
     m, hw, prec = load_model("llama-3.1-70b"), load_hardware("h100-sxm"), get_precision("fp8")
     wl, l = Workload(2048.0, 512.0), lay(tp=4, batch=64, chunk=2048)
     s = sensitivities(p, hw, m, prec, wl, l)
