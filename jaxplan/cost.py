@@ -262,8 +262,11 @@ def allreduce(p, hw: Hardware, nbytes, n) -> jax.Array:
     Beyond one domain: reduce-scatter on NVLink, all-reduce of the 1/inside share across domains on
     the scale-out network, all-gather on NVLink."""
     inside, outside = _tiers(hw, n)
+    # NVLink SHARP (NVLS): on NVSwitch systems the switch reduces, and each GPU sends and receives the
+    # buffer once whatever n; ``allreduce_nvls_share`` blends ring and switch traffic (1e-6 = ring).
+    nvls = p["allreduce_nvls_share"]
     t_in = p["allreduce_latency_nvlink_s"] * jnp.log2(jnp.maximum(inside, 1.0)) \
-        + 2 * (inside - 1) / inside * nbytes / (hw.scaleup_bandwidth * p["allreduce_bw_eff_nvlink"])
+        + ((1 - nvls) * 2 * (inside - 1) / inside + nvls) * nbytes / (hw.scaleup_bandwidth * p["allreduce_bw_eff_nvlink"])
     # One-shot (TensorRT-LLM's custom all-reduce for small buffers): every GPU reads the other n-1
     # buffers over NVLink and reduces locally: one fixed latency, (n-1) x the buffer per GPU. The
     # faster of the two is used (never, at the default one-shot latency of 1 ms).

@@ -42,7 +42,6 @@ import dataclasses
 import functools
 import gzip
 import hashlib
-import math
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -91,8 +90,21 @@ MOE_DTYPES = {
     # MXFP4 weights x MXFP8 activations (Blackwell): the mixed-input MMA runs at the FP8 rate
     "w4a8_mxfp4_mxfp8": ("fp8", 4.25 / 8, 1.0 + 1.0 / 32),
 }
+# Kernel families whose fitted GEMM parameters differ: the 128-block-scaled FP8 kernels (DeepGEMM-style:
+# per-128-k promotion, no split-K) get the ``*_fp8_block`` values in place of the ``*_fp8`` ones.
+GEMM_FAMILY = {"bfloat16": "bf16", "float16": "bf16", "fp8": "fp8", "fp8_block": "fp8_block", "nvfp4": "fp4"}
 KV_DTYPE_BYTES = {"bfloat16": 2.0, "float16": 2.0, "fp8": 1.0}
+# XQA, TensorRT-LLM's decode kernel, serves query groups (heads per KV head) up to this size; larger
+# groups fall back to the generic masked-MHA kernel that re-reads K/V per query head (the tables show
+# ~20x slower rows at groups 48-128). No preset model has such groups; those rows are not mapped.
+XQA_MAX_GROUP = 32
 ATTN_DTYPE_RATE = {"bfloat16": "bf16", "float16": "bf16", "fp8": "fp8"}
+
+# The kernel tables' expert routing -> the imbalance parameter that prices it. 'balanced' routes every
+# expert the same number of tokens (no excess on the busiest rank); the synthetic power laws put the
+# busiest experts on the measured rank.
+MOE_ROUTING = {"balanced": 0, "power_law_1.01": 1, "power_law_1.2": 2}
+MOE_ROUTING_PARAMS = (None, "moe_imbalance_powerlaw_101", "moe_imbalance_powerlaw_12")
 
 TABLES_NOT_MAPPED = {
     "wideep_moe_perf": "wide-EP MoE with EPLB expert slots (num_slots, rank0_num_tokens): no counterpart in "
@@ -287,8 +299,9 @@ def _map_gemm(table, cols, n):
     rate = np.array([GEMM_DTYPES.get(d, ("", 0, 0))[0] for d in dt], dtype=object).astype(str)
     wb = np.array([GEMM_DTYPES.get(d, ("", 0, 0))[1] for d in dt])
     ab = np.array([GEMM_DTYPES.get(d, ("", 0, 0))[2] for d in dt])
+    family = np.array([GEMM_FAMILY.get(d, "") for d in dt], dtype=object).astype(str)
     rows = KindRows("gemm", dict(m=v["m"], n=v["n"], k=v["k"], weight_bytes=wb, qact_bytes=ab),
-                    dict(rate=rate), dt, _group(_fmt_num(v["n"]), _fmt_num(v["k"])),
+                    dict(rate=rate, family=family), dt, _group(_fmt_num(v["n"]), _fmt_num(v["k"])),
                     np.full(n, table).astype(str), sec)
     return {"gemm": (rows, m.ok)}, m.counts()
 
@@ -319,6 +332,11 @@ def _map_context_attention(table, cols, n):
     v, win, step, kvb, rate, kvd, ad = _attn_common(table, cols, n, m)
     m.reject(step != 0, "context step != 0 (prefix already cached) is not mapped")
     b, s = v["batch_size"], v["isl"]
+    # TensorRT-LLM's context FMHA runs in FP8 whenever the KV cache is FP8 (the tables' 'bfloat16 attn,
+    # fp8 kv' rows run at the FP8 rows' speed); its sliding-window variant has no FP8 path (those rows
+    # run ~1.5x slower than FP8 once the window cuts in) and is priced at the BF16 rate.
+    rate = np.where(kvb == 1.0, "fp8", rate)
+    rate = np.where((win > 0) & (s > win), "bf16", rate).astype(str)
     x = dict(q_tokens=b * s, ctx=_mean_keys_per_query(s, win), heads=v["num_heads"],
              kv_heads=v["num_key_value_heads"], head_dim=v["head_dim"], kv_bytes=kvb, batch=b, isl=s,
              window=win)
@@ -334,6 +352,11 @@ def _map_generation_attention(table, cols, n):
     v, win, step, kvb, rate, kvd, ad = _attn_common(table, cols, n, m)
     kv_len = v["isl"] + step                 # cached context: isl + step (isl is 1 in the tables)
     kv_len = np.where(win > 0, np.minimum(kv_len, win), kv_len)
+    group = v["num_heads"] / np.maximum(v["num_key_value_heads"], 1)
+    m.reject(group > XQA_MAX_GROUP, f"query group > {XQA_MAX_GROUP} heads per KV head: TensorRT-LLM falls back "
+             "from XQA to the generic masked-MHA kernel, not modelled (no preset model has such groups)")
+    rate = np.where(kvb == 1.0, "fp8", rate).astype(str)     # XQA runs FP8 MMAs on an FP8 cache
+
     x = dict(seqs=v["batch_size"], kv_len=kv_len, heads=v["num_heads"], kv_heads=v["num_key_value_heads"],
              head_dim=v["head_dim"], kv_bytes=kvb, window=win)
     variant = np.char.add("kv_", kvd.astype(str)).astype(str)
@@ -398,7 +421,9 @@ def _map_mla_bmm(table, cols, n):
     kk = np.where(pre, MLA_QK_NOPE_HEAD_DIM, MLA_KV_LORA_RANK).astype(float)
     x = dict(m=v["num_tokens"], n=nn, k=kk, batch=v["num_heads"], weight_bytes=wb,
              qact_bytes=np.where(rate == "fp8", 1.0, 2.0))
-    rows = KindRows("mla_bmm", x, dict(rate=rate.astype(str)), _group(op, dt),
+    family = np.where(rate == "bf16", "bf16",
+                      np.where(np.char.find(src.astype(str), "block") >= 0, "fp8_block", "fp8")).astype(str)
+    rows = KindRows("mla_bmm", x, dict(rate=rate.astype(str), family=family), _group(op, dt),
                     _group(op, _fmt_num(v["num_heads"])), np.full(n, table).astype(str), sec)
     return {"mla_bmm": (rows, m.ok)}, m.counts()
 
@@ -438,7 +463,12 @@ def _map_moe(table, cols, n):
     rate = np.array([s[0] for s in spec], dtype=object).astype(str)
     group = _group(_fmt_num(v["hidden_size"]), _fmt_num(v["inter_size"]), _fmt_num(v["num_experts"]),
                    _fmt_num(v["topk"]))
-    rows = KindRows("moe", x, dict(rate=rate, gated=gated.astype(str)), _group(dt, dist), group,
+    routing = np.array([MOE_ROUTING.get(d, -1) for d in dist], dtype=float)
+    m.reject(routing < 0, "power-law routing with an exponent other than 1.01 or 1.2 has no fitted imbalance")
+    x["routing"] = routing
+    family = np.where(dt == "fp8_block", "fp8_block", "").astype(str)
+    rows = KindRows("moe", x, dict(rate=rate, gated=gated.astype(str), family=family),
+                    _group(dt, dist), group,
                     np.full(n, table).astype(str), sec)
     return {"moe": (rows, m.ok)}, m.counts()
 
@@ -458,7 +488,7 @@ def _map_custom_allreduce(table, cols, n):
     m.reject(~np.isin(dt, list(COLLECTIVE_DTYPE_BYTES)), "allreduce_dtype has no known element size")
     eb = np.array([COLLECTIVE_DTYPE_BYTES.get(d, 0.0) for d in dt])
     x = dict(nbytes=v["message_size"] * eb, n=v["num_gpus"], elements=v["message_size"])
-    rows = KindRows("allreduce", x, {}, np.full(n, "trtllm_custom").astype(str),
+    rows = KindRows("allreduce", x, dict(impl=np.full(n, "trtllm").astype(str)), np.full(n, "trtllm_custom").astype(str),
                     _group(np.full(n, "band"), _size_band(v["message_size"])), np.full(n, table).astype(str), sec)
     return {"allreduce": (rows, m.ok)}, m.counts()
 
@@ -478,7 +508,7 @@ def _map_nccl(table, cols, n):
     group = _group(np.full(n, "band"), _size_band(v["message_size"]))
     tab = np.full(n, table).astype(str)
     variant = np.char.add("nccl_", dt.astype(str)).astype(str)
-    ar = KindRows("allreduce", x, {}, variant, group, tab, sec)
+    ar = KindRows("allreduce", x, dict(impl=np.full(n, "nccl").astype(str)), variant, group, tab, sec)
     a2a = KindRows("alltoall", dict(x), {}, variant, group, tab, sec)
     return {"allreduce": (ar, m.ok & (op == "all_reduce")), "alltoall": (a2a, m.ok & (op == "alltoall"))}, m.counts()
 
@@ -610,6 +640,17 @@ def load_kernel_file(path: str | Path, hardware=None) -> Measurements:
     return acc.done(hardware)
 
 
+def load_kernel_files(paths, hardware=None) -> Measurements:
+    """Several table files (or bench CSVs) into one Measurements."""
+    acc = _Acc()
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise SpecError(f"kernel file '{path}' does not exist")
+        _add_file(acc, path)
+    return acc.done(hardware)
+
+
 def load_bench_csv(path: str | Path, hardware=None) -> Measurements:
     """The CSV written by ``jaxplan bench`` (rows carry ``kernel_table``)."""
     return load_kernel_file(path, hardware)
@@ -633,9 +674,23 @@ def default_kernels_dir(hardware_name: str) -> Path:
 # ----------------------------------------------------------------------------- rows -> cost calls
 
 @functools.lru_cache(maxsize=None)
+def _array_model_class():
+    from .specs import Model
+
+    @dataclasses.dataclass(frozen=True)
+    class ArrayModel(Model):
+        """A Model whose shape fields hold one value per table row (arrays): the parameter counts the
+        ops read are computed without Model's float() casts."""
+
+        def expert_params(self):
+            return self.mlp_matrices * self.hidden_size * self.expert_intermediate_size
+    return ArrayModel
+
+
+@functools.lru_cache(maxsize=None)
 def _base_models():
     """Template models whose shape fields are replaced per row (only the fields the op reads matter)."""
-    from .specs import Model
+    Model = _array_model_class()
     gqa = Model(name="kernel-table-gqa", num_layers=1, hidden_size=4096, num_heads=32, num_kv_heads=8,
                 head_dim=128, ffn_intermediate_size=14336, vocab_size=32000)
     mla = dataclasses.replace(gqa, name="kernel-table-mla (DeepSeek-V3 MLA)", attention="mla", num_heads=128,
@@ -653,12 +708,43 @@ def row_precision(rate: str, weight_bytes=2.0, qact_bytes=2.0, kv_bytes=2.0):
     return Precision(f"table-{rate}", weight_bytes, rate, kv_bytes, rate, qact_bytes)
 
 
+GEMM_FAMILY_KEYS = ("gemm_eff_{}", "gemm_k_extra_{}", "gemm_wave_elems_{}", "gemm_splitk_min_k_{}",
+                    "gemm_quant_bytes_{}", "gemm_quant_latency_{}_s")
+
+
+def family_params(kind: str, p: Mapping, static: Mapping, x: Mapping | None = None) -> dict:
+    """The parameters as one kernel family of the tables sees them.
+
+    * GEMM rows of the 128-block-scaled FP8 family use the ``*_fp8_block`` values in place of ``*_fp8``;
+    * MoE rows: the routing of the table row picks the busiest-rank imbalance (``balanced``: none);
+      block-scaled FP8 experts use ``moe_eff_scale_fp8_block``;
+    * NCCL all-reduce rows use the ``nccl_allreduce_*`` latency and bandwidth (the ``allreduce_*``
+      values are TensorRT-LLM's custom all-reduce, the one its TP layers use)."""
+    q = dict(p)
+    if kind in ("gemm", "mla_bmm") and static.get("family") == "fp8_block":
+        for key in GEMM_FAMILY_KEYS:
+            q[key.format("fp8")] = p[key.format("fp8_block")]
+    if kind == "moe":
+        import jax.numpy as jnp
+        r = x["routing"] if x is not None and "routing" in x else 0.0
+        q["moe_imbalance_per_log2_ep"] = jnp.where(r == 1, p[MOE_ROUTING_PARAMS[1]],
+                                                   jnp.where(r == 2, p[MOE_ROUTING_PARAMS[2]], 0.0))
+        if static.get("family") == "fp8_block":
+            q["moe_eff_scale_fp8"] = p["moe_eff_scale_fp8_block"]
+    if kind == "allreduce" and static.get("impl") == "nccl":
+        q["allreduce_latency_nvlink_s"] = p["nccl_allreduce_latency_s"]
+        q["allreduce_bw_eff_nvlink"] = p["nccl_allreduce_bw_eff"]
+        q["allreduce_oneshot_latency_s"] = 1e-2 + 0.0 * p["allreduce_oneshot_latency_s"]   # NCCL: no one-shot
+    return q
+
+
 def predict_seconds(kind: str, p, hw, x: Mapping, static: Mapping):
     """Predicted seconds of rows of one kind and one static bucket: the jaxplan.cost call each row maps to.
     ``x`` holds arrays (numpy or traced); ``static`` the bucket's code-path selectors."""
     from . import cost
     gqa, mla, moe = _base_models()
     rate = static.get("rate", "bf16")
+    p = family_params(kind, p, static, x)
     if kind in ("gemm", "mla_bmm"):
         prec = row_precision(rate, x["weight_bytes"], x["qact_bytes"])
         return cost.gemm(p, hw, prec, x["m"], x["n"], x["k"], batch=x.get("batch", 1.0)).total()
@@ -710,5 +796,5 @@ def holdout_groups(groups, frac: float = 0.2, salt: str = "") -> set:
 
 
 __all__ = ["GPU_TO_HARDWARE", "HARDWARE_TO_GPU", "KINDS", "KindRows", "Measurements", "default_kernels_dir", "predict_seconds",
-           "holdout_groups", "load_bench_csv", "load_kernel_file", "load_kernels", "load_kernels_dir",
+           "holdout_groups", "load_bench_csv", "load_kernel_file", "load_kernel_files", "load_kernels", "load_kernels_dir",
            "restrict_to_hardware", "stable_hash", "table_name"]

@@ -1,0 +1,555 @@
+"""Fit the cost model's efficiency parameters to measured kernel latencies with Optax.
+
+The loss is the mean squared log ratio of predicted to measured time, ``mean((log t_pred -
+log t_meas)^2)``, averaged per kernel kind and then over kinds (each kind counts equally, however
+many rows it has). Parameters are optimized in the unconstrained space of
+:func:`jaxplan.params.to_raw` by Adam from the defaults, in one jit-compiled step over fixed-shape
+arrays; the run is deterministic (fixed subsample seed, fixed initial point, fixed step count).
+
+Parameters that no training row depends on (their gradient is exactly zero: serving overheads,
+memory, scale-out collectives, FP4 rates on Hopper, ...) are frozen at their current values.
+
+Holdout: whole shape groups are held out (GEMM: (n, k) pairs; attention: (heads, kv_heads,
+head_dim); MLA: (heads, isl); MoE: (hidden, inter, experts, top_k); collectives: message-size
+bands), about 20%, chosen by a hash of the group key. Train and holdout figures are computed on
+every mapped row; the optimizer sees a stratified subsample of the train rows when a kind has more
+than ``max_rows_per_kind``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import sys
+import time
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from .measurements import (KINDS, KindRows, Measurements, default_kernels_dir,
+                           holdout_groups, load_kernels, predict_seconds)
+from .specs import SpecError
+
+DEFAULT_STEPS = 1500
+DEFAULT_LR = 0.05
+DEFAULT_MAX_ROWS_PER_KIND = 12000
+HOLDOUT_FRAC = 0.2
+MIN_GROUPS = 5          # fewer groups than this: the holdout key is refined (see _group_keys)
+# Serving-level and memory parameters: kernels never constrain them (kept even if a gradient leaks).
+NEVER_FIT = ("step_overhead", "layer_overhead", "mem_usable_frac", "mem_reserve_gb")
+
+
+def _never_fit(name: str) -> bool:
+    return name.startswith(NEVER_FIT)
+
+# Loss weight of each kind relative to the others (default 1: every kind counts equally, whatever its
+# row count). The batched MLA matmuls are GEMMs on a different kernel (cuBLAS batched: a ~4 us floor
+# against ~2.5 us) sharing the GEMM parameters; at full weight their 850 rows would pull the shared
+# kernel latency of 100,000 GEMM rows, so they count a twentieth.
+KIND_WEIGHTS = {"mla_bmm": 0.05}
+
+# Where the fit starts for the kernel-shape terms whose defaults are neutral (off): physical first
+# guesses (H100 magnitudes), so that the optimizer starts inside the region where each term acts.
+FIT_INIT = {
+    "kernel_latency_s": 2.5e-6, "roofline_sharpness": 2.0, "gemm_m_half": 30.0, "gemm_nk_half": 4.0,
+    **{f"gemm_k_extra_{r}": 100.0 for r in ("bf16", "fp8", "fp4", "fp8_block")},
+    **{f"gemm_wave_elems_{r}": 6e5 for r in ("bf16", "fp8", "fp4", "fp8_block")},
+    "gemm_splitk_min_k_bf16": 3000.0, "gemm_splitk_min_k_fp8": 5000.0,
+    "gemm_splitk_min_k_fp4": 1e5, "gemm_splitk_min_k_fp8_block": 1e5,
+    **{f"gemm_quant_bytes_{r}": 6.0 for r in ("fp8", "fp4", "fp8_block")},
+    "gemm_quant_latency_fp8_s": 1e-5, "gemm_quant_latency_fp4_s": 4e-6, "gemm_quant_latency_fp8_block_s": 2e-6,
+    "attn_q_half": 1.0, "attn_seq_tile": 50.0, "attn_softmax_dim": 40.0, "attn_prefill_k_overhead": 150.0,
+    "attn_prefill_wave_rows": 5000.0, "attn_prefill_tile_s": 2e-6, "attn_prefill_latency_s": 1e-5,
+    "mla_prefill_latency_s": 1e-5, "attn_decode_group_pad": 9.0, "attn_decode_k_overhead": 300.0,
+    "attn_decode_latency_s": 5e-6, "mla_decode_latency_s": 8e-6,
+    "moe_m_half": 20.0, "moe_k_overhead": 400.0, "moe_pair_s": 1e-9, "moe_latency_s": 2e-5,
+    "moe_eff_scale_fp8": 0.7, "moe_eff_scale_fp4": 0.7, "moe_eff_scale_fp8_block": 0.5,
+    "moe_imbalance_powerlaw_101": 0.5, "moe_imbalance_powerlaw_12": 0.7,
+    "attn_eff_scale_fp8": 0.75, "allreduce_oneshot_latency_s": 3e-6, "allreduce_latency_nvlink_s": 5e-6,
+    "allreduce_nvls_share": 0.5,
+}
+
+# Hook for serving-level fitting (issue 3, serving part): called as serving_fit(params, file, hw) -> params.
+serving_fit = None
+
+
+# ----------------------------------------------------------------------------- split and subsample
+
+def _group_keys(rows: KindRows) -> np.ndarray:
+    """Holdout keys of a kind's rows. When a kind has fewer than MIN_GROUPS shape groups (B200 MoE
+    tables cover two model shapes), the key is refined by the parallel layout of the row
+    (moe_tp x moe_ep) so that a holdout still exists."""
+    g = rows.group
+    if len(set(g.tolist())) >= MIN_GROUPS or rows.kind != "moe":
+        return g
+    tp = rows.x["tp"].astype(int).astype(str)
+    ep = rows.x["ep"].astype(int).astype(str)
+    return np.array([f"{a}|tp{b}|ep{c}" for a, b, c in zip(g, tp, ep)])
+
+
+@dataclasses.dataclass
+class Split:
+    train: np.ndarray            # row indices
+    holdout: np.ndarray
+    holdout_groups: set
+    train_groups: set
+    keys: np.ndarray
+
+
+def split_rows(rows: KindRows, frac: float = HOLDOUT_FRAC) -> Split:
+    keys = _group_keys(rows)
+    hold = holdout_groups(keys.tolist(), frac, salt=rows.kind)
+    is_hold = np.isin(keys, sorted(hold)) if hold else np.zeros(len(keys), bool)
+    return Split(np.nonzero(~is_hold)[0], np.nonzero(is_hold)[0], hold,
+                 set(keys[~is_hold].tolist()), keys)
+
+
+def stratified_subsample(idx: np.ndarray, keys: np.ndarray, cap: int, seed: int, salt: str = "") -> np.ndarray:
+    """At most ``cap`` of the rows ``idx``, each group keeping its share (at least one row)."""
+    if cap is None or len(idx) <= cap:
+        return np.sort(idx)
+    rng = np.random.default_rng([seed, int.from_bytes(salt.encode()[:8].ljust(8, b"\0"), "little")])
+    k = keys[idx]
+    out = []
+    for g in sorted(set(k.tolist())):
+        members = idx[k == g]
+        take = max(1, int(round(cap * len(members) / len(idx))))
+        out.append(rng.permutation(members)[:take])
+    return np.sort(np.concatenate(out))
+
+
+# ----------------------------------------------------------------------------- arrays for jit
+
+def _bucket_arrays(rows: KindRows, idx: np.ndarray, weight: float):
+    """[(kind, static, x, log_measured, weight)] for the rows idx, one entry per static bucket."""
+    import jax.numpy as jnp
+    sub = rows.take(idx)
+    out = []
+    for static, b in sub.buckets():
+        x = {k: jnp.asarray(v[b], jnp.float32) for k, v in sub.x.items() if np.all(np.isfinite(v[b]))}
+        out.append((rows.kind, tuple(sorted(static.items())),
+                    x, jnp.asarray(np.log(sub.seconds[b]), jnp.float32),
+                    jnp.full(len(b), weight, jnp.float32)))
+    return out
+
+
+def _predict_buckets(p, hw, statics, xs):
+    import jax.numpy as jnp
+    outs = []
+    for (kind, static), x in zip(statics, xs):
+        t = predict_seconds(kind, p, hw, x, dict(static))
+        outs.append(jnp.log(jnp.maximum(t, 1e-12)))
+    return outs
+
+
+def predict_measurements(params, hw, meas: Measurements, kinds=None) -> dict:
+    """Predicted seconds (numpy) of every mapped row: kind -> array aligned with meas.kinds[kind]."""
+    import jax
+    import jax.numpy as jnp
+    kinds = [k for k in meas.kinds if kinds is None or k in kinds]
+    statics, xs, index = [], [], []
+    for kind in kinds:
+        rows = meas.kinds[kind]
+        for static, b in rows.buckets():
+            statics.append((kind, tuple(sorted(static.items()))))
+            xs.append({k: jnp.asarray(v[b], jnp.float32) for k, v in rows.x.items() if np.all(np.isfinite(v[b]))})
+            index.append((kind, b))
+    p = {k: jnp.asarray(v, jnp.float32) for k, v in params.items()}
+    fn = jax.jit(lambda p, hw, xs: _predict_buckets(p, hw, statics, xs))
+    logs = fn(p, hw, xs)
+    out = {k: np.full(len(meas.kinds[k]), np.nan) for k in kinds}
+    for (kind, b), lg in zip(index, logs):
+        out[kind][b] = np.exp(np.asarray(lg, np.float64))
+    return out
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def error_stats(pred: np.ndarray, meas: np.ndarray) -> dict:
+    """MAPE, median and p90 absolute percentage error (in %), and the count."""
+    if len(meas) == 0:
+        return {"n": 0, "mape": float("nan"), "median_ape": float("nan"), "p90_ape": float("nan")}
+    ape = np.abs(pred / meas - 1.0) * 100.0
+    return {"n": int(len(meas)), "mape": float(ape.mean()), "median_ape": float(np.median(ape)),
+            "p90_ape": float(np.percentile(ape, 90))}
+
+
+def format_report(report: Mapping) -> str:
+    lines = [f"{'kind':<22} {'set':<8} {'rows':>8} {'MAPE%':>7} {'median%':>8} {'p90%':>7}"]
+    for kind, sets in report.items():
+        for name in ("train", "holdout", "all"):
+            if name not in sets:
+                continue
+            s = sets[name]
+            if not s["n"]:
+                lines.append(f"{kind:<22} {name:<8} {0:>8} {'-':>7} {'-':>8} {'-':>7}")
+                continue
+            lines.append(f"{kind:<22} {name:<8} {s['n']:>8,} {s['mape']:>7.1f} {s['median_ape']:>8.1f} "
+                         f"{s['p90_ape']:>7.1f}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the fit
+
+@dataclasses.dataclass
+class FitResult:
+    params: dict
+    report: dict                  # kind -> {"train": stats, "holdout": stats}
+    losses: list
+    fitted: list                  # names of params that were optimized
+    frozen: list
+    subsample: dict               # kind -> (rows optimized on, train rows)
+    seconds: dict
+    splits: dict
+    meas: Measurements
+
+
+def fit_measurements(meas: Measurements, hw, *, steps: int = DEFAULT_STEPS, seed: int = 0, lr: float = DEFAULT_LR,
+                     max_rows_per_kind: int | None = DEFAULT_MAX_ROWS_PER_KIND, init=None,
+                     kinds=None, equal_kind_weights: bool = True, log=print) -> FitResult:
+    """Fit params to already-loaded measurements on hardware ``hw``. Deterministic for a given seed."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from .params import default_params, from_raw, to_raw
+
+    t0 = time.perf_counter()
+    kinds = [k for k in KINDS if k in meas.kinds and (kinds is None or k in kinds)]
+    if not kinds:
+        raise SpecError("no mapped kernel rows to fit (see the unmapped reasons above)")
+    splits, sub = {}, {}
+    buckets = []
+    for kind in kinds:
+        rows = meas.kinds[kind]
+        sp = split_rows(rows)
+        splits[kind] = sp
+        if not len(sp.train):
+            continue
+        idx = stratified_subsample(sp.train, sp.keys, max_rows_per_kind, seed, salt=kind)
+        sub[kind] = (len(idx), len(sp.train))
+        w = (1.0 / len(idx) if equal_kind_weights else 1.0) * KIND_WEIGHTS.get(kind, 1.0)
+        buckets += _bucket_arrays(rows, idx, w)
+    total_w = sum(float(b[4].sum()) for b in buckets)
+    statics = [(b[0], b[1]) for b in buckets]
+    data = [(b[2], b[3], b[4] / total_w) for b in buckets]
+
+    keep = default_params() if init is None else dict(init)     # what frozen params keep
+    if init is None:
+        init = default_params()
+        init.update({k: v for k, v in FIT_INIT.items() if k in init})
+    p0 = {k: jnp.asarray(v, jnp.float32) for k, v in init.items()}
+    raw0 = to_raw(p0)
+    opt = optax.adam(optax.cosine_decay_schedule(lr, max(steps, 1), alpha=0.05))
+
+    def loss_fn(raw, data):
+        p = from_raw(raw)
+        logs = _predict_buckets(p, hw, statics, [d[0] for d in data])
+        return sum(jnp.sum(w * (lp - lm) ** 2) for lp, (_, lm, w) in zip(logs, data))
+
+    @jax.jit
+    def step(raw, opt_state, data, mask):
+        loss, g_all = jax.value_and_grad(loss_fn)(raw, data)
+        g = {k: jnp.where(mask[k] > 0, jnp.nan_to_num(v), 0.0) for k, v in g_all.items()}
+        upd, opt_state = opt.update(g, opt_state, raw)
+        return optax.apply_updates(raw, upd), opt_state, loss, g_all
+
+    raw = raw0
+    opt_state = opt.init(raw)
+    zero = {k: jnp.zeros((), jnp.float32) for k in raw}
+    t1 = time.perf_counter()
+    # Probe: gradients with every parameter masked, to find the ones the data constrains.
+    _, _, loss0, g0 = step(raw, opt_state, data, zero)
+    loss0 = float(loss0)
+    t_compile = time.perf_counter() - t1
+    fitted = sorted(k for k, v in g0.items() if float(v) != 0.0 and not _never_fit(k))
+    frozen = sorted(set(raw) - set(fitted))
+    mask = {k: jnp.asarray(1.0 if k in fitted else 0.0, jnp.float32) for k in raw}
+    losses = [loss0]
+    t2 = time.perf_counter()
+    for _ in range(steps):
+        raw, opt_state, loss, _ = step(raw, opt_state, data, mask)
+        losses.append(loss)
+    losses = [float(v) for v in jax.device_get(losses)]
+    t_opt = time.perf_counter() - t2
+    phys = from_raw(raw)
+    params = {k: jnp.asarray(phys[k] if k in fitted else keep[k], jnp.float32) for k in raw}
+
+    t3 = time.perf_counter()
+    report = evaluate_report(params, hw, meas, splits, kinds)
+    t_eval = time.perf_counter() - t3
+    seconds = {"compile_and_probe": round(t_compile, 2), "optimize": round(t_opt, 2),
+               "evaluate": round(t_eval, 2), "total": round(time.perf_counter() - t0, 2)}
+    return FitResult(params, report, losses, fitted, frozen, sub, seconds, splits, meas)
+
+
+def evaluate_report(params, hw, meas: Measurements, splits=None, kinds=None) -> dict:
+    pred = predict_measurements(params, hw, meas, kinds)
+    report = {}
+    for kind, pr in pred.items():
+        rows = meas.kinds[kind]
+        if splits is None or kind not in splits:
+            report[kind] = {"all": error_stats(pr, rows.seconds)}
+            continue
+        sp = splits[kind]
+        report[kind] = {"train": error_stats(pr[sp.train], rows.seconds[sp.train]),
+                        "holdout": error_stats(pr[sp.holdout], rows.seconds[sp.holdout])}
+    return report
+
+
+def fit_profile(hardware_name: str, kernels_dir=None, steps: int = DEFAULT_STEPS, seed: int = 0, *,
+                max_rows_per_kind: int | None = DEFAULT_MAX_ROWS_PER_KIND, lr: float = DEFAULT_LR,
+                log=print, return_result: bool = False):
+    """Load one GPU's kernel tables (or a bench CSV), fit, and return ``(params, report)``.
+
+    ``kernels_dir`` defaults to ``../shared/data/kernels/<gpu>`` beside the repository."""
+    from .specs import load_hardware
+    hw = load_hardware(hardware_name)
+    path = Path(kernels_dir) if kernels_dir is not None else default_kernels_dir(hw.name)
+    t0 = time.perf_counter()
+    meas = load_kernels(path, hw)
+    t_load = time.perf_counter() - t0
+    if log:
+        log(meas.summary())
+    res = fit_measurements(meas, hw, steps=steps, seed=seed, lr=lr, max_rows_per_kind=max_rows_per_kind, log=log)
+    res.seconds["load"] = round(t_load, 2)
+    if log:
+        subs = [f"{k} {a:,} of {b:,}" for k, (a, b) in res.subsample.items() if a < b]
+        if subs:
+            log("subsampled (stratified by holdout group, seed %d) train rows: %s" % (seed, "; ".join(subs)))
+        log(f"fitted {len(res.fitted)} params ({', '.join(res.fitted)}); frozen {len(res.frozen)}")
+        log(f"loss {res.losses[0]:.4f} -> {res.losses[-1]:.4f} in {steps} steps; seconds: {res.seconds}")
+        log(format_report(res.report))
+    return res if return_result else (res.params, res.report)
+
+
+# ----------------------------------------------------------------------------- profile metadata
+
+def profile_meta(res: FitResult, hw_name: str, source, steps: int, seed: int) -> dict:
+    """What a fitted profile records about its fit: tables, date, steps, per-kind figures."""
+    import jax
+    try:
+        from importlib.metadata import version
+        __version__ = version("jaxplan")
+    except Exception:  # noqa: BLE001 - not installed: read the package attribute
+        __version__ = getattr(sys.modules.get(__package__), "__version__", "unknown")
+
+    def r(v):
+        return None if v != v else round(float(v), 2)
+    figures = {kind: {s: {"rows": st["n"], "mape_pct": r(st["mape"]), "median_ape_pct": r(st["median_ape"]),
+                          "p90_ape_pct": r(st["p90_ape"])} for s, st in sets.items()}
+               for kind, sets in res.report.items()}
+    tables = sorted({Path(f).name for f in res.meas.sources})
+    manifest = _manifest_versions(source)
+    tables = [f"{t} (collected with {manifest[t]})" if t in manifest else t for t in tables]
+    src = Path(source).resolve()
+    repo_parent = Path(__file__).resolve().parents[1].parent
+    try:
+        src_label = "../" + str(src.relative_to(repo_parent))
+    except ValueError:
+        src_label = str(source)
+    return {
+        "hardware": hw_name,
+        "source": src_label,
+        "tables": tables,
+        "date": _dt.datetime.now(_dt.timezone.utc).date().isoformat(),
+        "jaxplan_version": __version__, "jax_version": jax.__version__,
+        "loss": "mean squared log ratio of predicted to measured time, each kernel kind weighted equally"
+                + (f" (weights {KIND_WEIGHTS})" if KIND_WEIGHTS else ""),
+        "optimizer": f"optax.adam, cosine decay from lr {DEFAULT_LR}; init: defaults + fit.FIT_INIT",
+        "steps": steps, "seed": seed,
+        "holdout": f"whole shape groups, ~{int(HOLDOUT_FRAC * 100)}% by hash of the group key",
+        "subsample": {k: {"optimized_rows": a, "train_rows": b} for k, (a, b) in res.subsample.items()},
+        "fit_seconds": res.seconds,
+        "rows_not_mapped": [f"{n} rows of {t}: {why}" for (t, why), n in sorted(res.meas.unmapped.items())],
+        "fitted": res.fitted,
+        "frozen_at_defaults": res.frozen,
+        "figures": figures,
+    }
+
+
+def _manifest_versions(source) -> dict:
+    """table file name -> 'collected_with' version, from the MANIFEST.tsv above a GPU's table folder."""
+    src = Path(source)
+    man = (src if src.is_dir() else src.parent).parent / "MANIFEST.tsv"
+    out = {}
+    if man.is_file():
+        for line in man.read_text().splitlines()[1:]:
+            parts = line.split("\t")
+            if len(parts) >= 3 and Path(parts[0]).parent.name == (src if src.is_dir() else src.parent).name:
+                out[Path(parts[0]).name] = parts[2]
+    return out
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _resolve_params(params, hw):
+    from .params import load_params, params_for
+    if params is None:
+        return params_for(hw.name)
+    if isinstance(params, (str, Path)):
+        return load_params(params), str(params)
+    return dict(params), "given"
+
+
+def validate_kernels(file, hardware, params=None, out=None, log=print) -> dict:
+    """Predict every mapped row of a kernel table (or a bench CSV) and compare with the measurement.
+
+    ``hardware``: preset name, YAML path or a Hardware; ``params``: a params dict, a profile path, or
+    None for the hardware's shipped profile (else the defaults). With ``out`` (a folder), writes
+    ``predictions.csv`` and ``predicted_vs_measured.png`` (log-log, one colour per kind, y = x line).
+    Returns {kind: {"all": stats, "by_variant": {variant: stats}}, plus "_unmapped" and "_params"}."""
+    from .specs import Hardware, load_hardware
+    hw = hardware if isinstance(hardware, Hardware) else load_hardware(hardware)
+    p, source = _resolve_params(params, hw)
+    meas = load_kernels(Path(file), hw)
+    if log:
+        log(meas.summary())
+    if not meas.kinds:
+        raise SpecError(f"{file}: no row could be mapped onto a cost function (reasons above)")
+    pred = predict_measurements(p, hw, meas)
+    report: dict = {}
+    for kind, pr in pred.items():
+        rows = meas.kinds[kind]
+        ape = np.abs(pr / rows.seconds - 1.0) * 100
+        st = error_stats(pr, rows.seconds)
+        st["within_10_pct"] = float(np.mean(ape <= 10) * 100)
+        st["within_25_pct"] = float(np.mean(ape <= 25) * 100)
+        report[kind] = {"all": st, "by_variant": {v: error_stats(pr[rows.variant == v], rows.seconds[rows.variant == v])
+                                                  for v in sorted(set(rows.variant.tolist()))}}
+    if log:
+        log(f"parameters: {source}")
+        log(format_report({k: {"all": v["all"]} for k, v in report.items()}))
+        for kind, v in report.items():
+            for var, st in v["by_variant"].items():
+                log(f"    {kind:<20} {var:<34} {st['n']:>8,} {st['mape']:>7.1f} {st['median_ape']:>8.1f} "
+                    f"{st['p90_ape']:>7.1f}")
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_predictions(out / "predictions.csv", meas, pred)
+        plot_predictions(out / "predicted_vs_measured.png", meas, pred, title=f"{Path(file).name} on {hw.name}")
+        if log:
+            log(f"wrote {out / 'predictions.csv'} and {out / 'predicted_vs_measured.png'}")
+    report["_unmapped"] = {f"{t}: {why}": n for (t, why), n in sorted(meas.unmapped.items())}
+    report["_params"] = source
+    return report
+
+
+def write_predictions(path, meas: Measurements, pred: Mapping) -> Path:
+    import csv
+    path = Path(path)
+    feat = sorted({k for kind in pred for k in meas.kinds[kind].x})
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["kind", "table", "variant", "group", *feat, "measured_ms", "predicted_ms", "ape_pct"])
+        for kind, pr in pred.items():
+            rows = meas.kinds[kind]
+            cols = [rows.x.get(k, np.full(len(rows), np.nan)) for k in feat]
+            for i in range(len(rows)):
+                w.writerow([kind, rows.table[i], rows.variant[i], rows.group[i],
+                            *(f"{c[i]:.6g}" if c[i] == c[i] else "" for c in cols),
+                            f"{rows.seconds[i] * 1e3:.6g}", f"{pr[i] * 1e3:.6g}",
+                            f"{abs(pr[i] / rows.seconds[i] - 1) * 100:.3g}"])
+    return path
+
+
+def plot_predictions(path, meas: Measurements, pred: Mapping, title: str = "", max_points: int = 20000,
+                     axes=None):
+    """Log-log scatter of predicted vs measured time per kind with the y = x line."""
+    import matplotlib
+    if axes is None:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig = None
+    if axes is None:
+        fig, axes = plt.subplots(figsize=(7, 6))
+    lo, hi = np.inf, 0.0
+    for i, (kind, pr) in enumerate(pred.items()):
+        meas_s = meas.kinds[kind].seconds
+        idx = np.arange(len(meas_s))
+        if len(idx) > max_points:        # even thinning for a readable plot (deterministic)
+            idx = idx[:: int(np.ceil(len(idx) / max_points))]
+        axes.scatter(meas_s[idx] * 1e3, pr[idx] * 1e3, s=2, alpha=0.35, label=kind, color=f"C{i % 10}")
+        lo, hi = min(lo, meas_s.min(), pr.min()), max(hi, meas_s.max(), pr.max())
+    axes.plot([lo * 1e3, hi * 1e3], [lo * 1e3, hi * 1e3], "k-", lw=1, label="y = x")
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel("measured (ms)")
+    axes.set_ylabel("predicted (ms)")
+    axes.set_title(title)
+    axes.legend(markerscale=4, fontsize=8)
+    if fig is not None:
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def fit_command(args) -> int:
+    from .params import save_params
+    from .specs import load_hardware
+    hw = load_hardware(args.hardware)
+    kernels = Path(args.kernels) if args.kernels else default_kernels_dir(hw.name)
+    if not kernels.exists():
+        raise SpecError(f"--kernels: '{kernels}' does not exist (give a folder of kernel tables or a bench CSV)")
+    res = fit_profile(hw.name, kernels, steps=args.steps, seed=args.seed, max_rows_per_kind=args.max_rows,
+                      return_result=True)
+    params = res.params
+    if args.serving:
+        if serving_fit is None:
+            print(f"jaxplan fit: serving-level fitting is not yet applied; '{args.serving}' was not used "
+                  "(the profile holds the kernel fit only)")
+        else:
+            params = serving_fit(params, args.serving, hw)
+    out = save_params(params, args.out, meta=profile_meta(res, hw.name, kernels, args.steps, args.seed))
+    print(f"wrote {out}")
+    return 0
+
+
+def validate_command(args) -> int:
+    if not args.kernels and not args.serving:
+        raise SpecError("validate needs --kernels FILE (with --hardware) or --serving FILE")
+    code = 0
+    if args.kernels:
+        if not args.hardware:
+            raise SpecError("validate --kernels needs --hardware (the GPU the table was measured on)")
+        out = Path(args.out) if args.out else None
+        validate_kernels(args.kernels, args.hardware, args.params, out)
+    if args.serving:
+        try:
+            from . import validate_serving
+        except ImportError:
+            validate_serving = None
+        fn = getattr(validate_serving, "validate_serving_command", None)
+        if fn is None:
+            print("jaxplan validate: error: --serving is not available yet (jaxplan.validate_serving has no "
+                  "validate_serving_command)", file=sys.stderr)
+            return 2
+        code = fn(args) or code
+    return code
+
+
+def register(subparsers) -> None:
+    """Add the ``fit`` and ``validate`` commands to the jaxplan CLI's subparsers."""
+    fp = subparsers.add_parser("fit", help="fit the cost model's parameters to measured kernel latencies")
+    fp.add_argument("--hardware", required=True, help="hardware preset name or YAML path")
+    fp.add_argument("--kernels", help="folder of kernel tables (*.csv.gz) or a `jaxplan bench` CSV "
+                                      "(default: ../shared/data/kernels/<gpu> beside the repository)")
+    fp.add_argument("--serving", help="serving measurements CSV for serving-level terms (not yet applied)")
+    fp.add_argument("--out", required=True, metavar="PROFILE.yaml", help="where to write the fitted profile")
+    fp.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"optimizer steps (default {DEFAULT_STEPS})")
+    fp.add_argument("--seed", type=int, default=0, help="subsample seed (default 0)")
+    fp.add_argument("--max-rows", dest="max_rows", type=int, default=DEFAULT_MAX_ROWS_PER_KIND,
+                    help=f"train rows per kind the optimizer sees (stratified subsample; default "
+                         f"{DEFAULT_MAX_ROWS_PER_KIND})")
+    fp.set_defaults(fn=fit_command)
+    vp = subparsers.add_parser("validate", help="compare predictions with measured kernels or serving rows")
+    vp.add_argument("--kernels", metavar="FILE", help="a kernel table (*.csv.gz) or a `jaxplan bench` CSV")
+    vp.add_argument("--serving", metavar="FILE", help="serving measurements CSV (silicon_hopper.csv format)")
+    vp.add_argument("--hardware", help="hardware preset name or YAML path (required with --kernels)")
+    vp.add_argument("--params", help="parameter profile YAML (default: the hardware's shipped profile)")
+    vp.add_argument("--out", metavar="DIR", help="folder for predictions.csv and the scatter plot")
+    vp.set_defaults(fn=validate_command)
