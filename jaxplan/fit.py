@@ -69,8 +69,6 @@ FIT_INIT = {
     "allreduce_nvls_share": 0.5,
 }
 
-# Hook for serving-level fitting (issue 3, serving part): called as serving_fit(params, file, hw) -> params.
-serving_fit = None
 
 
 # ----------------------------------------------------------------------------- split and subsample
@@ -498,13 +496,19 @@ def fit_command(args) -> int:
     res = fit_profile(hw.name, kernels, steps=args.steps, seed=args.seed, max_rows_per_kind=args.max_rows,
                       return_result=True)
     params = res.params
+    meta = profile_meta(res, hw.name, kernels, args.steps, args.seed)
     if args.serving:
-        if serving_fit is None:
-            print(f"jaxplan fit: serving-level fitting is not yet applied; '{args.serving}' was not used "
-                  "(the profile holds the kernel fit only)")
-        else:
-            params = serving_fit(params, args.serving, hw)
-    out = save_params(params, args.out, meta=profile_meta(res, hw.name, kernels, args.steps, args.seed))
+        from .validate_serving import TRAIN_SYSTEM, serving_fit
+        if not Path(args.serving).is_file():
+            raise SpecError(f"--serving: '{args.serving}' does not exist")
+        # Per-backend step/layer overheads, fitted on the TPOT of the H100 rows (H200 rows held
+        # out): with TTFT in the loss the fit trades TPOT for TTFT and the holdout gets worse,
+        # because the TTFT error left is scheduling, not overhead (benchmarks/serving_validation.md).
+        params, rep = serving_fit(params, args.serving, hw.name, metrics=("tpot",))
+        print(rep["text"])
+        meta["serving_fit"] = {"source": str(args.serving), "train": f"{TRAIN_SYSTEM} rows, TPOT only",
+                               "keys": sorted(k for k in params if k.startswith(("step_overhead_", "layer_overhead_")))}
+    out = save_params(params, args.out, meta=meta)
     print(f"wrote {out}")
     return 0
 
