@@ -1124,65 +1124,6 @@ def scheduling_diagnostics(cases: Sequence[ServingCase], params=None, override=N
     return {k_: np.where(agg, v, np.nan) for k_, v in out.items()}
 
 
-def evaluate_packed(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: Layout) -> dict:
-    """What-if variant of :func:`serving.evaluate` (diagnostic, for the report) with prefill
-    packing: an iteration carries the prompts of up to ``m = clip(floor(chunk / isl), 1, B)``
-    requests (``c = min(chunk, m * isl)`` prompt tokens) instead of one prompt's chunk of
-    ``min(chunk, isl)``. Everything else is ``evaluate``'s closed-loop fixed point: prefill
-    capacity ``d_sat = osl * c / isl`` decoders, TTFT0 = ``max(isl / chunk, 1)`` iterations that
-    carry a chunk, a request is slowed by the chunk iterations of the other ``B / m - 1`` groups."""
-    from .serving import FIXED_POINT_STEPS, round_time
-
-    isl, osl, g = wl.isl, wl.osl, lay.adp
-    B = lay.batch / g
-    m = jnp.clip(jnp.floor(lay.chunk / isl), 1.0, jnp.maximum(B, 1.0))
-    c = jnp.minimum(lay.chunk, m * isl)
-    n_iter = jnp.maximum(isl / lay.chunk, 1.0)
-    d_sat = osl * c / isl
-    d0 = jnp.minimum(B * osl / (osl + n_iter), d_sat)
-
-    def times(d):
-        t_chunk = round_time(p, hw, model, prec, wl, lay, g * d, g * c)
-        t_plain = round_time(p, hw, model, prec, wl, lay, g * d, 0.0)
-        f = jnp.clip(d * isl / (osl * c), 0.0, 1.0)
-        t_mean = f * t_chunk + (1 - f) * t_plain
-        f_seen = f * (1.0 - jnp.minimum(m / jnp.maximum(B, 1.0), 1.0))
-        tpot = f_seen * t_chunk + (1 - f_seen) * t_plain
-        return t_mean, tpot, n_iter * t_chunk
-
-    def step(_, d):
-        t_mean, tpot, ttft0 = times(d)
-        return jnp.minimum(B * osl * t_mean / (ttft0 + osl * tpot), d_sat)
-
-    d = jax.lax.fori_loop(0, FIXED_POINT_STEPS, step, d0)
-    t_mean, tpot, ttft0 = times(d)
-    x = g * d / (osl * t_mean)
-    ttft = jnp.maximum(lay.batch / x - osl * tpot, ttft0)
-    return {"ttft_s": ttft, "tpot_s": tpot, "requests_per_s": x}
-
-
-@functools.lru_cache(maxsize=None)
-def _packed_fn(model: Model, prec: Precision):
-    def one(p, hw, isl, osl, lay):
-        return evaluate_packed(p, hw, model, prec, Workload(isl, osl), lay)
-    return jax.jit(jax.vmap(one, in_axes=(None, None, 0, 0, 0)), compiler_options=COMPILER_OPTIONS)
-
-
-def predict_packed(cases: Sequence[ServingCase], params=None, override=None) -> dict[str, np.ndarray]:
-    """:func:`evaluate_packed` for every agg case (NaN for disagg)."""
-    by_hw = {k: v[0] for k, v in resolve_params(cases, params, override).items()}
-    out = {k: np.full(len(cases), np.nan) for k in ("ttft_s", "tpot_s", "requests_per_s")}
-    agg_idx = np.asarray([i for i, c in enumerate(cases) if c.mode == "agg"])
-    agg = [cases[i] for i in agg_idx]
-    for grp in build_groups(agg):
-        model, prec = grp.fn_key[:2]
-        r = _packed_fn(model, prec)(for_backend(by_hw[grp.hardware.name], grp.backend),
-                                    _traced_hardware(grp.hardware), *grp.args)
-        for k, v in jax.device_get(r).items():
-            out[k][agg_idx[grp.idx]] = np.asarray(v)[: len(grp.idx)]
-    return out
-
-
 def memory_batch_cap(cases: Sequence[ServingCase], params=None, override=None) -> np.ndarray:
     """Most requests per replica whose KV cache fits beside the weights, from the cost model's
     memory (affine in the batch: two evaluations give the slope, as ``sweep.max_batch`` does).
