@@ -260,10 +260,14 @@ def decode_worker(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, 
             "memory_per_gpu_gb": mem["total"] / 1e9, "feasible": mem["total"] <= mem["capacity"]}
 
 
+DERIVED_PREFILL_UTILIZATION = 0.8
+
+
 def prefill_workers_needed(decode_workers, decode_rate, prefill_rate, utilization):
     """Rate matching: the fewest prefill workers whose combined request rate, run at the target
-    ``utilization``, covers what ``decode_workers`` decode workers complete."""
-    return np.ceil(decode_workers * decode_rate / (utilization * prefill_rate) - 1e-6)
+    ``utilization``, covers what ``decode_workers`` decode workers complete (at least one)."""
+    xp = jnp if isinstance(decode_workers + decode_rate + prefill_rate, jax.Array) else np
+    return xp.maximum(xp.ceil(decode_workers * decode_rate / (utilization * prefill_rate) - 1e-6), 1.0)
 
 
 def prefill_wait(rho, rate):
@@ -274,7 +278,8 @@ def prefill_wait(rho, rate):
 
 def evaluate_disagg(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, pre: Layout, dec: Layout,
                     x, y, concurrency, cross_network) -> dict:
-    """A disaggregated deployment under closed-loop load of ``concurrency`` requests in flight.
+    """A disaggregated deployment of ``x`` prefill and ``y`` decode workers (0: derive them) under
+    closed-loop load of ``concurrency`` requests in flight.
 
     Decode workers share the requests that are past prefill; TPOT is their round time. Rates must
     match: completions X = min(y * decode rate, x * prefill rate). Decode workers admit only the
@@ -285,8 +290,16 @@ def evaluate_disagg(p, hw: Hardware, model: Model, prec: Precision, wl: Workload
     osl = wl.osl
     pw = prefill_worker(p, hw, model, prec, wl, pre)
     t_kv = kv_transfer_time(p, hw, model, prec, wl.isl, pre, dec, cross_network)
-    cap = x * pw["rate"]
     b_max = admitted_batch(p, hw, model, prec, wl, dec) * dec.adp   # decode requests whose KV fits
+    # Worker counts given as 0 are derived the way a deployment would be sized: the fewest decode
+    # workers whose KV caches hold all requests, and prefill workers rate-matched to them at
+    # DERIVED_PREFILL_UTILIZATION.
+    y = jnp.where(y > 0, y, jnp.ceil(concurrency / b_max))
+    b_guess = concurrency / y
+    rate_d = b_guess / (osl * round_time(p, hw, model, prec, wl, dec._replace(batch=b_guess), b_guess,
+                                         jnp.float32(0.0)))
+    x = jnp.where(x > 0, x, prefill_workers_needed(y, rate_d, pw["rate"], DERIVED_PREFILL_UTILIZATION))
+    cap = x * pw["rate"]
 
     def state(b):
         tpot = round_time(p, hw, model, prec, wl, dec._replace(batch=b), b, jnp.float32(0.0))
@@ -308,7 +321,7 @@ def evaluate_disagg(p, hw: Hardware, model: Model, prec: Precision, wl: Workload
     return {"ttft_s": ttft, "tpot_s": tpot, "tokens_per_s_per_user": 1.0 / tpot,
             "tokens_per_s_per_gpu": X * osl / gpus, "requests_per_s": X, "decode_batch": b,
             "kv_transfer_s": t_kv, "prefill_latency_s": pw["latency_s"],
-            "prefill_utilization": X / cap}
+            "prefill_utilization": X / cap, "prefill_workers": x, "decode_workers": y}
 
 
 SENSITIVITY_FIELDS = ("hbm_bandwidth", "bf16_flops", "fp8_flops", "fp4_flops", "scaleup_bandwidth",

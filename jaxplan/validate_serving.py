@@ -26,7 +26,9 @@ Mapping rules (each is a modelling assumption, stated where it is applied):
 * Chunk: the backend's default prefill token budget per iteration (:data:`CHUNK`).
 * Disaggregated rows: ``N`` from ``silicon_concurrency=N`` in ``silicon_data_source``; where it
   is absent, ``N = decode_batch_size * decode_attention_dp_size * decode_num_workers`` (this
-  identity holds in all 36 rows that carry both). Blank ``*_num_workers`` -> 1 worker each; the
+  identity holds in all 36 rows that carry both). Blank ``*_num_workers`` are derived by
+  ``serving.evaluate_disagg`` as a deployment would be sized: the fewest decode workers whose KV
+  caches hold all N requests, and prefill workers rate-matched to them at 80% utilization. The
   per-pool batch is not read: ``evaluate_disagg`` derives the decode batch from ``N``.
   ``cross_network``: the deployment's GPUs, ``x * G_prefill + y * G_decode``, exceed one
   scale-up domain, so the KV cache crosses the scale-out network.
@@ -339,18 +341,19 @@ def map_row(row: Mapping, res: _Resolver) -> ServingCase:
     # disaggregated
     pre = pool_layout(row, "prefill_", model, rid, 1.0, chunk)
     dec = pool_layout(row, "decode_", model, rid, 1.0, 0.0)
-    x = _int(row, "prefill_num_workers") or 1
-    y = _int(row, "decode_num_workers") or 1
+    x = _int(row, "prefill_num_workers") or 0       # 0: evaluate_disagg derives the count
+    y = _int(row, "decode_num_workers") or 0
     note = []
     if not (row.get("prefill_num_workers") or "").strip() or not (row.get("decode_num_workers") or "").strip():
-        note.append("blank *_num_workers -> 1")
+        note.append("blank *_num_workers -> derived")
     if n is None:
         db = _int(row, "decode_batch_size")
         if not db:
             raise _Skip("disagg row without concurrency or decode_batch_size", "")
-        n = float(db * dec.adp * y)
+        n = float(db * dec.adp * max(y, 1))
         note.append("concurrency absent: N = decode_batch_size * decode_attention_dp_size * decode_num_workers")
-    g = x * pre.tp * pre.ep * pre.pp + y * dec.tp * dec.ep * dec.pp
+    # (derived worker counts are at least one of each)
+    g = max(x, 1) * pre.tp * pre.ep * pre.pp + max(y, 1) * dec.tp * dec.ep * dec.pp
     return ServingCase(**common, concurrency=float(n), prefill=pre, decode=dec,
                        prefill_workers=float(x), decode_workers=float(y),
                        cross_network=bool(g > hw.scaleup_domain), note="; ".join(note))

@@ -180,3 +180,19 @@ def test_sensitivities_match_finite_differences(p):
     # decode of a 70B model at batch 64 streams weights: faster HBM must raise throughput
     assert s["tokens_per_s_per_gpu"]["hbm_bandwidth"] > 0.2
     assert s["tokens_per_s_per_gpu"]["hbm_capacity"] == 0.0
+
+
+def test_derived_worker_counts_hold_every_request_and_match_rates(p):
+    """Worker counts given as 0 are sized like a deployment: decode workers enough to hold all N
+    requests' KV caches, prefill workers rate-matched at 80% utilization."""
+    from jaxplan.serving import DERIVED_PREFILL_UTILIZATION, admitted_batch
+    m, hw, prec = load_model("deepseek-v3"), load_hardware("h200-sxm"), get_precision("fp8")
+    wl = Workload(8192.0, 1024.0)
+    pre, dec = lay(tp=1, ep=8, adp=8, chunk=8192), lay(tp=1, ep=8, adp=8, batch=64)
+    n = 4096.0
+    r = {k: float(v) for k, v in evaluate_disagg(p, hw, m, prec, wl, pre, dec, 0.0, 0.0, n, True).items()}
+    per_worker = float(admitted_batch(p, hw, m, prec, wl, dec)) * 8
+    assert r["decode_workers"] == math.ceil(n / per_worker)
+    assert r["decode_workers"] * per_worker >= n
+    assert r["prefill_workers"] >= 1
+    assert r["prefill_utilization"] <= DERIVED_PREFILL_UTILIZATION + 0.05

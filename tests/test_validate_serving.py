@@ -112,9 +112,9 @@ def test_disagg_rows(by_id):
     assert pre == dict(tp=1, pp=1, ep=8, adp=8, chunk=vs.CHUNK["trtllm"])
     assert (float(c.decode.tp), float(c.decode.ep), float(c.decode.adp)) == (1, 8, 8)
     assert c.gpus == 40 and c.cross_network             # 5 workers x 8 GPUs > one 8-GPU NVLink domain
-    # blank worker counts -> 1 + 1; tp 16 = moe_ep 16 in each pool
+    # blank worker counts -> 0, derived in evaluate_disagg; tp 16 = moe_ep 16 in each pool
     c = by_id["2026_03_25_deepseek_r1_h100_sxm_trtllm_fp8_disagg_8192x1024_c154_tp16_0_ep16_0_851"]
-    assert (c.prefill_workers, c.decode_workers) == (1, 1) and c.concurrency == 154
+    assert (c.prefill_workers, c.decode_workers) == (0, 0) and c.concurrency == 154
     assert (float(c.prefill.tp), float(c.prefill.ep), float(c.prefill.adp)) == (1, 16, 1)
     assert "blank *_num_workers" in c.note
     # no silicon_concurrency: N = decode_batch_size 48 * adp 1 * 11 decode workers
