@@ -117,7 +117,7 @@ def cmd_sweep(args) -> int:
             fi = r.frontier
             extra[f"{mode} frontier"] = (r.columns["tokens_per_s_per_user"][fi], r.columns["tokens_per_s_per_gpu"][fi])
     report.plot_frontier(out / "frontier.png", cols, [] if extra else front, best, _title(exp),
-                         exp.sla.min_tokens_per_user, extra=extra)
+                         exp.sla.min_tokens_per_user, extra=extra, max_ttft_s=exp.sla.max_ttft_s)
     best_row = report.row(cols, best) if best is not None else None
     summary = {
         "experiment": exp.name, "model": exp.model.name, "hardware": exp.hardware.name, "gpus": exp.gpus,

@@ -138,7 +138,7 @@ def merge_results(results: dict) -> tuple[dict, np.ndarray, int | None]:
 
 
 def plot_frontier(path: Path, columns: dict, frontier_idx, best: int | None, title: str,
-                  min_tokens_per_user: float = 0.0, extra: dict | None = None):
+                  min_tokens_per_user: float = 0.0, extra: dict | None = None, max_ttft_s: float = float("inf")):
     """Every feasible layout faintly, the frontier highlighted, the SLA pick marked.
 
     ``extra``: optional {label: (user, gpu)} frontiers to overlay (e.g. disaggregated)."""
@@ -157,8 +157,9 @@ def plot_frontier(path: Path, columns: dict, frontier_idx, best: int | None, tit
     for name, (xu, xg) in (extra or {}).items():
         ax.plot(xu, xg, "-s", ms=3.5, lw=1.6, label=name)
     if min_tokens_per_user > 0:
+        ttft = f", TTFT ≤ {max_ttft_s:g} s (the frontier ignores TTFT)" if math.isfinite(max_ttft_s) else ""
         ax.axvline(min_tokens_per_user, color="tab:red", ls="--", lw=1, alpha=0.7,
-                   label=f"SLA: ≥ {min_tokens_per_user:g} tokens/s/user")
+                   label=f"SLA: ≥ {min_tokens_per_user:g} tokens/s/user{ttft}")
     if best is not None:
         r = {k: columns[k][best] for k in columns}
         ax.plot([u[best]], [g[best]], marker="*", ms=16, color="tab:orange", mec="k", ls="none",
