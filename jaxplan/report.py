@@ -11,7 +11,8 @@ import numpy as np
 
 LAYOUT_CSV_COLUMNS = ("tp", "pp", "ep", "dp", "adp", "batch", "chunk", "feasible", "ttft_s", "tpot_s",
                       "tokens_per_s_per_user", "tokens_per_s_per_gpu", "memory_per_gpu_gb", "on_frontier",
-                      "requests_per_s", "decoding_requests", "prefill_saturated", "chunk_iter_s", "decode_iter_s")
+                      "requests_per_s", "decoding_requests", "admitted_requests", "prefill_tokens_per_iter",
+                      "prefill_saturated", "chunk_iter_s", "decode_iter_s")
 
 
 def _fmt(v) -> str:

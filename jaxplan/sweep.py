@@ -20,9 +20,6 @@ from .serving import Layout, evaluate, evaluator_for
 from .specs import Experiment, Hardware, Model, Precision, Workload
 
 DEFAULT_CHUNK = 4096
-OUTPUT_COLUMNS = ("ttft_s", "tpot_s", "tokens_per_s_per_user", "tokens_per_s_per_gpu", "requests_per_s",
-                  "decoding_requests", "prefill_tokens_per_iter", "prefill_saturated", "admitted_requests", "chunk_iter_s", "decode_iter_s",
-                  "memory_per_gpu_gb", "feasible")
 
 
 @functools.lru_cache(maxsize=None)
