@@ -80,11 +80,7 @@ GEMM_DTYPES = {
     "nvfp4": ("fp4", 4.5 / 8, 4.5 / 8),
 }
 MOE_DTYPES = {
-    "bfloat16": ("bf16", 2.0, 2.0),
-    "float16": ("bf16", 2.0, 2.0),
-    "fp8": ("fp8", 1.0, 1.0),
-    "fp8_block": ("fp8", 1.0, 1.0),
-    "nvfp4": ("fp4", 4.5 / 8, 4.5 / 8),
+    **GEMM_DTYPES,
     # weight-only MXFP4 (Hopper): weights dequantized in the kernel, BF16 tensor-core math
     "w4a16_mxfp4": ("bf16", 4.25 / 8, 2.0),
     # MXFP4 weights x MXFP8 activations (Blackwell): the mixed-input MMA runs at the FP8 rate
@@ -478,34 +474,36 @@ def _size_band(elements):
     return np.floor(np.log2(np.maximum(elements, 1)) / 3).astype(int)
 
 
+def _collective(cols, m, n, dtype_col, default_dtype=None):
+    """Shared features of a collective row: message bytes (elements x element size), GPU count,
+    and the message-size band that groups the holdout. Returns (features, dtype, group)."""
+    v = _need(cols, m, ["num_gpus", "message_size"])
+    m.reject(v["num_gpus"] < 2, "num_gpus < 2")
+    dt = _str(cols, dtype_col, n)
+    if default_dtype:
+        dt = np.where(dt == "", default_dtype, dt)
+    m.reject(~np.isin(dt, list(COLLECTIVE_DTYPE_BYTES)), f"{dtype_col} has no known element size")
+    eb = np.array([COLLECTIVE_DTYPE_BYTES.get(d, 0.0) for d in dt])
+    x = dict(nbytes=v["message_size"] * eb, n=v["num_gpus"], elements=v["message_size"])
+    return x, dt, _group(np.full(n, "band"), _size_band(v["message_size"]))
+
+
 def _map_custom_allreduce(table, cols, n):
     m = _Mapper(table, n)
     sec = _latency(cols, m)
-    v = _need(cols, m, ["num_gpus", "message_size"])
-    m.reject(v["num_gpus"] < 2, "num_gpus < 2")
-    dt = _str(cols, "allreduce_dtype", n)
-    dt = np.where(dt == "", "bfloat16", dt)
-    m.reject(~np.isin(dt, list(COLLECTIVE_DTYPE_BYTES)), "allreduce_dtype has no known element size")
-    eb = np.array([COLLECTIVE_DTYPE_BYTES.get(d, 0.0) for d in dt])
-    x = dict(nbytes=v["message_size"] * eb, n=v["num_gpus"], elements=v["message_size"])
+    x, _, group = _collective(cols, m, n, "allreduce_dtype", "bfloat16")
     rows = KindRows("allreduce", x, dict(impl=np.full(n, "trtllm").astype(str)), np.full(n, "trtllm_custom").astype(str),
-                    _group(np.full(n, "band"), _size_band(v["message_size"])), np.full(n, table).astype(str), sec)
+                    group, np.full(n, table).astype(str), sec)
     return {"allreduce": (rows, m.ok)}, m.counts()
 
 
 def _map_nccl(table, cols, n):
     m = _Mapper(table, n)
     sec = _latency(cols, m)
-    v = _need(cols, m, ["num_gpus", "message_size"])
-    m.reject(v["num_gpus"] < 2, "num_gpus < 2")
     op = _str(cols, "op_name", n)
     for o in sorted(set(op.tolist()) - {"all_reduce", "alltoall"}):
         m.reject(op == o, f"NCCL {o or 'blank op_name'}: no cost function for it in jaxplan.cost")
-    dt = _str(cols, "nccl_dtype", n)
-    m.reject(~np.isin(dt, list(COLLECTIVE_DTYPE_BYTES)), "nccl_dtype has no known element size")
-    eb = np.array([COLLECTIVE_DTYPE_BYTES.get(d, 0.0) for d in dt])
-    x = dict(nbytes=v["message_size"] * eb, n=v["num_gpus"], elements=v["message_size"])
-    group = _group(np.full(n, "band"), _size_band(v["message_size"]))
+    x, dt, group = _collective(cols, m, n, "nccl_dtype")
     tab = np.full(n, table).astype(str)
     variant = np.char.add("nccl_", dt.astype(str)).astype(str)
     ar = KindRows("allreduce", x, dict(impl=np.full(n, "nccl").astype(str)), variant, group, tab, sec)

@@ -9,25 +9,13 @@ import io
 import json
 import re
 
+from pathlib import Path
+
 import pytest
 
 from jaxplan.cli import main
 
-EXPERIMENT = """\
-name: small
-model: llama-3.1-8b
-hardware: h100-sxm
-gpus: 8
-precision: fp8
-workload:
-  isl_tokens: 1024
-  osl_tokens: 256
-sla:
-  min_tokens_per_s_per_user: 50
-  max_ttft_s: 2
-search:
-  chunk_sizes: [512, 2048]
-"""
+EXPERIMENT = (Path(__file__).parent / "data" / "small_experiment.yaml").read_text()
 SLA_USER, SLA_TTFT = 50.0, 2.0
 
 CONTRACT = ["tp", "pp", "ep", "dp", "batch", "chunk", "feasible", "ttft_s", "tpot_s", "tokens_per_s_per_user",

@@ -3,6 +3,7 @@ memory-limited batch bound and a whole small sweep."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import chex
 import jax.numpy as jnp
@@ -17,21 +18,7 @@ from jaxplan.cost import memory_per_gpu
 from jaxplan.serving import evaluate
 from jaxplan.specs import Workload, load_experiment
 
-EXPERIMENT = """\
-name: small
-model: llama-3.1-8b
-hardware: h100-sxm
-gpus: 8
-precision: fp8
-workload:
-  isl_tokens: 1024
-  osl_tokens: 256
-sla:
-  min_tokens_per_s_per_user: 50
-  max_ttft_s: 2
-search:
-  chunk_sizes: [512, 2048]
-"""
+EXPERIMENT = (Path(__file__).parent / "data" / "small_experiment.yaml").read_text()
 
 
 # ----------------------------------------------------------------------------- Pareto and SLA
