@@ -265,14 +265,17 @@ def allreduce(p, hw: Hardware, nbytes, n) -> jax.Array:
     # NVLink SHARP (NVLS): on NVSwitch systems the switch reduces, and each GPU sends and receives the
     # buffer once whatever n; ``allreduce_nvls_share`` blends ring and switch traffic (1e-6 = ring).
     nvls = p["allreduce_nvls_share"]
-    t_in = p["allreduce_latency_nvlink_s"] * jnp.log2(jnp.maximum(inside, 1.0)) \
+    # Latency per step = the fabric's link latency (hardware) + the software's share (fitted:
+    # kernel launch, flag polling, synchronization), so a what-if on the hardware latency acts.
+    lat_nv, lat_net = hw.scaleup_latency, hw.scaleout_latency
+    t_in = (lat_nv + p["allreduce_latency_nvlink_s"]) * jnp.log2(jnp.maximum(inside, 1.0)) \
         + ((1 - nvls) * 2 * (inside - 1) / inside + nvls) * nbytes / (hw.scaleup_bandwidth * p["allreduce_bw_eff_nvlink"])
     # One-shot (TensorRT-LLM's custom all-reduce for small buffers): every GPU reads the other n-1
     # buffers over NVLink and reduces locally: one fixed latency, (n-1) x the buffer per GPU. The
     # faster of the two is used (never, at the default one-shot latency of 1 ms).
-    t_in = jnp.minimum(t_in, p["allreduce_oneshot_latency_s"]
+    t_in = jnp.minimum(t_in, lat_nv + p["allreduce_oneshot_latency_s"]
                        + (inside - 1) * nbytes / (hw.scaleup_bandwidth * p["allreduce_bw_eff_nvlink"]))
-    t_out = p["allreduce_latency_net_s"] * jnp.log2(outside) \
+    t_out = (lat_net + p["allreduce_latency_net_s"]) * jnp.log2(outside) \
         + 2 * (outside - 1) / outside * (nbytes / inside) / (hw.scaleout_bandwidth * p["allreduce_bw_eff_net"])
     return jnp.where(n > 1, t_in, 0.0) + jnp.where(outside > 1, t_out, 0.0)
 
@@ -285,8 +288,8 @@ def alltoall(p, hw: Hardware, nbytes_per_gpu, n, span):
     time. The share beyond the domain is 1 - domain/span once span exceeds the domain."""
     leaving = nbytes_per_gpu * (n - 1) / jnp.maximum(n, 1.0)
     f_out = jnp.clip(1.0 - hw.scaleup_domain / span, 0.0, 1.0)
-    t_nv = p["alltoall_latency_nvlink_s"] + leaving * (1 - f_out) / (hw.scaleup_bandwidth * p["alltoall_bw_eff_nvlink"])
-    t_net = p["alltoall_latency_net_s"] + leaving * f_out / (hw.scaleout_bandwidth * p["alltoall_bw_eff_net"])
+    t_nv = hw.scaleup_latency + p["alltoall_latency_nvlink_s"] + leaving * (1 - f_out) / (hw.scaleup_bandwidth * p["alltoall_bw_eff_nvlink"])
+    t_net = hw.scaleout_latency + p["alltoall_latency_net_s"] + leaving * f_out / (hw.scaleout_bandwidth * p["alltoall_bw_eff_net"])
     t = jnp.where(f_out > 0, jnp.maximum(t_nv, t_net), t_nv)
     return jnp.where(n > 1, t, 0.0)
 

@@ -65,7 +65,7 @@ FIT_INIT = {
     "moe_m_half": 20.0, "moe_k_overhead": 400.0, "moe_pair_s": 1e-9, "moe_latency_s": 2e-5,
     "moe_eff_scale_fp8": 0.7, "moe_eff_scale_fp4": 0.7, "moe_eff_scale_fp8_block": 0.5,
     "moe_imbalance_powerlaw_101": 0.5, "moe_imbalance_powerlaw_12": 0.7,
-    "attn_eff_scale_fp8": 0.75, "allreduce_oneshot_latency_s": 3e-6, "allreduce_latency_nvlink_s": 5e-6,
+    "attn_eff_scale_fp8": 0.75, "allreduce_oneshot_latency_s": 1e-6, "allreduce_latency_nvlink_s": 2e-6,
     "allreduce_nvls_share": 0.5,
 }
 

@@ -61,13 +61,17 @@ PARAM_SPECS: dict[str, ParamSpec] = {
     "moe_imbalance_per_log2_ep": _p(0.06, 0.0, 1.0,
                                     "busiest GPU's token excess per doubling of EP (routing skew)"),
     # --- collectives, per fabric tier (latency per log2 step; bandwidth fraction)
-    "allreduce_latency_nvlink_s": _p(6e-6, 1e-7, 1e-3, "all-reduce latency per log2(n) step on NVLink", log=True),
+    "allreduce_latency_nvlink_s": _p(3e-6, 1e-7, 1e-3, "all-reduce software latency per log2(n) step on NVLink "
+                                  "(beyond the hardware's scaleup_latency)", log=True),
     "allreduce_bw_eff_nvlink": _p(0.70, 0.05, 1.0, "NVLink bandwidth fraction reached by all-reduce"),
-    "allreduce_latency_net_s": _p(20e-6, 1e-7, 1e-2, "all-reduce latency per log2(n) step on the scale-out network", log=True),
+    "allreduce_latency_net_s": _p(15e-6, 1e-7, 1e-2, "all-reduce software latency per log2(n) step on the "
+                               "scale-out network (beyond scaleout_latency)", log=True),
     "allreduce_bw_eff_net": _p(0.70, 0.05, 1.0, "network bandwidth fraction reached by all-reduce"),
-    "alltoall_latency_nvlink_s": _p(15e-6, 1e-7, 1e-3, "all-to-all fixed latency on NVLink", log=True),
+    "alltoall_latency_nvlink_s": _p(12e-6, 1e-7, 1e-3, "all-to-all software latency on NVLink (beyond "
+                                 "scaleup_latency)", log=True),
     "alltoall_bw_eff_nvlink": _p(0.55, 0.05, 1.0, "NVLink bandwidth fraction reached by all-to-all"),
-    "alltoall_latency_net_s": _p(40e-6, 1e-7, 1e-2, "all-to-all fixed latency across the network", log=True),
+    "alltoall_latency_net_s": _p(35e-6, 1e-7, 1e-2, "all-to-all software latency across the network (beyond "
+                              "scaleout_latency)", log=True),
     "alltoall_bw_eff_net": _p(0.60, 0.05, 1.0, "network bandwidth fraction reached by all-to-all"),
     "p2p_bw_eff": _p(0.80, 0.05, 1.0, "bandwidth fraction of a pipeline hand-off"),
     # --- fixed overheads
@@ -130,10 +134,11 @@ PARAM_SPECS: dict[str, ParamSpec] = {
     # collectives as NCCL runs them (the kernel tables' nccl_perf; sweeps use the allreduce_* values,
     # fitted on TensorRT-LLM's custom all-reduce)
     "allreduce_oneshot_latency_s": _p(1e-3, 1e-7, 1e-2, "one-shot all-reduce (TensorRT-LLM custom, small "
-                                      "buffers) fixed latency; 1 ms = off", log=True),
+                                      "buffers) software latency beyond scaleup_latency; 1 ms = off", log=True),
     "allreduce_nvls_share": _p(1e-6, 1e-6, 1.0, "share of all-reduce traffic done by NVLink SHARP in the switch "
                                "(buffer once per GPU) rather than by a ring (2(n-1)/n)", log=True),
-    "nccl_allreduce_latency_s": _p(10e-6, 1e-7, 1e-3, "NCCL all-reduce latency per log2(n) step on NVLink",
+    "nccl_allreduce_latency_s": _p(7e-6, 1e-7, 1e-3, "NCCL all-reduce software latency per log2(n) step on "
+                                   "NVLink (beyond scaleup_latency)",
                                    log=True),
     "nccl_allreduce_bw_eff": _p(0.70, 0.05, 1.0, "NVLink bandwidth fraction reached by NCCL all-reduce"),
 }

@@ -26,6 +26,8 @@ H100_HBM_CAP = 80e9         # bytes
 H100_DOMAIN = 8             # GPUs per NVLink domain
 H100_NVLINK = 450e9         # bytes/s per direction
 H100_IB = 50e9              # bytes/s (400 Gb/s)
+H100_NVLINK_LATENCY = 3e-6  # s, the preset's scaleup_latency_us
+H100_IB_LATENCY = 5e-6      # s, the preset's scaleout_latency_us
 
 MAC = 2                     # FLOPs per multiply-accumulate
 BF16_BYTES, FP8_BYTES = 2, 1
@@ -340,15 +342,16 @@ def test_moe_one_decode_token_is_weight_bandwidth_bound(p, h100, fp8, models, na
 def test_allreduce_ring_volume_and_latency(p, h100):
     nbytes = 64e6
     bw = H100_NVLINK * pv(p, "allreduce_bw_eff_nvlink")
-    lat = pv(p, "allreduce_latency_nvlink_s")
+    lat = f(h100.scaleup_latency) + pv(p, "allreduce_latency_nvlink_s")   # link + software, per step
     assert f(C.allreduce(p, h100, nbytes, 1.0)) == 0.0
     for n in (2, 4, 8):
         expect = lat * math.log2(n) + 2 * (n - 1) / n * nbytes / bw
         assert f(C.allreduce(p, h100, nbytes, float(n))) == pytest.approx(expect, rel=REL)
     # with the latency removed, the time is exactly the ring volume 2(n-1)/n over the link
     p0 = dict(p, allreduce_latency_nvlink_s=jnp.float32(0.0))
+    h0 = h100.replace(scaleup_latency=0.0)
     for n in (2, 4, 8):
-        assert f(C.allreduce(p0, h100, nbytes, float(n))) * bw / nbytes == pytest.approx(2 * (n - 1) / n, rel=REL)
+        assert f(C.allreduce(p0, h0, nbytes, float(n))) * bw / nbytes == pytest.approx(2 * (n - 1) / n, rel=REL)
 
 
 def test_allreduce_jumps_past_the_scaleup_domain(p, h100):
@@ -357,7 +360,7 @@ def test_allreduce_jumps_past_the_scaleup_domain(p, h100):
     t16 = f(C.allreduce(p, h100, nbytes, 16.0))
     # 16 GPUs = 2 HGX boards: NVLink reduce-scatter/all-gather over 8, then an all-reduce of the
     # 1/8 share between the 2 boards over InfiniBand
-    net = pv(p, "allreduce_latency_net_s") * math.log2(2) \
+    net = (H100_IB_LATENCY + pv(p, "allreduce_latency_net_s")) * math.log2(2) \
         + 2 * (2 - 1) / 2 * (nbytes / 8) / (H100_IB * pv(p, "allreduce_bw_eff_net"))
     assert t16 == pytest.approx(t8 + net, rel=REL)
     assert t16 > 1.5 * t8
@@ -365,8 +368,8 @@ def test_allreduce_jumps_past_the_scaleup_domain(p, h100):
 
 def _a2a(p, leaving, f_out):
     """Hand all-to-all: NVLink and network legs in parallel, the slower sets the time."""
-    t_nv = pv(p, "alltoall_latency_nvlink_s") + leaving * (1 - f_out) / (H100_NVLINK * pv(p, "alltoall_bw_eff_nvlink"))
-    t_net = pv(p, "alltoall_latency_net_s") + leaving * f_out / (H100_IB * pv(p, "alltoall_bw_eff_net"))
+    t_nv = H100_NVLINK_LATENCY + pv(p, "alltoall_latency_nvlink_s") + leaving * (1 - f_out) / (H100_NVLINK * pv(p, "alltoall_bw_eff_nvlink"))
+    t_net = H100_IB_LATENCY + pv(p, "alltoall_latency_net_s") + leaving * f_out / (H100_IB * pv(p, "alltoall_bw_eff_net"))
     return max(t_nv, t_net) if f_out > 0 else t_nv
 
 

@@ -100,9 +100,9 @@ def test_alltoall_jumps_when_ep_leaves_the_nvlink_domain(p):
         f_out = max(0.0, 1 - hw.scaleup_domain / ep)
         t = 0.0
         for nbytes in (prec.qact_bytes, prec.act_bytes):   # dispatch, combine
-            t_nv = float(p["alltoall_latency_nvlink_s"]) + per_gpu * nbytes * (1 - f_out) / (
+            t_nv = hw.scaleup_latency + float(p["alltoall_latency_nvlink_s"]) + per_gpu * nbytes * (1 - f_out) / (
                 hw.scaleup_bandwidth * float(p["alltoall_bw_eff_nvlink"]))
-            t_net = float(p["alltoall_latency_net_s"]) + per_gpu * nbytes * f_out / (
+            t_net = hw.scaleout_latency + float(p["alltoall_latency_net_s"]) + per_gpu * nbytes * f_out / (
                 hw.scaleout_bandwidth * float(p["alltoall_bw_eff_net"]))
             t += max(t_nv, t_net) if f_out > 0 else t_nv
         return t
