@@ -198,11 +198,12 @@ def evaluator_for(backend: str):
     return EVALUATORS[SCHEDULERS.get(backend, "mixed")]
 
 
-def explain(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: Layout) -> dict:
+def explain(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: Layout,
+            scheduler: str = "mixed") -> dict:
     """Metrics of one layout plus where the time goes: the op breakdown of an iteration with a
     prefill chunk and of a decode-only iteration, at the solved decode batch, and the memory."""
     lay = Layout(*(jnp.asarray(v, jnp.float32) for v in lay))
-    m = jax.jit(evaluate, static_argnums=(2, 3))(p, hw, model, prec, wl, lay)
+    m = jax.jit(evaluate, static_argnums=(2, 3, 6))(p, hw, model, prec, wl, lay, scheduler)
     dec = m["decoding_requests"]
     c = m["prefill_tokens_per_iter"]
     rc = jax.jit(round_costs, static_argnums=(2, 3))
@@ -322,28 +323,3 @@ def evaluate_disagg(p, hw: Hardware, model: Model, prec: Precision, wl: Workload
             "tokens_per_s_per_gpu": X * osl / gpus, "requests_per_s": X, "decode_batch": b,
             "kv_transfer_s": t_kv, "prefill_latency_s": pw["latency_s"],
             "prefill_utilization": X / cap, "prefill_workers": x, "decode_workers": y}
-
-
-SENSITIVITY_FIELDS = ("hbm_bandwidth", "bf16_flops", "fp8_flops", "fp4_flops", "scaleup_bandwidth",
-                      "scaleout_bandwidth", "hbm_capacity")
-
-
-def sensitivities(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: Layout) -> dict:
-    """Elasticities d log(metric) / d log(x) of tokens/s/GPU, tokens/s/user and TTFT with respect to
-    the hardware's rates and bandwidths and to the workload: +1% of x moves the metric by that many
-    percent. Exact derivatives of the cost model (``jax.jacfwd``), not finite differences.
-
-    HBM capacity moves no metric of a fixed layout (it only decides feasibility), so it reads 0."""
-    lay = Layout(*(jnp.asarray(v, jnp.float32) for v in lay))
-    fields = [f for f in SENSITIVITY_FIELDS if float(getattr(hw, f)) > 0]
-
-    def metrics(logs):
-        h = hw.replace(**{f: jnp.exp(logs[f]) for f in fields})
-        w = Workload(jnp.exp(logs["isl"]), jnp.exp(logs["osl"]))
-        m = evaluate(p, h, model, prec, w, lay)
-        return {k: jnp.log(m[k]) for k in ("tokens_per_s_per_gpu", "tokens_per_s_per_user", "ttft_s")}
-
-    x = {f: jnp.log(jnp.float32(getattr(hw, f))) for f in fields}
-    x.update(isl=jnp.log(jnp.float32(wl.isl)), osl=jnp.log(jnp.float32(wl.osl)))
-    jac = jax.jit(jax.jacfwd(metrics))(x)
-    return {metric: {k: float(v) for k, v in row.items()} for metric, row in jac.items()}
