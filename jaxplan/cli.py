@@ -3,11 +3,13 @@ message naming the file, the key and what is allowed; never a traceback."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
 from pathlib import Path
 
+from .sensitivity import parse_scales, scale_hardware, scaled_label
 from .specs import SpecError, config_root
 
 DEFAULT_EXPERIMENT = "gpt-1.8t-moe-64gpu"
@@ -66,9 +68,20 @@ def _add_experiment_args(sp):
     sp.add_argument("--min-tokens-per-user", type=_nonneg_float, help="SLA: minimum tokens/s per user")
     sp.add_argument("--max-ttft", type=_positive(float), help="SLA: maximum time to first token, seconds")
     sp.add_argument("--params", help="fitted parameter profile YAML (default: the hardware's shipped profile)")
+    sp.add_argument("--scale", action="append", metavar="NAME=FACTOR",
+                    help="what-if: multiply a hardware number, e.g. hbm_bandwidth=2 (repeatable); names: "
+                         "bf16_flops, fp8_flops, fp4_flops, hbm_bandwidth, hbm_capacity, scale_up_bandwidth, "
+                         "scale_up_latency, scale_out_bandwidth, scale_out_latency")
 
 
 def _load(args):
+    """(experiment with any --scale applied, params for its backend, where the params came from)."""
+    exp, p, source = _load_base(args)
+    scales = parse_scales(getattr(args, "scale", None))
+    return (dataclasses.replace(exp, hardware=scale_hardware(exp.hardware, scales)) if scales else exp), p, source
+
+
+def _load_base(args):
     from .params import for_backend, params_for
     from .specs import load_experiment
     exp = load_experiment(_experiment_path(args.experiment), model=args.model, hardware=args.hardware,
@@ -78,9 +91,9 @@ def _load(args):
     return exp, for_backend(p, exp.backend), source
 
 
-def _title(exp) -> str:
-    return (f"{exp.model.name} on {exp.gpus} × {exp.hardware.name}, {exp.precision.name}, "
-            f"ISL {int(exp.workload.isl)} / OSL {int(exp.workload.osl)}")
+def _title(exp, scales=None) -> str:
+    return (f"{exp.model.name} on {exp.gpus} × {scaled_label(exp.hardware.name, scales or {})}, "
+            f"{exp.precision.name}, ISL {int(exp.workload.isl)} / OSL {int(exp.workload.osl)}")
 
 
 # ----------------------------------------------------------------------------- sweep
@@ -98,31 +111,47 @@ def cmd_sweep(args) -> int:
     from . import report
     from .sweep import run_disagg_sweep, run_sweep
 
-    exp, p, source = _load(args)
+    base_exp, p, source = _load_base(args)
+    scales = parse_scales(args.scale)
+    if args.compare and not scales:
+        raise SpecError("--compare draws the baseline and the what-if frontiers: give at least one "
+                        "--scale NAME=FACTOR, e.g. --scale hbm_bandwidth=2")
+    exp = dataclasses.replace(base_exp, hardware=scale_hardware(base_exp.hardware, scales)) if scales else base_exp
     out = Path(args.out or Path("out") / exp.name)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"jaxplan sweep: {_title(exp)}; serving: {args.serving}; parameters: {source}", file=sys.stderr)
-    results = {}
-    if args.serving in ("agg", "both"):
-        results["agg"] = run_sweep(exp, p, params_source=source, progress=True, attention_dp=args.attention_dp)
-    if args.serving in ("disagg", "both"):
-        results["disagg"] = run_disagg_sweep(exp, p, params_source=source, progress=True)
+    print(f"jaxplan sweep: {_title(exp, scales)}; serving: {args.serving}; parameters: {source}", file=sys.stderr)
+
+    def sweeps(e):
+        r = {}
+        if args.serving in ("agg", "both"):
+            r["agg"] = run_sweep(e, p, params_source=source, progress=True, attention_dp=args.attention_dp)
+        if args.serving in ("disagg", "both"):
+            r["disagg"] = run_disagg_sweep(e, p, params_source=source, progress=True)
+        return r
+
+    results = sweeps(exp)
+    baseline = sweeps(base_exp) if args.compare else {}
     cols, front, best = report.merge_results(results)
     names = report.LAYOUT_CSV_COLUMNS if args.serving == "agg" else report.MODE_CSV_COLUMNS
     report.write_csv(out / "layouts.csv", cols, names)
     report.write_csv(out / "frontier.csv", cols, names, rows=front)
     extra = {}
-    if len(results) > 1:
+    if len(results) > 1 or baseline:
+        tag = " (what-if)" if baseline else ""
         for mode, r in results.items():
             fi = r.frontier
-            extra[f"{mode} frontier"] = (r.columns["tokens_per_s_per_user"][fi], r.columns["tokens_per_s_per_gpu"][fi])
-    report.plot_frontier(out / "frontier.png", cols, [] if extra else front, best, _title(exp),
+            extra[f"{mode} frontier{tag}"] = (r.columns["tokens_per_s_per_user"][fi], r.columns["tokens_per_s_per_gpu"][fi])
+        for mode, r in baseline.items():
+            fi = r.frontier
+            extra[f"{mode} frontier, {base_exp.hardware.name} as shipped"] = (
+                r.columns["tokens_per_s_per_user"][fi], r.columns["tokens_per_s_per_gpu"][fi])
+    report.plot_frontier(out / "frontier.png", cols, [] if extra else front, best, _title(exp, scales),
                          exp.sla.min_tokens_per_user, extra=extra, max_ttft_s=exp.sla.max_ttft_s)
     best_row = report.row(cols, best) if best is not None else None
     summary = {
         "experiment": exp.name, "model": exp.model.name, "hardware": exp.hardware.name, "gpus": exp.gpus,
         "precision": exp.precision.name, "backend": exp.backend, "isl": exp.workload.isl, "osl": exp.workload.osl,
-        "serving": args.serving,
+        "serving": args.serving, "hardware_scales": scales,
         "sla": {"min_tokens_per_s_per_user": exp.sla.min_tokens_per_user, "max_ttft_s": exp.sla.max_ttft_s},
         "params_source": source,
         "counts": {"layouts": int(len(cols["tokens_per_s_per_gpu"])), "feasible": int(cols["feasible"].sum()),
@@ -140,6 +169,13 @@ def cmd_sweep(args) -> int:
     if len(results) == 2 and all(r.best is not None for r in results.values()):
         summary["disagg_over_agg_at_sla"] = (results["disagg"].row(results["disagg"].best)["tokens_per_s_per_gpu"]
                                              / results["agg"].row(results["agg"].best)["tokens_per_s_per_gpu"])
+    if baseline:
+        _, _, base_best = report.merge_results(baseline)
+        bcols = report.merge_results(baseline)[0]
+        summary["baseline_best_at_sla"] = report.row(bcols, base_best) if base_best is not None else None
+        if base_best is not None and best_row is not None:
+            summary["whatif_over_baseline_at_sla"] = (best_row["tokens_per_s_per_gpu"]
+                                                      / float(bcols["tokens_per_s_per_gpu"][base_best]))
     report.write_json(out / "summary.json", summary)
     for mode, r in results.items():
         table = report.FRONTIER_TABLE if mode == "agg" else report.DISAGG_TABLE
@@ -151,6 +187,12 @@ def cmd_sweep(args) -> int:
         print(f"\nBest at SLA ({_sla_text(exp)}): {report.label(best_row)}: "
               f"{best_row['tokens_per_s_per_gpu']:.1f} tokens/s/GPU, {best_row['tokens_per_s_per_user']:.1f} tokens/s/user, "
               f"TTFT {best_row['ttft_s']:.2f} s, {best_row['memory_per_gpu_gb']:.0f} GB/GPU")
+    if baseline:
+        b = summary["baseline_best_at_sla"]
+        print(f"Baseline ({base_exp.hardware.name} as shipped): "
+              + (f"{report.label(b)}: {b['tokens_per_s_per_gpu']:.1f} tokens/s/GPU" if b else "no layout meets the SLA")
+              + (f"; what-if / baseline at the SLA: {summary['whatif_over_baseline_at_sla']:.2f}x"
+                 if "whatif_over_baseline_at_sla" in summary else ""))
     if "disagg_over_agg_at_sla" in summary:
         print(f"Disaggregated / aggregated tokens/s/GPU at the SLA: {summary['disagg_over_agg_at_sla']:.2f}x")
     print(f"compiled in {summary['seconds']['compile']:.1f} s, evaluated {summary['counts']['layouts']:,} layouts in "
@@ -166,7 +208,8 @@ def cmd_explain(args) -> int:
     from . import report
     from .cost import sum_costs
     from .layouts import check_parallel
-    from .serving import Layout, explain, sensitivities
+    from .sensitivity import METRICS, elasticities, label_of
+    from .serving import SCHEDULERS, Layout, explain
 
     exp, p, source = _load(args)
     given = [args.tp, args.pp, args.ep, args.dp, args.batch, args.chunk]
@@ -187,8 +230,12 @@ def cmd_explain(args) -> int:
             raise SpecError(f"--batch {batch} is below the {adp} attention-DP groups: each needs a request")
         origin = "the command line"
     lay = Layout(*(jnp.float32(v) for v in (tp, pp, ep, dp, batch, chunk, adp)))
-    ex = explain(p, exp.hardware, exp.model, exp.precision, exp.workload, lay)
-    sens = sensitivities(p, exp.hardware, exp.model, exp.precision, exp.workload, lay)
+    ex = explain(p, exp.hardware, exp.model, exp.precision, exp.workload, lay,
+                 scheduler=SCHEDULERS.get(exp.backend, "mixed"))
+    one = {f: [v] for f, v in zip(Layout._fields, (tp, pp, ep, dp, batch, chunk, adp))}
+    recs = [r for r in elasticities(p, exp.hardware, exp.model, exp.precision, exp.workload, one, [0], exp.backend)
+            if r["kind"] != "param"]
+    sens = {m: {r["name"]: r[f"elasticity_{m}"] for r in recs} for m in METRICS}
     label = report.layout_label(dict(tp=tp, pp=pp, ep=ep, dp=dp, adp=adp, batch=batch, chunk=chunk))
     groups = {}
     for phase in ("chunk_iteration", "decode_iteration"):
@@ -204,7 +251,7 @@ def cmd_explain(args) -> int:
                                                 "ops_s": groups, "elasticities": sens}))
         return 0
     m = ex["metrics"]
-    print(f"{_title(exp)}\nlayout {label} (from {origin}); parameters: {source}\n")
+    print(f"{_title(exp, parse_scales(args.scale))}\nlayout {label} (from {origin}); parameters: {source}\n")
     print(f"  TTFT {m['ttft_s']:.3f} s   TPOT {1e3 * m['tpot_s']:.2f} ms   "
           f"{m['tokens_per_s_per_user']:.1f} tokens/s/user   {m['tokens_per_s_per_gpu']:.1f} tokens/s/GPU   "
           f"decoding {m['decoding_requests']:.1f} of {batch} requests"
@@ -225,16 +272,175 @@ def cmd_explain(args) -> int:
         print(f"\n  {title}: {1e3 * total:.2f} ms")
         print("  " + report.table(rows, (("op", "op", ""), ("ms", "ms", ""), ("share", "share", ""),
                                          ("bound", "mostly", ""))).replace("\n", "\n  "))
-    names = {"hbm_bandwidth": "HBM bandwidth", "bf16_flops": "BF16 FLOP/s", "fp8_flops": "FP8 FLOP/s",
-             "fp4_flops": "FP4 FLOP/s", "scaleup_bandwidth": "NVLink bandwidth",
-             "scaleout_bandwidth": "scale-out bandwidth", "hbm_capacity": "HBM capacity",
-             "isl": "input length", "osl": "output length"}
-    rows = [{"x": names.get(k, k), **{m: f"{sens[m][k]:+.3f}" for m in sens}} for k in sens["ttft_s"]]
-    print("\n  elasticities: % change of each metric per +1% of the input (exact derivatives of the model):")
+    kinds = {r["name"]: r["kind"] for r in recs}
+    rows = [{"x": label_of(kinds[k], k), **{m: f"{sens[m][k]:+.3f}" for m in sens}} for k in sens["ttft_s"]]
+    print("\n  elasticities: % change of each metric per +1% of the input (exact derivatives of the model; "
+          "`jaxplan sensitivity` adds the fitted parameters and the frontier):")
     print("  " + report.table(rows, (("x", "input", ""), ("tokens_per_s_per_gpu", "tok/s/GPU", ""),
                                      ("tokens_per_s_per_user", "tok/s/user", ""),
                                      ("ttft_s", "TTFT", ""))).replace("\n", "\n  "))
     return 0
+
+
+# ----------------------------------------------------------------------------- sensitivity
+
+SENSITIVITY_TABLE = (("input", "input", ""), ("value", "value", ""), ("tokens_per_s_per_gpu", "tok/s/GPU", ""),
+                     ("tokens_per_s_per_user", "tok/s/user", ""), ("ttft_s", "TTFT", ""),
+                     ("minus", "-10%: best tok/s/GPU", ""), ("plus", "+10%: best tok/s/GPU", ""))
+
+
+def _switch_text(sw: dict | None) -> str:
+    if sw is None:
+        return ""
+    text = f"{sw['change_pct']:+.1f}%"
+    if not sw["switched"]:
+        return text
+    return text + f" -> {sw['new_layout']}" + ("" if sw["old_layout_meets_sla"] else " (old misses SLA)")
+
+
+def cmd_sensitivity(args) -> int:
+    from . import report
+    from .sensitivity import label_of, ranked, run_sensitivity
+
+    exp, p, source = _load(args)
+    scales = parse_scales(args.scale)
+    out = Path(args.out or Path("out") / f"{exp.name}-sensitivity")
+    out.mkdir(parents=True, exist_ok=True)
+    title = _title(exp, scales)
+    print(f"jaxplan sensitivity: {title}; SLA {_sla_text(exp)}; parameters: {source}", file=sys.stderr)
+    t0 = time.perf_counter()
+    kinds = ("hardware", "workload", "param") if args.switch_params else ("hardware", "workload")
+    res = run_sensitivity(exp, p, params_source=source, attention_dp=args.attention_dp, switch_kinds=kinds,
+                          progress=True)
+    dt = time.perf_counter() - t0
+    cols, best = res.sweep.columns, res.best
+    on_front = set(int(i) for i in res.sweep.frontier)
+    rows_csv = []
+    for r in res.records:
+        i = r["row"]
+        rows_csv.append({"layout": report.label(report.row(cols, i)), "is_best_at_sla": int(i == best),
+                         "on_frontier": int(i in on_front),
+                         **{k: cols[k][i] for k in ("tp", "pp", "ep", "dp", "adp", "batch", "chunk",
+                                                    "tokens_per_s_per_user", "tokens_per_s_per_gpu", "ttft_s")},
+                         **{k: r[k] for k in ("kind", "name", "value")},
+                         **{k: r[k] for k in r if k.startswith("elasticity_")}})
+    names = list(rows_csv[0]) if rows_csv else ["layout"]
+    report.write_csv(out / "sensitivity.csv", {k: [x[k] for x in rows_csv] for k in names}, names)
+    summary = {"experiment": exp.name, "hardware": exp.hardware.name, "hardware_scales": scales,
+               "params_source": source, "sla": {"min_tokens_per_s_per_user": exp.sla.min_tokens_per_user,
+                                                "max_ttft_s": exp.sla.max_ttft_s},
+               "frontier_points": len(res.sweep.frontier), "seconds": dt, "switches_at_plus_minus_10pct": res.switches}
+    if best is None:
+        report.write_json(out / "sensitivity.json", summary | {"best_at_sla": None})
+        report.plot_sensitivity_frontier(out / "sensitivity_frontier.png", res.records, cols, res.sweep.frontier,
+                                         f"elasticities along the frontier: {title}")
+        print(f"\nNo feasible layout meets the SLA ({_sla_text(exp)}); elasticities along the frontier are in "
+              f"{out}/sensitivity.csv and sensitivity_frontier.png.")
+        return 0
+    best_row = report.row(cols, best)
+    at_best = [r for r in res.records if r["row"] == best]
+    sw = {(s["kind"], s["name"], s["factor"]): s for s in res.switches}
+    summary["best_at_sla"] = best_row
+    summary["elasticities_at_best"] = {f"{r['kind']}:{r['name']}": {k: r[k] for k in r if k.startswith("elasticity_")}
+                                       for r in at_best}
+    report.write_json(out / "sensitivity.json", summary)
+    report.plot_sensitivity(out / "sensitivity.png", at_best,
+                            f"d log(tokens/s/GPU) / d log(x) at {report.label(best_row)} — {title}")
+    report.plot_sensitivity_frontier(out / "sensitivity_frontier.png", res.records, cols, res.sweep.frontier,
+                                     f"elasticities along the frontier: {title}", best=best)
+
+    def table_rows(recs):
+        return [{"input": label_of(r["kind"], r["name"]), "value": report.display_value(r["kind"], r["name"], r["value"]),
+                 **{m: f"{r['elasticity_' + m]:+.3f}" for m in ("tokens_per_s_per_gpu", "tokens_per_s_per_user",
+                                                                 "ttft_s")},
+                 "minus": _switch_text(sw.get((r["kind"], r["name"], 0.9))),
+                 "plus": _switch_text(sw.get((r["kind"], r["name"], 1.1)))} for r in recs]
+
+    print(f"\n{title}\nbest at SLA ({_sla_text(exp)}): {report.label(best_row)}: "
+          f"{best_row['tokens_per_s_per_gpu']:.1f} tokens/s/GPU, {best_row['tokens_per_s_per_user']:.1f} tokens/s/user, "
+          f"TTFT {best_row['ttft_s']:.2f} s; parameters: {source}")
+    print("\nelasticities (% change of the metric per +1% of the input; exact derivatives at this layout) and the "
+          "best tokens/s/GPU after a full re-sweep with the input at -10% / +10% (-> the layout it switches to):")
+    print(report.table(table_rows(ranked(res.records, best, kinds=("hardware", "workload"))), SENSITIVITY_TABLE))
+    top = ranked(res.records, best, kinds=("param",), min_abs=1e-3)[:args.top]
+    print(f"\nfitted efficiency parameters (largest {len(top)} of {sum(r['kind'] == 'param' for r in at_best)}):")
+    print(report.table(table_rows(top), SENSITIVITY_TABLE if args.switch_params else SENSITIVITY_TABLE[:5]))
+    n_sw = sum(s["switched"] for s in res.switches)
+    print(f"\n{n_sw} of {len(res.switches)} re-sweeps at +-10% switch the best layout. Elasticities at all "
+          f"{len(res.sweep.frontier)} frontier points in {out}/sensitivity.csv; wrote sensitivity.png, "
+          f"sensitivity_frontier.png, sensitivity.json ({dt:.1f} s)")
+    return 0
+
+
+# ----------------------------------------------------------------------------- codesign
+
+def cmd_codesign(args) -> int:
+    from . import report
+    from .codesign import hardware_yaml, load_prices, run_codesign
+    from .sensitivity import HARDWARE_NUMBERS
+
+    exp, p, source = _load(args)
+    prices_path = Path(args.prices) if args.prices else config_root() / "prices" / "default.yaml"
+    prices = load_prices(prices_path)
+    out = Path(args.out or Path("out") / f"{exp.name}-codesign")
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"jaxplan codesign: {_title(exp, parse_scales(args.scale))}; SLA {_sla_text(exp)}; prices: {prices_path}; "
+          f"parameters: {source}", file=sys.stderr)
+    t0 = time.perf_counter()
+    res = run_codesign(exp, p, prices, budget=args.budget, steps=args.steps, lr=args.lr,
+                       attention_dp=args.attention_dp, progress=True)
+    dt = time.perf_counter() - t0
+    cur = f" {prices.currency}" if prices.currency else ""
+    traj_cols = {"step": [], "tokens_per_s_per_gpu": [], "tokens_per_s_per_user": [], "ttft_s": [], "layout": []}
+    for n in res.names:
+        traj_cols[HARDWARE_NUMBERS[n][1]] = []
+        traj_cols[f"share_{n}"] = []
+        traj_cols[f"elasticity_{n}"] = []
+    for r in res.trajectory:
+        for k in ("step", "tokens_per_s_per_gpu", "layout"):
+            traj_cols[k].append(r.get(k))
+        for k in ("tokens_per_s_per_user", "ttft_s"):
+            traj_cols[k].append(r.get(k))
+        for n in res.names:
+            traj_cols[HARDWARE_NUMBERS[n][1]].append(r["values"][n])
+            traj_cols[f"share_{n}"].append(r["shares"][n])
+            traj_cols[f"elasticity_{n}"].append(r["elasticities"].get(n))
+    report.write_csv(out / "trajectory.csv", traj_cols, list(traj_cols))
+    (out / "codesign_hardware.yaml").write_text(
+        f"# jaxplan codesign of {exp.hardware.name} for {exp.name}: best of {len(res.trajectory)} steps "
+        f"(step {res.best_step}); budget {res.budget:,.0f}{cur} per GPU over {', '.join(res.names)}\n"
+        + hardware_yaml(res.final_hardware, f"jaxplan codesign from {exp.hardware.name}, prices {prices_path}"))
+    report.plot_codesign(out / "codesign.png", res, f"codesign: {_title(exp)}, SLA {_sla_text(exp)}")
+    s, f = res.start, res.final
+    summary = {"experiment": exp.name, "hardware": exp.hardware.name, "prices": str(prices_path),
+               "budget": res.budget, "currency": prices.currency, "steps": len(res.trajectory),
+               "best_step": res.best_step, "seconds": dt, "start": s, "final": f,
+               "gain": f["tokens_per_s_per_gpu"] / s["tokens_per_s_per_gpu"] if s["tokens_per_s_per_gpu"] else None}
+    report.write_json(out / "codesign.json", summary)
+    rows = [{"number": HARDWARE_NUMBERS[n][2], "price": f"{res.prices[n]:g}{cur} per {report.unit_of(n)}",
+             "start": report.display_value("hardware", n, s["values"][n] * _si(n)),
+             "final": report.display_value("hardware", n, f["values"][n] * _si(n)),
+             "share": f"{100 * s['shares'][n]:.0f}% -> {100 * f['shares'][n]:.0f}%",
+             "elasticity": f"{s['elasticities'].get(n, float('nan')):+.3f} -> {f['elasticities'].get(n, float('nan')):+.3f}"}
+            for n in res.names]
+    print(f"\nbudget {res.budget:,.0f}{cur} per GPU over the priced numbers; {len(res.trajectory)} steps "
+          f"in {dt:.1f} s")
+    print(report.table(rows, (("number", "number", ""), ("price", "price", ""), ("start", "start", ""),
+                              ("final", "final", ""), ("share", "budget share", ""),
+                              ("elasticity", "elasticity of tok/s/GPU", ""))))
+    print(f"\nstart: {s['layout']}: {s['tokens_per_s_per_gpu']:.1f} tokens/s/GPU; best (step {res.best_step}): "
+          f"{f['layout']}: {f['tokens_per_s_per_gpu']:.1f} tokens/s/GPU ({summary['gain']:.2f}x)")
+    if res.best_step >= len(res.trajectory) - 3:
+        print("still improving at the last steps: more --steps (or a larger --lr) may go further")
+    print(f"wrote {out}/trajectory.csv, codesign.png, codesign.json, codesign_hardware.yaml "
+          f"(use it with --hardware {out}/codesign_hardware.yaml)")
+    return 0
+
+
+def _si(name: str) -> float:
+    from .sensitivity import HARDWARE_NUMBERS
+    from .specs import HARDWARE_KEYS
+    return HARDWARE_KEYS[HARDWARE_NUMBERS[name][1]][1]
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -249,6 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="aggregated in-flight batching, disaggregated prefill/decode pools, or both (default: agg)")
     sp.add_argument("--attention-dp", choices=("ep", "all"), default="ep",
                     help="aggregated space: attention-DP equal to EP (default), or every divisor of the stage")
+    sp.add_argument("--compare", action="store_true",
+                    help="with --scale: also sweep the hardware as shipped and draw both frontiers on one chart")
     sp.set_defaults(fn=cmd_sweep)
     ep = sub.add_parser("explain", help="one layout's metrics and per-op time breakdown")
     _add_experiment_args(ep)
@@ -256,6 +464,27 @@ def build_parser() -> argparse.ArgumentParser:
         ep.add_argument(f"--{k}", type=_positive(int), help="attention-DP groups (default: ep)" if k == "adp" else None)
     ep.add_argument("--json", action="store_true", help="print JSON instead of tables")
     ep.set_defaults(fn=cmd_explain)
+    sn = sub.add_parser("sensitivity", help="elasticities of tokens/s/GPU to every hardware number, the workload "
+                                             "and the fitted parameters, at the best layout and along the frontier")
+    _add_experiment_args(sn)
+    sn.add_argument("--out", help="output folder (default: out/<experiment>-sensitivity)")
+    sn.add_argument("--attention-dp", choices=("ep", "all"), default="ep", help="layout space, as for sweep")
+    sn.add_argument("--top", type=_positive(int), default=12, help="fitted parameters to list (default 12)")
+    sn.add_argument("--switch-params", action="store_true",
+                    help="also re-sweep each fitted parameter at +-10%% (hardware and workload always are)")
+    sn.set_defaults(fn=cmd_sensitivity)
+    cd = sub.add_parser("codesign", help="spend a budget on hardware numbers (Optax gradient ascent) to maximize "
+                                          "tokens/s/GPU at the SLA")
+    _add_experiment_args(cd)
+    cd.add_argument("--prices", help="prices YAML (default: configs/prices/default.yaml, illustrative)")
+    cd.add_argument("--budget", type=_positive(float),
+                    help="budget per GPU over the priced numbers (default: the prices file's, else what the "
+                         "starting hardware's priced numbers cost)")
+    cd.add_argument("--steps", type=_positive(int), default=60, help="optimizer steps (default 60)")
+    cd.add_argument("--lr", type=_positive(float), default=0.1, help="Adam learning rate on the log budget shares")
+    cd.add_argument("--attention-dp", choices=("ep", "all"), default="ep", help="layout space, as for sweep")
+    cd.add_argument("--out", help="output folder (default: out/<experiment>-codesign)")
+    cd.set_defaults(fn=cmd_codesign)
     from .fit import register as register_fit
     register_fit(sub)
     from .bench import add_bench_args, bench_command

@@ -167,7 +167,7 @@ def plot_frontier(path: Path, columns: dict, frontier_idx, best: int | None, tit
                 label=f"best at SLA: {label(r)}")
     ax.set_xlabel("interactivity (output tokens/s per user)")
     ax.set_ylabel("throughput (output tokens/s per GPU)")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(wrap(title), fontsize=10)
     ax.grid(alpha=0.3)
     ax.set_xlim(left=0)
     ax.set_ylim(bottom=0)
@@ -175,6 +175,11 @@ def plot_frontier(path: Path, columns: dict, frontier_idx, best: int | None, tit
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def wrap(title: str, width: int = 90) -> str:
+    import textwrap
+    return "\n".join(textwrap.wrap(title, width))
 
 
 def write_json(path: Path, obj) -> None:
@@ -199,3 +204,116 @@ def to_json(obj) -> str:
             return [conv(v) for v in o]
         return o
     return json.dumps(conv(obj), indent=2) + "\n"
+
+
+# ----------------------------------------------------------------------------- sensitivity
+
+UNITS = (("_tflops", "TFLOP/s"), ("_tb_s", "TB/s"), ("_gb_s", "GB/s"), ("_gb", "GB"), ("_us", "us"))
+
+
+def display_value(kind: str, name: str, value: float) -> str:
+    """A sensitivity input's value in the units of its hardware YAML key (others as they are)."""
+    if kind == "hardware":
+        from .sensitivity import HARDWARE_NUMBERS
+        from .specs import HARDWARE_KEYS
+        key = HARDWARE_NUMBERS[name][1]
+        return f"{value / HARDWARE_KEYS[key][1]:g} {unit_of(name)}"
+    return f"{value:g}"
+
+
+def unit_of(name: str) -> str:
+    """Unit of a hardware number's YAML key, e.g. 'TB/s' for hbm_bandwidth."""
+    from .sensitivity import HARDWARE_NUMBERS
+    key = HARDWARE_NUMBERS[name][1]
+    return next(u for suffix, u in UNITS if key.endswith(suffix))
+
+
+def plot_sensitivity(path: Path, at_best: list[dict], title: str, top_params: int = 12):
+    """Bar charts of d log(tokens/s/GPU) / d log(x) at the best layout: hardware and workload on the
+    left, the largest fitted-parameter elasticities on the right."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from .sensitivity import label_of
+
+    key = "elasticity_tokens_per_s_per_gpu"
+    left = sorted([r for r in at_best if r["kind"] != "param"], key=lambda r: abs(r[key]))
+    right = sorted([r for r in at_best if r["kind"] == "param"], key=lambda r: abs(r[key]))[-top_params:]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), dpi=120)
+    for ax, recs, sub in ((axes[0], left, "hardware and workload"), (axes[1], right, "fitted efficiency parameters")):
+        vals = [r[key] for r in recs]
+        ax.barh([label_of(r["kind"], r["name"]) for r in recs], vals,
+                color=["tab:green" if v >= 0 else "tab:red" for v in vals])
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_xlabel("elasticity of tokens/s/GPU (% per +1%)")
+        ax.set_title(sub, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+        ax.tick_params(axis="y", labelsize=8)
+    fig.suptitle(wrap(title, 140), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_sensitivity_frontier(path: Path, records: list[dict], columns: dict, frontier_idx, title: str,
+                              best: int | None = None):
+    """Elasticity of tokens/s/GPU to each hardware number along the frontier, by interactivity."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from .sensitivity import HARDWARE_NUMBERS, label_of
+
+    key = "elasticity_tokens_per_s_per_gpu"
+    fi = np.asarray(frontier_idx, int)
+    u = np.asarray(columns["tokens_per_s_per_user"], float)
+    by = {(r["row"], r["name"]): r[key] for r in records if r["kind"] == "hardware"}
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    for name in HARDWARE_NUMBERS:
+        e = np.asarray([by.get((int(i), name), 0.0) for i in fi])
+        if np.abs(e).max(initial=0.0) < 1e-3:
+            continue
+        ax.plot(u[fi], e, "-o", ms=3, lw=1.4, label=label_of("hardware", name))
+    if best is not None:
+        ax.axvline(u[best], color="tab:orange", ls="--", lw=1, label="best at SLA")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xlabel("interactivity of the frontier point (tokens/s per user)")
+    ax.set_ylabel("elasticity of tokens/s/GPU")
+    ax.set_title(wrap(title), fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_codesign(path: Path, res, title: str):
+    """Tokens/s/GPU along the co-design trajectory (layout switches marked) and the budget shares."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from .sensitivity import HARDWARE_NUMBERS
+
+    t = res.trajectory
+    steps = [r["step"] for r in t]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=120)
+    a1.plot(steps, [r["tokens_per_s_per_gpu"] for r in t], "-o", ms=3)
+    for prev, r in zip(t[:-1], t[1:]):
+        if r["layout"] != prev["layout"]:
+            a1.axvline(r["step"], color="tab:gray", lw=0.6, ls=":")
+    b = t[res.best_step]
+    a1.plot([b["step"]], [b["tokens_per_s_per_gpu"]], "*", ms=14, color="tab:orange", mec="k",
+            label=f"best: {b['layout']}")
+    a1.set_xlabel("step (dotted: the best layout switches)")
+    a1.set_ylabel("tokens/s/GPU at the SLA")
+    a1.grid(alpha=0.3)
+    a1.legend(fontsize=8)
+    for n in res.names:
+        a2.plot(steps, [100 * r["shares"][n] for r in t], "-", label=HARDWARE_NUMBERS[n][2])
+    a2.set_xlabel("step")
+    a2.set_ylabel("share of the budget (%)")
+    a2.grid(alpha=0.3)
+    a2.legend(fontsize=8)
+    fig.suptitle(wrap(title, 140), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -283,3 +283,83 @@ def test_batch_below_attention_groups(tmp_path, capsys):
 def test_no_command_prints_help(capsys):
     rc, out, err = call([], capsys)
     assert rc == 2 and "sweep" in out + err
+
+
+# ----------------------------------------------------------------------------- what-if, sensitivity, codesign
+
+def test_sweep_whatif_compare(swept, tmp_path, capsys):
+    exp = write_exp(tmp_path)
+    rc, out, err = call(["sweep", str(exp), "--out", str(tmp_path / "o"), "--scale", "hbm_bandwidth=2",
+                         "--scale", "scale_out_bandwidth=0.5", "--compare"], capsys)
+    assert rc == 0, err
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert s["hardware_scales"] == {"hbm_bandwidth": 2.0, "scale_out_bandwidth": 0.5}
+    base = json.loads((swept["dir"] / "summary.json").read_text())["best_at_sla"]
+    # the baseline of --compare is the unscaled sweep; twice the HBM bandwidth is never slower
+    assert s["baseline_best_at_sla"]["tokens_per_s_per_gpu"] == pytest.approx(base["tokens_per_s_per_gpu"], rel=1e-6)
+    assert s["whatif_over_baseline_at_sla"] == pytest.approx(
+        s["best_at_sla"]["tokens_per_s_per_gpu"] / base["tokens_per_s_per_gpu"], rel=1e-6)
+    assert s["whatif_over_baseline_at_sla"] > 1.0
+    assert "what-if / baseline" in out and "hbm_bandwidth x2" in err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--compare"], ("--compare", "--scale NAME=FACTOR")),
+    (["--scale", "nvlink=2"], ("unknown hardware number 'nvlink'", "scale_up_bandwidth")),
+    (["--scale", "hbm_bandwidth=-2"], ("positive",)),
+])
+def test_whatif_errors(tmp_path, capsys, argv, words):
+    rc, _, err = call(["sweep", str(write_exp(tmp_path)), "--out", str(tmp_path / "o")] + argv, capsys)
+    assert rc == 2 and all(w in err for w in words), err
+
+
+def test_sensitivity_command(tmp_path, capsys):
+    rc, out, err = call(["sensitivity", str(write_exp(tmp_path)), "--out", str(tmp_path / "s")], capsys)
+    assert rc == 0, err
+    header, rows = read_csv(tmp_path / "s" / "sensitivity.csv")
+    assert {"layout", "kind", "name", "value", "elasticity_tokens_per_s_per_gpu", "is_best_at_sla"} <= set(header)
+    best = [r for r in rows if r["is_best_at_sla"] == "1"]
+    names = {r["name"] for r in best}
+    assert {"hbm_bandwidth", "fp8_flops", "scale_up_latency", "scale_out_bandwidth", "isl", "osl",
+            "gemm_eff_fp8"} <= names
+    j = json.loads((tmp_path / "s" / "sensitivity.json").read_text())
+    assert j["elasticities_at_best"]["hardware:hbm_bandwidth"]["elasticity_tokens_per_s_per_gpu"] == pytest.approx(
+        float(next(r for r in best if r["name"] == "hbm_bandwidth")["elasticity_tokens_per_s_per_gpu"]), rel=1e-4)
+    for png in ("sensitivity.png", "sensitivity_frontier.png"):
+        assert (tmp_path / "s" / png).read_bytes()[:4] == b"\x89PNG"
+    # the ranked table: hardware rows sorted by |elasticity of tok/s/GPU|
+    lines = out.splitlines()
+    i = next(k for k, ln in enumerate(lines) if ln.lstrip().startswith("input") and "tok/s/GPU" in ln)
+    vals = []
+    for ln in lines[i + 2:]:
+        if not ln.strip():
+            break
+        vals.append(abs(float(re.findall(r"[+-]\d+\.\d{3}", ln)[0])))
+    assert len(vals) == 11 and vals == sorted(vals, reverse=True)
+
+
+def test_codesign_command(tmp_path, capsys):
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("prices:\n  hbm_bandwidth_tb_s: 2000\n  fp8_dense_tflops: 3\n")
+    rc, out, err = call(["codesign", str(write_exp(tmp_path)), "--prices", str(prices), "--steps", "4",
+                         "--out", str(tmp_path / "c")], capsys)
+    assert rc == 0, err
+    header, rows = read_csv(tmp_path / "c" / "trajectory.csv")
+    assert len(rows) == 4 and {"hbm_bandwidth_tb_s", "fp8_dense_tflops", "share_hbm_bandwidth"} <= set(header)
+    for r in rows:   # every step spends the same budget
+        assert 2000 * float(r["hbm_bandwidth_tb_s"]) + 3 * float(r["fp8_dense_tflops"]) == pytest.approx(
+            2000 * 3.35 + 3 * 1979, rel=1e-4)
+    j = json.loads((tmp_path / "c" / "codesign.json").read_text())
+    assert j["final"]["tokens_per_s_per_gpu"] >= j["start"]["tokens_per_s_per_gpu"]
+    # the written hardware loads as a preset and the budget table is printed
+    from jaxplan.specs import load_hardware
+    hw = load_hardware(tmp_path / "c" / "codesign_hardware.yaml")
+    assert hw.hbm_bandwidth == pytest.approx(j["final"]["values"]["hbm_bandwidth"] * 1e12, rel=1e-4)
+    assert "budget share" in out and (tmp_path / "c" / "codesign.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_codesign_bad_prices_file(tmp_path, capsys):
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("prices:\n  hbm_bw: 1\n")
+    rc, _, err = call(["codesign", str(write_exp(tmp_path)), "--prices", str(prices)], capsys)
+    assert rc == 2 and "hbm_bw" in err and str(prices) in err and "Traceback" not in err
