@@ -1,0 +1,87 @@
+"""Execute the notebooks in notebooks/ end to end (with ``JAXPLAN_NB_SMALL=1``, which lets a notebook
+shrink anything slow) and check that their printed outputs carry real results.
+
+Each notebook has its own test function that calls ``_run_notebook(name)``; adding a notebook means
+adding one such function. Tests skip when nbformat, nbclient or a Jupyter kernel named python3 is
+missing."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO / "notebooks"
+TIMEOUT_S = 300          # per cell
+
+
+def _run_notebook(name: str):
+    """Execute ``notebooks/<name>`` in a fresh python3 kernel with ``JAXPLAN_NB_SMALL=1``. Returns the
+    executed notebook and the text of every code cell's stream and plain-text outputs, joined."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    from jupyter_client.kernelspec import KernelSpecManager
+    if "python3" not in KernelSpecManager().find_kernel_specs():
+        pytest.skip("no Jupyter kernel named python3 (pip install ipykernel; python -m ipykernel install --user)")
+    path = NOTEBOOKS / name
+    nb = nbformat.read(path, as_version=4)
+    old = os.environ.get("JAXPLAN_NB_SMALL")
+    os.environ["JAXPLAN_NB_SMALL"] = "1"        # the kernel inherits the environment
+    try:
+        nbclient.NotebookClient(nb, timeout=TIMEOUT_S, kernel_name="python3",
+                                resources={"metadata": {"path": str(path.parent)}}).execute()
+    finally:
+        if old is None:
+            os.environ.pop("JAXPLAN_NB_SMALL", None)
+        else:
+            os.environ["JAXPLAN_NB_SMALL"] = old
+    parts = []
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream":
+                parts.append(out.get("text", ""))
+            elif "text/plain" in out.get("data", {}):
+                parts.append(out["data"]["text/plain"])
+    return nb, "\n".join(parts)
+
+
+def _figures(nb) -> int:
+    return sum("image/png" in out.get("data", {}) for cell in nb.cells if cell.cell_type == "code"
+               for out in cell.get("outputs", []))
+
+
+def _ratio(text: str, tag: str, suffix: str = "x per GPU") -> float:
+    """The number printed right before ``suffix`` on the line that starts with ``tag``."""
+    line = next((ln for ln in text.splitlines() if ln.startswith(tag)), None)
+    assert line is not None, f"no line starting with {tag!r} in the notebook's output"
+    m = re.search(r"(\d+(?:\.\d+)?)" + re.escape(suffix), line)
+    assert m, f"no '<number>{suffix}' on the line {line!r}"
+    return float(m.group(1))
+
+
+def test_blog_reproduction_notebook():
+    nb, text = _run_notebook("blog_reproduction.ipynb")
+    # one figure per section: frontier, EP vs PP, TP64, chunk size, GB200 vs H100, the ratio walk
+    assert _figures(nb) >= 6
+    # every claim printed with jaxplan's figures, and the closing table names each claim
+    for k in range(1, 8):
+        assert f"[claim {k}]" in text, f"claim {k} printed nowhere"
+    summary = text[text.rindex("agrees?"):]
+    for k in range(1, 8):
+        assert re.search(rf"^{k} \S", summary, re.M), f"claim {k} missing from the summary table"
+    assert "30x" in summary and "~2x" in summary and "~3x" in summary and "73" in summary
+    # claim 1: bare 4-bit weights need 5 GPUs of 192 GB
+    assert re.search(r"\[claim 1\].*need 5 GPUs", text)
+    # claim 4: the interactivity ratio at 90% of EP-only's peak is a number
+    assert 0.0 < _ratio(text, "  jaxplan: EP16·DP4 peaks", "x the EP-only peak") < 10.0
+    # claim 5: TP4·EP4·PP4 beats TP64 at every interactivity level printed
+    line5 = next(ln for ln in text.splitlines() if ln.startswith("[claim 5]"))
+    r5 = [float(v) for v in re.findall(r"(\d+(?:\.\d+)?)x at \d+ tok/s/user", line5)]
+    assert len(r5) == 3 and all(r > 1.0 for r in r5)
+    # claim 7: GB200-NVL72 FP4 over H100 FP8 at the SLA, with defaults and with the fitted profiles
+    assert _ratio(text, "[claim 7]") > 1.0
+    assert _ratio(text, "[claim 7, fitted profiles]") > 1.0
