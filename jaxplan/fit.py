@@ -455,13 +455,10 @@ def write_predictions(path, meas: Measurements, pred: Mapping) -> Path:
 def plot_predictions(path, meas: Measurements, pred: Mapping, title: str = "", max_points: int = 20000,
                      axes=None):
     """Log-log scatter of predicted vs measured time per kind with the y = x line."""
-    import matplotlib
-    if axes is None:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .report import figure
     fig = None
     if axes is None:
-        fig, axes = plt.subplots(figsize=(7, 6))
+        fig, axes = figure(figsize=(7, 6))
     lo, hi = np.inf, 0.0
     for i, (kind, pr) in enumerate(pred.items()):
         meas_s = meas.kinds[kind].seconds
@@ -480,7 +477,6 @@ def plot_predictions(path, meas: Measurements, pred: Mapping, title: str = "", m
     if fig is not None:
         fig.tight_layout()
         fig.savefig(path, dpi=120)
-        plt.close(fig)
     return path
 
 

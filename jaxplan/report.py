@@ -143,14 +143,11 @@ def plot_frontier(path: Path, columns: dict, frontier_idx, best: int | None, tit
     """Every feasible layout faintly, the frontier highlighted, the SLA pick marked.
 
     ``extra``: optional {label: (user, gpu)} frontiers to overlay (e.g. disaggregated)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     feas = np.asarray(columns["feasible"], bool)
     u = np.asarray(columns["tokens_per_s_per_user"], float)
     g = np.asarray(columns["tokens_per_s_per_gpu"], float)
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    fig, ax = figure(figsize=(8, 5.5), dpi=120)
     ax.scatter(u[feas], g[feas], s=6, alpha=0.15, color="tab:gray", label=f"{feas.sum():,} feasible layouts")
     fi = np.asarray(frontier_idx, int)
     if fi.size:
@@ -174,7 +171,15 @@ def plot_frontier(path: Path, columns: dict, frontier_idx, best: int | None, tit
     ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
+
+
+def figure(nrows: int = 1, ncols: int = 1, **kw):
+    """(figure, axes) drawn without pyplot: no global backend switch, so a notebook's inline
+    figures keep working after jaxplan writes a PNG. ``kw``: figsize, dpi, gridspec_kw."""
+    from matplotlib.figure import Figure
+    grid = kw.pop("gridspec_kw", None)
+    fig = Figure(**kw)
+    return fig, fig.subplots(nrows, ncols, gridspec_kw=grid)
 
 
 def wrap(title: str, width: int = 90) -> str:
@@ -231,15 +236,12 @@ def unit_of(name: str) -> str:
 def plot_sensitivity(path: Path, at_best: list[dict], title: str, top_params: int = 12):
     """Bar charts of d log(tokens/s/GPU) / d log(x) at the best layout: hardware and workload on the
     left, the largest fitted-parameter elasticities on the right."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from .sensitivity import label_of
 
     key = "elasticity_tokens_per_s_per_gpu"
     left = sorted([r for r in at_best if r["kind"] != "param"], key=lambda r: abs(r[key]))
     right = sorted([r for r in at_best if r["kind"] == "param"], key=lambda r: abs(r[key]))[-top_params:]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5), dpi=120)
+    fig, axes = figure(1, 2, figsize=(12, 5), dpi=120)
     for ax, recs, sub in ((axes[0], left, "hardware and workload"), (axes[1], right, "fitted efficiency parameters")):
         vals = [r[key] for r in recs]
         ax.barh([label_of(r["kind"], r["name"]) for r in recs], vals,
@@ -252,22 +254,18 @@ def plot_sensitivity(path: Path, at_best: list[dict], title: str, top_params: in
     fig.suptitle(wrap(title, 140), fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def plot_sensitivity_frontier(path: Path, records: list[dict], columns: dict, frontier_idx, title: str,
                               best: int | None = None):
     """Elasticity of tokens/s/GPU to each hardware number along the frontier, by interactivity."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from .sensitivity import HARDWARE_NUMBERS, label_of
 
     key = "elasticity_tokens_per_s_per_gpu"
     fi = np.asarray(frontier_idx, int)
     u = np.asarray(columns["tokens_per_s_per_user"], float)
     by = {(r["row"], r["name"]): r[key] for r in records if r["kind"] == "hardware"}
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    fig, ax = figure(figsize=(8, 5), dpi=120)
     for name in HARDWARE_NUMBERS:
         e = np.asarray([by.get((int(i), name), 0.0) for i in fi])
         if np.abs(e).max(initial=0.0) < 1e-3:
@@ -283,19 +281,15 @@ def plot_sensitivity_frontier(path: Path, records: list[dict], columns: dict, fr
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def plot_codesign(path: Path, res, title: str):
     """Tokens/s/GPU along the co-design trajectory (layout switches marked) and the budget shares."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from .sensitivity import HARDWARE_NUMBERS
 
     t = res.trajectory
     steps = [r["step"] for r in t]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=120)
+    fig, (a1, a2) = figure(1, 2, figsize=(12, 4.5), dpi=120)
     a1.plot(steps, [r["tokens_per_s_per_gpu"] for r in t], "-o", ms=3)
     for prev, r in zip(t[:-1], t[1:]):
         if r["layout"] != prev["layout"]:
@@ -316,4 +310,3 @@ def plot_codesign(path: Path, res, title: str):
     fig.suptitle(wrap(title, 140), fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)

@@ -735,12 +735,12 @@ def write_unmapped(path, unmapped: Sequence[Unmapped]) -> Path:
 def plot_scatter(path, table: Mapping[str, np.ndarray], color_by: str = "mode", title: str = "") -> Path:
     """Log-log predicted vs measured, TTFT and TPOT panels, with y = x and the ±25% band."""
     import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5.5), dpi=110)
+    from .report import figure
+
+    fig, axes = figure(1, 2, figsize=(12, 5.5), dpi=110)
     cats = sorted(set(table[color_by].tolist()))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, m, label in ((axes[0], "ttft", "TTFT (ms)"), (axes[1], "tpot", "TPOT (ms)")):
         meas, pred = np.asarray(table[f"measured_{m}_ms"], float), np.asarray(table[f"predicted_{m}_ms"], float)
         ok = np.isfinite(meas) & np.isfinite(pred) & (meas > 0) & (pred > 0)
@@ -770,7 +770,6 @@ def plot_scatter(path, table: Mapping[str, np.ndarray], color_by: str = "mode", 
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return Path(path)
 
 
