@@ -239,28 +239,3 @@ def test_cli_errors_are_spec_errors(tmp_path):
     F.register(ap.add_subparsers())
     a = ap.parse_args(["validate", "--serving", "s.csv"])
     assert a.serving == "s.csv" and a.fn is F.validate_command
-
-
-# ----------------------------------------------------------------------------- notebook
-
-def test_notebook_runs_on_a_small_subsample():
-    _need_tables()
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    from jupyter_client.kernelspec import KernelSpecManager
-    if "python3" not in KernelSpecManager().find_kernel_specs():
-        pytest.skip("no Jupyter kernel named python3 (pip install ipykernel; python -m ipykernel install --user)")
-    path = REPO / "notebooks" / "fit_to_benchmarks.ipynb"
-    nb = nbformat.read(path, as_version=4)
-    old = os.environ.get("JAXPLAN_NB_SMALL")
-    os.environ["JAXPLAN_NB_SMALL"] = "1"        # the kernel inherits the environment
-    try:
-        nbclient.NotebookClient(nb, timeout=240, kernel_name="python3",
-                                resources={"metadata": {"path": str(path.parent)}}).execute()
-    finally:
-        if old is None:
-            os.environ.pop("JAXPLAN_NB_SMALL", None)
-        else:
-            os.environ["JAXPLAN_NB_SMALL"] = old
-    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert "holdout" in text and "gemm" in text

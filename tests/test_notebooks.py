@@ -85,3 +85,39 @@ def test_blog_reproduction_notebook():
     # claim 7: GB200-NVL72 FP4 over H100 FP8 at the SLA, with defaults and with the fitted profiles
     assert _ratio(text, "[claim 7]") > 1.0
     assert _ratio(text, "[claim 7, fitted profiles]") > 1.0
+
+
+def test_hardware_sensitivity_notebook():
+    nb, text = _run_notebook("hardware_sensitivity.ipynb")
+    # bar chart, frontier elasticities, H100 what-if frontiers, co-design trajectory
+    assert _figures(nb) >= 4
+    # the elasticities form a time budget: rates - times = 1 for tokens/s/GPU (Euler's theorem)
+    m = re.search(r"^\[budget\] tokens_per_s_per_gpu: .*rates - times = ([+-]\d+\.\d+)", text, re.M)
+    assert m and abs(float(m.group(1)) - 1.0) < 1e-3
+    # envelope theorem: the exact elasticity at the best layout matches a central difference of full
+    # re-sweeps at x0.99 / x1.01 wherever the best layout does not switch
+    fd = re.findall(r"^\[fd\] (.+?): exact ([+-]\d+\.\d+), central difference ([+-]\d+\.\d+) .*\(unchanged\)$", text, re.M)
+    assert len(fd) >= 2, "fewer than two finite-difference checks without a layout switch"
+    for name, exact, diff in fd:
+        exact, diff = float(exact), float(diff)
+        assert abs(exact) > 1e-3, f"{name}: elasticity {exact} too small to compare"
+        assert abs(diff - exact) <= 0.02 * abs(exact), f"{name}: exact {exact} vs finite difference {diff}"
+    # what-if: the H100 scale-out elasticity at the SLA pick is ~0 and the re-sweep agrees; HBM x2 helps
+    so = re.search(r"^\[what-if\] scale-out .*= (\d+\.\d+)x the baseline \(elasticity predicts (\d+\.\d+)x\)", text, re.M)
+    assert so and abs(float(so.group(1)) - float(so.group(2))) < 0.02
+    assert _ratio(text, "[what-if] HBM bandwidth x2", "x the baseline") > 1.0
+    # co-design: the best step is at least as good as the start
+    cd = re.search(r"^\[codesign\] start .*?: (\d+\.\d+) tokens/s/GPU; best \(step \d+ of \d+\) .*?: (\d+\.\d+) tokens/s/GPU",
+                   text, re.M)
+    assert cd, "no co-design summary line"
+    assert float(cd.group(2)) >= float(cd.group(1)) > 0.0
+
+
+def test_fit_to_benchmarks_notebook():
+    """Fits one GPU's kernel tables on a small subsample (the notebook reads JAXPLAN_NB_SMALL)."""
+    from jaxplan.measurements import default_kernels_dir
+    tables = default_kernels_dir("h100-sxm")
+    if not (tables / "gemm_perf.csv.gz").is_file():
+        pytest.skip(f"shared kernel tables absent ({tables}): ../shared/data is not checked out")
+    _, text = _run_notebook("fit_to_benchmarks.ipynb")
+    assert "holdout" in text and "gemm" in text
