@@ -431,7 +431,7 @@ def _arch_key(model: Model) -> Model:
 
 
 OUT_KEYS_AGG = ("ttft_s", "tpot_s", "requests_per_s", "decode_batch", "prefill_saturated", "memory_per_gpu_gb",
-                "feasible")
+                "feasible", "steady_ttft_s")
 OUT_KEYS_DISAGG = ("ttft_s", "tpot_s", "requests_per_s", "decode_batch", "kv_transfer_s", "prefill_latency_s",
                    "prefill_utilization")
 # evaluate() names the solved number of decoding requests "decoding_requests" (older: "decode_batch").
@@ -473,8 +473,31 @@ def agg_evaluator(model: Model, prec: Precision, scheduler: str = ""):
 
     def one(p, hw, isl, osl, lay):
         m = metric_fn(p, hw, model, prec, Workload(isl, osl), lay)
-        return _pick(m, OUT_KEYS_AGG)
+        out = _pick(m, OUT_KEYS_AGG)
+        out["steady_ttft_s"] = out["ttft_s"]
+        if "cold_start_ttft_s" in m:
+            out["ttft_s"] = benchmark_ttft(m)
+        return out
     return jax.jit(jax.vmap(one, in_axes=(None, None, 0, 0, 0)), compiler_options=COMPILER_OPTIONS)
+
+
+# The measured rows are short closed-loop benchmarks: N clients start at once, so the first of the
+# few requests each client sends arrive together (a cold-start wave whose prompts queue), and the
+# later ones arrive staggered (steady state). Their mean TTFT mixes the two. The number of
+# requests per client is not in the CSV; 4 minimizes the aggregated TensorRT-LLM + vLLM TTFT MAPE
+# of the H100 rows (grid 2, 3, 4, 5, 6, 8: 61.1, 45.2, 42.1, 43.0, 45.4, 50.9%); on the H200 rows,
+# not used to choose it: 79.4, 53.5, 44.7, 41.9, 41.6, 44.9% (steady state alone, W = infinity:
+# about 60%). Planning (``sweep``) reports the steady state; this applies to validation only.
+BENCHMARK_REQUESTS_PER_CLIENT = 4.0
+
+
+def benchmark_ttft(m: Mapping, requests_per_client: float = BENCHMARK_REQUESTS_PER_CLIENT):
+    """Mean TTFT of a closed-loop benchmark whose clients each send ``requests_per_client``
+    requests: one cold-start wave, the rest in steady state. Where prefill is saturated the queue
+    (Little's law) already sets TTFT."""
+    ttft, cold = m["ttft_s"], m["cold_start_ttft_s"]
+    mixed = ttft + jnp.maximum(cold - ttft, 0.0) / requests_per_client
+    return jnp.where(m["prefill_saturated"], ttft, mixed)
 
 
 @functools.lru_cache(maxsize=None)

@@ -297,3 +297,36 @@ def test_gradients_agree_with_central_differences(jac, run, p, h100, kind, name)
     bad = np.abs(g - fd) > 5e-2 * np.abs(fd) + atol
     assert not bad.any(), f"d{list(OUTPUTS)}/d{name}: autodiff {g[bad]} vs differences {fd[bad]}"
     assert np.any(np.abs(fd) > 1e-3 * scale), "this leaf should matter for at least one layout"
+
+
+# ----------------------------------------------------------------------------- steady state and cold start
+
+def test_steady_state_packs_the_arrivals_of_one_iteration_and_cold_start_packs_all(p, h100, fp8, models):
+    """Llama-3.1-8B, TP1, 8 requests of 1024 in / 1024 out, chunk 8192. In steady state requests
+    complete one at a time, d/osl of them per iteration, so an iteration carries a prompt plus
+    that many more: ~1032 tokens, not the 8192 the chunk could hold. A cold start (all 8 arriving
+    together) packs all 8 prompts, k = 8 * 1024 / 8192 = 1 iteration, mean TTFT (k + 1)/2 = 1 such
+    iteration."""
+    from jaxplan.serving import round_time
+    model = models("llama-3.1-8b")
+    wl = Workload(1024.0, 1024.0)
+    lay = Layout(*(jnp.float32(v) for v in (1, 1, 1, 1, 8, 8192, 1)))
+    m = {k: float(v) for k, v in jax.jit(evaluate, static_argnums=(2, 3))(p, h100, model, fp8, wl, lay).items()}
+    d = m["decoding_requests"]
+    assert 7.9 < d < 8.0
+    assert m["prefill_tokens_per_iter"] == pytest.approx(1024 * (1 + d / 1024), rel=1e-5)
+    t_wave = float(round_time(p, h100, model, fp8, wl, lay, jnp.float32(d), jnp.float32(8 * 1024)))
+    assert m["cold_start_ttft_s"] == pytest.approx(t_wave, rel=1e-5)
+    # steady TTFT: wait for the iteration in flight (7 of 8 requests keep the engine busy), then
+    # one iteration with the prompt
+    assert m["ttft_s"] < m["cold_start_ttft_s"]
+    assert m["ttft_s"] > m["chunk_iter_s"]
+
+
+def test_benchmark_ttft_mixes_one_cold_wave_into_the_steady_state():
+    from jaxplan.validate_serving import benchmark_ttft
+    m = {"ttft_s": jnp.asarray([0.1, 0.1]), "cold_start_ttft_s": jnp.asarray([0.5, 0.5]),
+         "prefill_saturated": jnp.asarray([False, True])}
+    # 4 requests per client: one cold (0.5 s) and three steady (0.1 s)
+    np.testing.assert_allclose(benchmark_ttft(m, 4.0), [(0.5 + 3 * 0.1) / 4, 0.1], rtol=1e-6)
+    np.testing.assert_allclose(benchmark_ttft(m, 1.0), [0.5, 0.1], rtol=1e-6)
