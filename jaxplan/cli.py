@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import sys
 import time
 from pathlib import Path
@@ -102,14 +101,13 @@ def _sla_text(exp) -> str:
     return f"≥ {exp.sla.min_tokens_per_user:g} tokens/s/user, TTFT ≤ {exp.sla.max_ttft_s:g} s"
 
 
-def _meeting_sla(cols, exp) -> int:
-    return int((cols["feasible"] & (cols["tokens_per_s_per_user"] >= exp.sla.min_tokens_per_user)
-                & (cols["ttft_s"] <= exp.sla.max_ttft_s)).sum())
+def _sla_dict(exp) -> dict:
+    return {"min_tokens_per_s_per_user": exp.sla.min_tokens_per_user, "max_ttft_s": exp.sla.max_ttft_s}
 
 
 def cmd_sweep(args) -> int:
     from . import report
-    from .sweep import run_disagg_sweep, run_sweep
+    from .sweep import meets_sla, run_disagg_sweep, run_sweep
 
     base_exp, p, source = _load_base(args)
     scales = parse_scales(args.scale)
@@ -152,10 +150,10 @@ def cmd_sweep(args) -> int:
         "experiment": exp.name, "model": exp.model.name, "hardware": exp.hardware.name, "gpus": exp.gpus,
         "precision": exp.precision.name, "backend": exp.backend, "isl": exp.workload.isl, "osl": exp.workload.osl,
         "serving": args.serving, "hardware_scales": scales,
-        "sla": {"min_tokens_per_s_per_user": exp.sla.min_tokens_per_user, "max_ttft_s": exp.sla.max_ttft_s},
+        "sla": _sla_dict(exp),
         "params_source": source,
         "counts": {"layouts": int(len(cols["tokens_per_s_per_gpu"])), "feasible": int(cols["feasible"].sum()),
-                   "frontier": int(len(front)), "meeting_sla": _meeting_sla(cols, exp)},
+                   "frontier": int(len(front)), "meeting_sla": int(meets_sla(cols, exp.sla.min_tokens_per_user, exp.sla.max_ttft_s).sum())},
         "best_at_sla": best_row,
         "seconds": {"compile": sum(r.compile_s for r in results.values()),
                     "evaluate": sum(r.evaluate_s for r in results.values())},
@@ -170,8 +168,7 @@ def cmd_sweep(args) -> int:
         summary["disagg_over_agg_at_sla"] = (results["disagg"].row(results["disagg"].best)["tokens_per_s_per_gpu"]
                                              / results["agg"].row(results["agg"].best)["tokens_per_s_per_gpu"])
     if baseline:
-        _, _, base_best = report.merge_results(baseline)
-        bcols = report.merge_results(baseline)[0]
+        bcols, _, base_best = report.merge_results(baseline)
         summary["baseline_best_at_sla"] = report.row(bcols, base_best) if base_best is not None else None
         if base_best is not None and best_row is not None:
             summary["whatif_over_baseline_at_sla"] = (best_row["tokens_per_s_per_gpu"]
@@ -327,8 +324,7 @@ def cmd_sensitivity(args) -> int:
     names = list(rows_csv[0]) if rows_csv else ["layout"]
     report.write_csv(out / "sensitivity.csv", {k: [x[k] for x in rows_csv] for k in names}, names)
     summary = {"experiment": exp.name, "hardware": exp.hardware.name, "hardware_scales": scales,
-               "params_source": source, "sla": {"min_tokens_per_s_per_user": exp.sla.min_tokens_per_user,
-                                                "max_ttft_s": exp.sla.max_ttft_s},
+               "params_source": source, "sla": _sla_dict(exp),
                "frontier_points": len(res.sweep.frontier), "seconds": dt, "switches_at_plus_minus_10pct": res.switches}
     if best is None:
         report.write_json(out / "sensitivity.json", summary | {"best_at_sla": None})
@@ -397,9 +393,7 @@ def cmd_codesign(args) -> int:
         traj_cols[f"share_{n}"] = []
         traj_cols[f"elasticity_{n}"] = []
     for r in res.trajectory:
-        for k in ("step", "tokens_per_s_per_gpu", "layout"):
-            traj_cols[k].append(r.get(k))
-        for k in ("tokens_per_s_per_user", "ttft_s"):
+        for k in ("step", "tokens_per_s_per_gpu", "tokens_per_s_per_user", "ttft_s", "layout"):
             traj_cols[k].append(r.get(k))
         for n in res.names:
             traj_cols[HARDWARE_NUMBERS[n][1]].append(r["values"][n])
@@ -418,8 +412,8 @@ def cmd_codesign(args) -> int:
                "gain": f["tokens_per_s_per_gpu"] / s["tokens_per_s_per_gpu"] if s["tokens_per_s_per_gpu"] else None}
     report.write_json(out / "codesign.json", summary)
     rows = [{"number": HARDWARE_NUMBERS[n][2], "price": f"{res.prices[n]:g}{cur} per {report.unit_of(n)}",
-             "start": report.display_value("hardware", n, s["values"][n] * _si(n)),
-             "final": report.display_value("hardware", n, f["values"][n] * _si(n)),
+             "start": f"{s['values'][n]:g} {report.unit_of(n)}",
+             "final": f"{f['values'][n]:g} {report.unit_of(n)}",
              "share": f"{100 * s['shares'][n]:.0f}% -> {100 * f['shares'][n]:.0f}%",
              "elasticity": f"{s['elasticities'].get(n, float('nan')):+.3f} -> {f['elasticities'].get(n, float('nan')):+.3f}"}
             for n in res.names]
@@ -435,12 +429,6 @@ def cmd_codesign(args) -> int:
     print(f"wrote {out}/trajectory.csv, codesign.png, codesign.json, codesign_hardware.yaml "
           f"(use it with --hardware {out}/codesign_hardware.yaml)")
     return 0
-
-
-def _si(name: str) -> float:
-    from .sensitivity import HARDWARE_NUMBERS
-    from .specs import HARDWARE_KEYS
-    return HARDWARE_KEYS[HARDWARE_NUMBERS[name][1]][1]
 
 
 # ----------------------------------------------------------------------------- entry point

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .sensitivity import HARDWARE_NUMBERS, elasticities
+from .sensitivity import HARDWARE_NUMBERS, elasticities, yaml_scale, yaml_value
 from .specs import HARDWARE_KEYS, Experiment, Hardware, SpecError, read_yaml
 
 RATES = ("bf16_flops", "fp8_flops", "fp4_flops")
@@ -85,12 +85,6 @@ def load_prices(path: str | Path) -> Prices:
     return Prices(prices, None if budget is None else float(budget), str(currency), str(path))
 
 
-def yaml_value(hw: Hardware, name: str) -> float:
-    """A hardware number in the units of its YAML key."""
-    field, key, _ = HARDWARE_NUMBERS[name]
-    return float(getattr(hw, field)) / HARDWARE_KEYS[key][1]
-
-
 def spend(hw: Hardware, prices: Mapping[str, float]) -> float:
     return sum(p * yaml_value(hw, n) for n, p in prices.items())
 
@@ -100,12 +94,11 @@ def with_values(hw: Hardware, values: Mapping[str, float]) -> Hardware:
     three rates by the same factor."""
     kw = {}
     for name, v in values.items():
-        field, key, _ = HARDWARE_NUMBERS[name]
         if name in RATES:
-            factor = v * HARDWARE_KEYS[key][1] / float(getattr(hw, field))
+            factor = v / yaml_value(hw, name)
             kw.update({r: float(getattr(hw, r)) * factor for r in RATES})
         else:
-            kw[field] = v * HARDWARE_KEYS[key][1]
+            kw[HARDWARE_NUMBERS[name][0]] = v * yaml_scale(name)
     return dataclasses.replace(hw, **kw)
 
 
@@ -131,9 +124,16 @@ class CodesignResult:
     budget: float
     trajectory: list[dict]        # one per step: objective, layout, values, shares
     best_step: int
-    start: dict
-    final: dict
     final_hardware: Hardware
+
+    @property
+    def start(self) -> dict:
+        return self.trajectory[0]
+
+    @property
+    def final(self) -> dict:
+        """The best step seen."""
+        return self.trajectory[self.best_step]
 
 
 def optimize_allocation(objective: Callable[[dict[str, float]], tuple[float, dict[str, float], dict]],
@@ -156,7 +156,7 @@ def optimize_allocation(objective: Callable[[dict[str, float]], tuple[float, dic
     opt = optax.adam(lr)
     state = opt.init(z)
     traj: list[dict] = []
-    best, last_ok, cuts = -1, None, 0
+    best, last_ok, cuts = -1, None, 0           # last_ok: the z of the last feasible step
     for step in range(steps):
         v = np.asarray(values_of(z, price_vec, budget), np.float64)
         values = dict(zip(names, v.tolist()))
@@ -172,13 +172,13 @@ def optimize_allocation(objective: Callable[[dict[str, float]], tuple[float, dic
             cuts += 1
             if cuts > 6:
                 break
-            z, state = last_ok
+            z = last_ok
             opt = optax.adam(lr / 2 ** cuts)
             state = opt.init(z)
             continue
         if best < 0 or obj > traj[best]["log_objective"]:
             best = len(traj) - 1
-        last_ok = (z, state)
+        last_ok = z
         g = grad(z, jnp.asarray([e[n] for n in names], jnp.float32))
         updates, state = opt.update(-g, state, z)          # ascent
         z = optax.apply_updates(z, updates)
@@ -238,8 +238,7 @@ def run_codesign(exp: Experiment, p: Mapping, prices: Prices, budget: float | No
     traj, best = optimize_allocation(objective, names, pr, budget, start_values, steps, lr, show)
     if progress and sys.stderr.isatty():
         print(file=sys.stderr)
-    final = traj[best]
-    return CodesignResult(names, pr, budget, traj, best, traj[0], final, with_values(hw0, final["values"]))
+    return CodesignResult(names, pr, budget, traj, best, with_values(hw0, traj[best]["values"]))
 
 
 def hardware_yaml(hw: Hardware, base_path_note: str) -> str:

@@ -219,10 +219,8 @@ UNITS = (("_tflops", "TFLOP/s"), ("_tb_s", "TB/s"), ("_gb_s", "GB/s"), ("_gb", "
 def display_value(kind: str, name: str, value: float) -> str:
     """A sensitivity input's value in the units of its hardware YAML key (others as they are)."""
     if kind == "hardware":
-        from .sensitivity import HARDWARE_NUMBERS
-        from .specs import HARDWARE_KEYS
-        key = HARDWARE_NUMBERS[name][1]
-        return f"{value / HARDWARE_KEYS[key][1]:g} {unit_of(name)}"
+        from .sensitivity import yaml_scale
+        return f"{value / yaml_scale(name):g} {unit_of(name)}"
     return f"{value:g}"
 
 

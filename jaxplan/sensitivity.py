@@ -88,6 +88,16 @@ def scale_hardware(hw: Hardware, scales: Mapping[str, float]) -> Hardware:
     return dataclasses.replace(hw, **kw)
 
 
+def yaml_scale(name: str) -> float:
+    """SI units per unit of a hardware number's YAML key (e.g. 1e12 for hbm_bandwidth_tb_s)."""
+    return HARDWARE_KEYS[HARDWARE_NUMBERS[name][1]][1]
+
+
+def yaml_value(hw: Hardware, name: str) -> float:
+    """A hardware number in the units of its YAML key."""
+    return float(getattr(hw, HARDWARE_NUMBERS[name][0])) / yaml_scale(name)
+
+
 def scaled_label(hw_name: str, scales: Mapping[str, float]) -> str:
     return hw_name + (" (" + ", ".join(f"{k} x{f:g}" for k, f in scales.items()) + ")" if scales else "")
 
@@ -188,17 +198,15 @@ def find_layout(columns: Mapping, key: tuple | None) -> int | None:
     return int(idx[0]) if idx.size else None
 
 
-def meets_sla(columns: Mapping, sla) -> np.ndarray:
-    return (np.asarray(columns["feasible"], bool) & (columns["tokens_per_s_per_user"] >= sla.min_tokens_per_user)
-            & (columns["ttft_s"] <= sla.max_ttft_s))
-
-
 @dataclasses.dataclass
 class SensitivityResult:
     sweep: object                       # the SweepResult at the unperturbed point
     records: list[dict]                 # one per (layout, input): frontier points and the best
     switches: list[dict]                # one per (input, factor) at the best layout
-    best: int | None
+
+    @property
+    def best(self) -> int | None:
+        return self.sweep.best
 
 
 def run_sensitivity(exp: Experiment, p: Mapping, params_source: str = "", attention_dp: str = "ep",
@@ -207,7 +215,7 @@ def run_sensitivity(exp: Experiment, p: Mapping, params_source: str = "", attent
     """Sweep once, take elasticities at the best layout for the SLA and at every frontier point,
     then re-sweep with each input at 0.9x and 1.1x to find where the best layout switches."""
     from .report import layout_label
-    from .sweep import run_sweep
+    from .sweep import meets_sla, run_sweep
 
     res = run_sweep(exp, p, params_source=params_source, attention_dp=attention_dp)
     rows = list(res.frontier)
@@ -221,15 +229,16 @@ def run_sensitivity(exp: Experiment, p: Mapping, params_source: str = "", attent
         base_gpu = float(res.columns["tokens_per_s_per_gpu"][res.best])
         at_best = [r for r in records if r["row"] == res.best and r["kind"] in switch_kinds]
         for n, rec in enumerate(at_best):
+            if rec["value"] == 0.0:      # nothing to scale (a rate the chip lacks)
+                continue
             for factor in SWITCH_FACTORS:
                 e2, q = perturbed(exp, p, rec["kind"], rec["name"], factor)
-                if rec["value"] == 0.0:
-                    continue
                 r2 = run_sweep(e2, q, attention_dp=attention_dp)
                 key = layout_key(r2.columns, r2.best)
                 new_gpu = float(r2.columns["tokens_per_s_per_gpu"][r2.best]) if r2.best is not None else 0.0
                 old = find_layout(r2.columns, base_key)
-                old_ok = old is not None and bool(meets_sla(r2.columns, e2.sla)[old])
+                old_ok = old is not None and bool(meets_sla(r2.columns, e2.sla.min_tokens_per_user,
+                                                            e2.sla.max_ttft_s)[old])
                 switches.append({
                     "old_layout_meets_sla": old_ok,
                     "old_layout_tokens_per_s_per_gpu": (float(r2.columns["tokens_per_s_per_gpu"][old])
@@ -246,7 +255,7 @@ def run_sensitivity(exp: Experiment, p: Mapping, params_source: str = "", attent
                       flush=True)
         if progress and sys.stderr.isatty():
             print(file=sys.stderr)
-    return SensitivityResult(res, records, switches, res.best)
+    return SensitivityResult(res, records, switches)
 
 
 def label_of(kind: str, name: str) -> str:

@@ -119,9 +119,7 @@ def evaluate(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: 
     at most ``floor(chunk / isl)``; a prompt needs ``max(isl / chunk, 1)`` such iterations after
     waiting for the iteration in flight to end. The share of iterations that carry prompts and the
     number of decoding requests follow from the closed loop (fixed point, see the module
-    docstring). ``cold_start_ttft_s`` is the mean TTFT of a first wave, all admitted requests
-    arriving at once (prompts packed, ``(k + 1) / 2`` iterations of ``k = B * isl / chunk``):
-    what a short benchmark's mean TTFT partly measures (``validate_serving``).
+    docstring). :func:`cold_start_ttft` prices a first wave instead, all requests arriving at once.
 
     ``scheduler="wave"`` (SGLang: prefill batches run before decode, never mixed): with one OSL
     for all, requests that start together finish together and return together, so the batch runs
@@ -144,7 +142,6 @@ def evaluate(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: 
         x_g = Br / (k * t_chunk + osl * t_plain)
         d = Br
         saturated = jnp.zeros_like(B, dtype=bool)
-        cold = ttft0                      # lock-step waves: every wave is a cold start
     else:
         m_max = jnp.clip(jnp.floor(lay.chunk / isl), 1.0, jnp.maximum(Br, 1.0))
         n_iter = jnp.maximum(isl / lay.chunk, 1.0)
@@ -180,11 +177,6 @@ def evaluate(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: 
         # iterate d, which the loop carries beside its successor.
         carry = jax.lax.fori_loop(0, FIXED_POINT_STEPS, step, (d0, d0, zero, zero, zero, zero, zero, zero))
         d, c, t_chunk, t_plain, t_mean, tpot, ttft0 = carry[1:]
-        # Cold start: all admitted requests arrive at once (a benchmark's first wave); prompts are
-        # packed m_max to an iteration and the wave's mean TTFT is (k + 1) / 2 such iterations.
-        c_wave = jnp.minimum(lay.chunk, m_max * isl)
-        k = jnp.maximum(Br * isl / lay.chunk, 1.0)
-        cold = (k + 1.0) / 2.0 * round_time(p, hw, model, prec, wl, lay, g * d, g * c_wave)
         x_g = d / (osl * t_mean)
         saturated = d >= d_sat * (1 - 1e-4)
     x = g * x_g                                            # completed requests/s per replica
@@ -200,13 +192,31 @@ def evaluate(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: 
         "decoding_requests": g * d,
         "prefill_tokens_per_iter": g * c,
         "prefill_saturated": saturated,
-        "cold_start_ttft_s": jnp.maximum(cold, ttft),
         "admitted_requests": g * Br,
         "chunk_iter_s": t_chunk,
         "decode_iter_s": t_plain,
         "memory_per_gpu_gb": mem["total"] / 1e9,
         "feasible": mem["total"] <= mem["capacity"],
     }
+
+
+def cold_start_ttft(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: Layout, m: dict,
+                    scheduler: str = "mixed"):
+    """Mean TTFT of a cold-start wave, all admitted requests arriving at once (a benchmark's first
+    requests), given ``m``, the layout's :func:`evaluate` metrics: prompts packed ``floor(chunk /
+    isl)`` to an iteration beside the solved decoders, the wave's mean TTFT ``(k + 1) / 2`` such
+    iterations, ``k = B * isl / chunk``. Never below the steady-state TTFT. Lock-step waves
+    (``scheduler="wave"``) are cold starts already. What a short benchmark's mean TTFT partly
+    measures (``validate_serving.benchmark_ttft``); sweeps do not need it."""
+    if scheduler == "wave":
+        return m["ttft_s"]
+    g = lay.adp
+    Br = m["admitted_requests"] / g
+    m_max = jnp.clip(jnp.floor(lay.chunk / wl.isl), 1.0, jnp.maximum(Br, 1.0))
+    k = jnp.maximum(Br * wl.isl / lay.chunk, 1.0)
+    t_wave = round_time(p, hw, model, prec, wl, lay, m["decoding_requests"],
+                        g * jnp.minimum(lay.chunk, m_max * wl.isl))
+    return jnp.maximum((k + 1.0) / 2.0 * t_wave, m["ttft_s"])
 
 
 EVALUATORS = {"mixed": evaluate, "wave": functools.partial(evaluate, scheduler="wave")}

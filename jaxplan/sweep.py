@@ -105,9 +105,15 @@ def pareto_mask(user: np.ndarray, gpu: np.ndarray, feasible: np.ndarray) -> np.n
     return mask
 
 
+def meets_sla(res: dict[str, np.ndarray], min_tokens_per_user: float, max_ttft_s: float) -> np.ndarray:
+    """Feasible layouts at or above the tokens/s/user floor and within the TTFT limit."""
+    return (np.asarray(res["feasible"], bool) & (res["tokens_per_s_per_user"] >= min_tokens_per_user)
+            & (res["ttft_s"] <= max_ttft_s))
+
+
 def sla_pick(res: dict[str, np.ndarray], min_tokens_per_user: float, max_ttft_s: float) -> int | None:
     """Index of the highest tokens/s/GPU among feasible layouts meeting the SLA, or None."""
-    ok = res["feasible"] & (res["tokens_per_s_per_user"] >= min_tokens_per_user) & (res["ttft_s"] <= max_ttft_s)
+    ok = meets_sla(res, min_tokens_per_user, max_ttft_s)
     if not ok.any():
         return None
     gpu = np.where(ok, res["tokens_per_s_per_gpu"], -np.inf)

@@ -65,7 +65,7 @@ import numpy as np
 
 from .layouts import check_parallel
 from .params import BACKENDS, PARAM_SPECS, for_backend, from_raw, params_for, to_raw
-from .serving import Layout, evaluate, evaluate_disagg
+from .serving import Layout, evaluate_disagg
 from .specs import (Hardware, Model, Precision, SpecError, Workload, check_precision, config_root,
                     get_precision, load_hardware, load_model)
 
@@ -452,31 +452,25 @@ def _pick(m: Mapping, keys) -> dict:
 
 def scheduler_of(backend: str) -> str:
     """The aggregated scheduling policy ``serving`` models for a backend (``serving.SCHEDULERS``:
-    mixed prefill/decode batches for TensorRT-LLM and vLLM, prefill-first waves for SGLang); ""
-    where the serving model has a single policy."""
+    mixed prefill/decode batches for TensorRT-LLM and vLLM, prefill-first waves for SGLang)."""
     from . import serving
-    return getattr(serving, "SCHEDULERS", {}).get(backend, "")
-
-
-def _agg_metric_fn(scheduler: str):
-    from . import serving
-    if scheduler and hasattr(serving, "EVALUATORS"):
-        return serving.EVALUATORS[scheduler]
-    return evaluate
+    return serving.SCHEDULERS.get(backend, "mixed")
 
 
 @functools.lru_cache(maxsize=None)
-def agg_evaluator(model: Model, prec: Precision, scheduler: str = ""):
+def agg_evaluator(model: Model, prec: Precision, scheduler: str = "mixed"):
     """``f(params, hardware, isl[n], osl[n], Layout[n]) -> dict of [n]``: jit(vmap(evaluate)) with
     the serving model's scheduling policy ``scheduler`` (see :func:`scheduler_of`)."""
-    metric_fn = _agg_metric_fn(scheduler)
+    from .serving import EVALUATORS, cold_start_ttft
+    metric_fn = EVALUATORS[scheduler]
 
     def one(p, hw, isl, osl, lay):
-        m = metric_fn(p, hw, model, prec, Workload(isl, osl), lay)
+        wl = Workload(isl, osl)
+        m = metric_fn(p, hw, model, prec, wl, lay)
         out = _pick(m, OUT_KEYS_AGG)
         out["steady_ttft_s"] = out["ttft_s"]
-        if "cold_start_ttft_s" in m:
-            out["ttft_s"] = benchmark_ttft(m)
+        cold = cold_start_ttft(p, hw, model, prec, wl, lay, m, scheduler)
+        out["ttft_s"] = benchmark_ttft({**m, "cold_start_ttft_s": cold})
         return out
     return jax.jit(jax.vmap(one, in_axes=(None, None, 0, 0, 0)), compiler_options=COMPILER_OPTIONS)
 
@@ -1083,71 +1077,7 @@ def format_fit_report(report: Mapping) -> str:
     return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------- diagnostics
-#
-# What-if TTFT/TPOT under two scheduling hypotheses the serving model does not make, priced with
-# the same iteration-time model (``serving.round_time``). They are diagnostics for the report,
-# not the prediction:
-#
-# * packed: an arriving request's prompt shares its prefill iteration with the prompts that
-#   arrived with it, up to the token budget C: m = clip(floor(C / isl), 1, B) prompts per
-#   iteration; TTFT = ceil(isl / C) iterations carrying m * isl (at most C) prompt tokens plus
-#   the other B - m requests' decode tokens.
-# * wave: the closed loop with one fixed OSL keeps the B requests of an attention group in
-#   lock-step (they start decoding within a few iterations of each other, so they finish and
-#   return together); the wave's B * isl prompt tokens run in k = ceil(B * isl / C) full
-#   iterations, the j-th share of requests getting its first token after j of them:
-#   TTFT = (k + 1) / 2 * t_wave, and each request sees on average (k - 1) / 2 wave iterations
-#   during its decode: TPOT = t_dec + (k - 1) / 2 * (t_wave - t_dec) / osl.
-
-@functools.lru_cache(maxsize=None)
-def _round_time_fn(model: Model, prec: Precision):
-    from .serving import round_time
-
-    def one(p, hw, isl, osl, lay, dec, pre):
-        return round_time(p, hw, model, prec, Workload(isl, osl), lay, dec, pre)
-    return jax.jit(jax.vmap(one, in_axes=(None, None, 0, 0, 0, 0, 0)), compiler_options=COMPILER_OPTIONS)
-
-
-def iteration_times(cases: Sequence[ServingCase], dec: np.ndarray, pre: np.ndarray, params=None,
-                    override=None) -> np.ndarray:
-    """Round time (s) of each agg case's replica with ``dec`` decode sequences and ``pre`` prefill
-    tokens (per replica, arrays aligned with ``cases``; NaN for disagg cases)."""
-    by_hw = {k: v[0] for k, v in resolve_params(cases, params, override).items()}
-    out = np.full(len(cases), np.nan)
-    agg_idx = np.asarray([i for i, c in enumerate(cases) if c.mode == "agg"], int)
-    for grp in build_groups([cases[i] for i in agg_idx]):
-        model, prec = grp.fn_key[:2]
-        idx = agg_idx[grp.idx]
-        isl, osl, lay = grp.args
-        size = len(isl)
-        f32 = lambda a: _pad(np.asarray(a, np.float32), size)  # noqa: E731
-        r = _round_time_fn(model, prec)(for_backend(by_hw[grp.hardware.name], grp.backend),
-                                        _traced_hardware(grp.hardware), isl, osl, lay, f32(dec[idx]), f32(pre[idx]))
-        out[idx] = np.asarray(r)[: len(idx)]
-    return out
-
-
-def scheduling_diagnostics(cases: Sequence[ServingCase], params=None, override=None) -> dict[str, np.ndarray]:
-    """Per agg case (NaN for disagg): decode-only round time, and TTFT/TPOT under the 'packed'
-    and 'wave' scheduling hypotheses described above (seconds)."""
-    agg = np.asarray([c.mode == "agg" for c in cases])
-    one = lambda f, default=1.0: np.asarray([f(c) if c.mode == "agg" else default for c in cases], float)  # noqa
-    g = one(lambda c: float(c.layout.adp))
-    B = one(lambda c: float(c.layout.batch)) / g
-    C = one(lambda c: float(c.layout.chunk), 8192.0)
-    isl, osl = one(lambda c: c.isl), one(lambda c: c.osl)
-    m = np.clip(np.floor(C / isl), 1, B)
-    t_dec = iteration_times(cases, g * B, 0 * B, params, override)
-    t_pack = iteration_times(cases, g * np.maximum(B - m, 0), g * np.minimum(m * isl, C), params, override)
-    t_wave = iteration_times(cases, 0 * B, g * np.minimum(B * isl, C), params, override)
-    k = np.ceil(B * isl / C)
-    out = {"t_decode_s": t_dec, "t_packed_s": t_pack, "t_wave_s": t_wave,
-           "ttft_packed_s": np.ceil(isl / C) * t_pack,
-           "ttft_wave_s": (k + 1) / 2 * t_wave,
-           "tpot_wave_s": t_dec + (k - 1) / 2 * np.maximum(t_wave - t_dec, 0) / osl}
-    return {k_: np.where(agg, v, np.nan) for k_, v in out.items()}
-
+# ----------------------------------------------------------------------------- memory
 
 def memory_batch_cap(cases: Sequence[ServingCase], params=None, override=None) -> np.ndarray:
     """Most requests per replica whose KV cache fits beside the weights, from the cost model's
@@ -1177,23 +1107,3 @@ def memory_batch_cap(cases: Sequence[ServingCase], params=None, override=None) -
         m1, _ = mem(np.ones(len(cs), np.float32))
         out[idx] = np.maximum(np.floor((cap - m0) / np.maximum(m1 - m0, 1e-9)), 0.0)
     return out
-
-
-def predict_memory_capped(cases: Sequence[ServingCase], params=None, override=None) -> dict[str, np.ndarray]:
-    """What-if (diagnostic): agg replicas admit at most the batch that fits in memory
-    (:func:`memory_batch_cap`, at least one request per attention group); the other requests wait
-    in the queue, and the closed-loop law puts that wait into TTFT: TTFT = N / X - OSL * TPOT
-    with X the completion rate of the admitted batch."""
-    cap = memory_batch_cap(cases, params, override)
-    capped = []
-    for c, b in zip(cases, cap):
-        if c.mode == "agg" and np.isfinite(b) and b < float(c.layout.batch):
-            nb = np.float32(max(b, float(c.layout.adp)))
-            capped.append(dataclasses.replace(c, layout=c.layout._replace(batch=nb)))
-        else:
-            capped.append(c)
-    pred = predict(capped, params, override)
-    n = np.asarray([float(c.layout.batch) if c.mode == "agg" else np.nan for c in cases])
-    osl = np.asarray([c.osl for c in cases])
-    ttft = np.maximum(n / pred["requests_per_s"] - osl * pred["tpot_s"], pred["ttft_s"])
-    return {"ttft_s": np.where(np.isfinite(n), ttft, np.nan), "tpot_s": pred["tpot_s"], "batch_cap": cap}

@@ -307,11 +307,13 @@ def test_steady_state_packs_the_arrivals_of_one_iteration_and_cold_start_packs_a
     that many more: ~1032 tokens, not the 8192 the chunk could hold. A cold start (all 8 arriving
     together) packs all 8 prompts, k = 8 * 1024 / 8192 = 1 iteration, mean TTFT (k + 1)/2 = 1 such
     iteration."""
-    from jaxplan.serving import round_time
+    from jaxplan.serving import cold_start_ttft, round_time
     model = models("llama-3.1-8b")
     wl = Workload(1024.0, 1024.0)
     lay = Layout(*(jnp.float32(v) for v in (1, 1, 1, 1, 8, 8192, 1)))
-    m = {k: float(v) for k, v in jax.jit(evaluate, static_argnums=(2, 3))(p, h100, model, fp8, wl, lay).items()}
+    out = jax.jit(evaluate, static_argnums=(2, 3))(p, h100, model, fp8, wl, lay)
+    m = {k: float(v) for k, v in out.items()}
+    m["cold_start_ttft_s"] = float(cold_start_ttft(p, h100, model, fp8, wl, lay, out))
     d = m["decoding_requests"]
     assert 7.9 < d < 8.0
     assert m["prefill_tokens_per_iter"] == pytest.approx(1024 * (1 + d / 1024), rel=1e-5)
