@@ -502,8 +502,11 @@ def fit_command(args) -> int:
         # because the TTFT error left is scheduling, not overhead (benchmarks/serving_validation.md).
         params, rep = serving_fit(params, args.serving, hw.name, metrics=("tpot",))
         print(rep["text"])
-        meta["serving_fit"] = {"source": str(args.serving), "train": f"{TRAIN_SYSTEM} rows, TPOT only",
-                               "keys": sorted(k for k in params if k.startswith(("step_overhead_", "layer_overhead_")))}
+        meta["serving_fit"] = {"source": str(args.serving),
+                               "train": f"{TRAIN_SYSTEM} rows: step/layer overheads on TPOT, disaggregation "
+                                        f"overheads on disaggregated TTFT",
+                               "keys": sorted(rep["fitted_keys"]),
+                               "disagg": {b: d["status"] for b, d in rep["disagg_fit"].items()}}
     out = save_params(params, args.out, meta=meta)
     print(f"wrote {out}")
     return 0

@@ -278,7 +278,8 @@ def prefill_worker(p, hw: Hardware, model: Model, prec: Precision, wl: Workload,
     t_iter = round_time(p, hw, model, prec, wl, lay, jnp.float32(0.0), lay.adp * c)
     mem = memory_per_gpu(p, hw, model, prec, wl.isl, 0.0, lay.tp, lay.ep, lay.adp, lay.pp, lay.adp * m, c)
     return {"rate": lay.adp * c / wl.isl / t_iter, "latency_s": jnp.maximum(wl.isl / lay.chunk, 1.0) * t_iter,
-            "iter_s": t_iter, "memory_per_gpu_gb": mem["total"] / 1e9, "feasible": mem["total"] <= mem["capacity"]}
+            "iter_s": t_iter, "prompts_per_iter": m, "memory_per_gpu_gb": mem["total"] / 1e9,
+            "feasible": mem["total"] <= mem["capacity"]}
 
 
 def decode_worker(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: Layout) -> dict:
@@ -351,4 +352,18 @@ def evaluate_disagg(p, hw: Hardware, model: Model, prec: Precision, wl: Workload
     return {"ttft_s": ttft, "tpot_s": tpot, "tokens_per_s_per_user": 1.0 / tpot,
             "tokens_per_s_per_gpu": X * osl / gpus, "requests_per_s": X, "decode_batch": b,
             "kv_transfer_s": t_kv, "prefill_latency_s": pw["latency_s"],
-            "prefill_utilization": X / cap, "prefill_workers": x, "decode_workers": y}
+            "prefill_utilization": X / cap, "prefill_workers": x, "decode_workers": y,
+            "prefill_capacity_rps": cap, "prefill_slots": x * pre.adp * pw["prompts_per_iter"],
+            "unqueued_ttft_s": pw["latency_s"] + t_kv + p["disagg_overhead_s"]}
+
+
+def disagg_cold_start_ttft(m: dict, concurrency):
+    """Mean TTFT of a cold-start wave of a disaggregated deployment, all ``concurrency`` requests
+    arriving at once, given ``m``, its :func:`evaluate_disagg` metrics. The prefill pool takes
+    ``prefill_slots`` prompts per batch and clears ``prefill_capacity_rps`` a second, so prompt
+    ``k`` starts after ``max(k - slots, 0) / capacity`` s and the wave's mean wait is
+    ``max(N - slots, 0) / (2 capacity)`` on top of the unqueued TTFT (prefill, KV transfer,
+    per-request overhead). Never below the steady-state TTFT. What a short benchmark's mean TTFT
+    partly measures (``validate_serving.benchmark_ttft``); sweeps do not need it."""
+    wait = jnp.maximum(concurrency - m["prefill_slots"], 0.0) / (2.0 * m["prefill_capacity_rps"])
+    return jnp.maximum(m["unqueued_ttft_s"] + wait, m["ttft_s"])

@@ -7,8 +7,8 @@ import pytest
 
 from jaxplan.cost import alltoall, layer_costs
 from jaxplan.params import default_params
-from jaxplan.serving import (Layout, evaluate_disagg, kv_cache_bytes, kv_transfer_time, prefill_wait,
-                             prefill_worker, prefill_workers_needed)
+from jaxplan.serving import (Layout, disagg_cold_start_ttft, evaluate_disagg, kv_cache_bytes, kv_transfer_time,
+                             prefill_wait, prefill_worker, prefill_workers_needed)
 from jaxplan.specs import Workload, get_precision, load_experiment, load_hardware, load_model, config_root
 from jaxplan.sweep import run_disagg_sweep
 
@@ -83,6 +83,31 @@ def test_disagg_closed_loop_law_and_saturation(p):
     # At N = 1024 the single prefill worker saturates and the queue lands in TTFT.
     assert r["prefill_utilization"] == pytest.approx(1.0, rel=1e-4)
     assert r["ttft_s"] > 10 * r["prefill_latency_s"]
+
+
+def test_disagg_cold_start_wave_queues_behind_the_prefill_slots(p):
+    """All N requests arrive at once: one prefill worker of TP8 packs floor(8192 / 1024) = 8
+    prompts per iteration, so prompt k waits max(k - 8, 0) / capacity and the wave's mean wait is
+    (N - 8) / (2 capacity) on top of prefill + KV transfer + the per-request overhead."""
+    m, hw, prec = load_model("deepseek-v3"), load_hardware("h200-sxm"), get_precision("fp8")
+    wl = Workload(1024.0, 1024.0)
+    pre, dec = lay(tp=8, ep=8, adp=1, batch=8, chunk=8192), lay(tp=1, ep=8, adp=8, batch=64)
+    pw = {k: float(v) for k, v in prefill_worker(p, hw, m, prec, wl, pre).items()}
+    assert pw["prompts_per_iter"] == 8.0
+    cap = 8.0 / pw["iter_s"]                                # prompts per second of the worker
+    cold, steady = {}, {}
+    for n in (4.0, 256.0):
+        r = evaluate_disagg(p, hw, m, prec, wl, pre, dec, 1.0, 2.0, n, True)
+        f = {k: float(v) for k, v in r.items()}
+        assert f["prefill_capacity_rps"] == pytest.approx(cap, rel=1e-5)
+        assert f["unqueued_ttft_s"] == pytest.approx(pw["latency_s"] + f["kv_transfer_s"]
+                                                     + float(p["disagg_overhead_s"]), rel=1e-5)
+        cold[n], steady[n] = float(disagg_cold_start_ttft(r, n)), f["ttft_s"]
+        want = f["unqueued_ttft_s"] + max(n - 8.0, 0.0) / (2 * cap)
+        assert cold[n] == pytest.approx(max(want, f["ttft_s"]), rel=1e-5)
+    # 4 prompts fit in the first batch: the wave adds nothing; 256 wait ~31 batches on average
+    assert cold[4.0] == pytest.approx(steady[4.0], rel=1e-5)
+    assert cold[256.0] > 10 * steady[4.0]
 
 
 def test_alltoall_jumps_when_ep_leaves_the_nvlink_domain(p):
