@@ -297,7 +297,7 @@ def _switch_text(sw: dict | None) -> str:
 
 def cmd_sensitivity(args) -> int:
     from . import report
-    from .sensitivity import label_of, ranked, run_sensitivity
+    from .sensitivity import DISAGG_KEY, label_of, ranked, run_sensitivity
 
     exp, p, source = _load(args)
     scales = parse_scales(args.scale)
@@ -307,8 +307,9 @@ def cmd_sensitivity(args) -> int:
     print(f"jaxplan sensitivity: {title}; SLA {_sla_text(exp)}; parameters: {source}", file=sys.stderr)
     t0 = time.perf_counter()
     kinds = ("hardware", "workload", "param") if args.switch_params else ("hardware", "workload")
+    serving = getattr(args, "serving", "agg") or "agg"
     res = run_sensitivity(exp, p, params_source=source, attention_dp=args.attention_dp, switch_kinds=kinds,
-                          progress=True)
+                          progress=True, serving=serving)
     dt = time.perf_counter() - t0
     cols, best = res.sweep.columns, res.best
     on_front = set(int(i) for i in res.sweep.frontier)
@@ -317,14 +318,15 @@ def cmd_sensitivity(args) -> int:
         i = r["row"]
         rows_csv.append({"layout": report.label(report.row(cols, i)), "is_best_at_sla": int(i == best),
                          "on_frontier": int(i in on_front),
-                         **{k: cols[k][i] for k in ("tp", "pp", "ep", "dp", "adp", "batch", "chunk",
-                                                    "tokens_per_s_per_user", "tokens_per_s_per_gpu", "ttft_s")},
+                         **{k: cols[k][i] for k in ("tp", "pp", "ep", "dp", "adp", "batch", "chunk")
+                            + (DISAGG_KEY if serving == "disagg" else ())
+                            + ("tokens_per_s_per_user", "tokens_per_s_per_gpu", "ttft_s")},
                          **{k: r[k] for k in ("kind", "name", "value")},
                          **{k: r[k] for k in r if k.startswith("elasticity_")}})
     names = list(rows_csv[0]) if rows_csv else ["layout"]
     report.write_csv(out / "sensitivity.csv", {k: [x[k] for x in rows_csv] for k in names}, names)
     summary = {"experiment": exp.name, "hardware": exp.hardware.name, "hardware_scales": scales,
-               "params_source": source, "sla": _sla_dict(exp),
+               "serving": serving, "params_source": source, "sla": _sla_dict(exp),
                "frontier_points": len(res.sweep.frontier), "seconds": dt, "switches_at_plus_minus_10pct": res.switches}
     if best is None:
         report.write_json(out / "sensitivity.json", summary | {"best_at_sla": None})
@@ -352,10 +354,12 @@ def cmd_sensitivity(args) -> int:
                  "minus": _switch_text(sw.get((r["kind"], r["name"], 0.9))),
                  "plus": _switch_text(sw.get((r["kind"], r["name"], 1.1)))} for r in recs]
 
-    print(f"\n{title}\nbest at SLA ({_sla_text(exp)}): {report.label(best_row)}: "
+    print(f"\n{title}, {'disaggregated' if serving == 'disagg' else 'aggregated'} serving\n"
+          f"best at SLA ({_sla_text(exp)}): {report.label(best_row)}: "
           f"{best_row['tokens_per_s_per_gpu']:.1f} tokens/s/GPU, {best_row['tokens_per_s_per_user']:.1f} tokens/s/user, "
           f"TTFT {best_row['ttft_s']:.2f} s; parameters: {source}")
-    print("\nelasticities (% change of the metric per +1% of the input; exact derivatives at this layout) and the "
+    print("\nelasticities (% change of the metric per +1% of the input; exact derivatives at this layout"
+          + (" and these worker counts" if serving == "disagg" else "") + ") and the "
           "best tokens/s/GPU after a full re-sweep with the input at -10% / +10% (-> the layout it switches to):")
     print(report.table(table_rows(ranked(res.records, best, kinds=("hardware", "workload"))), SENSITIVITY_TABLE))
     top = ranked(res.records, best, kinds=("param",), min_abs=1e-3)[:args.top]
@@ -457,6 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiment_args(sn)
     sn.add_argument("--out", help="output folder (default: out/<experiment>-sensitivity)")
     sn.add_argument("--attention-dp", choices=("ep", "all"), default="ep", help="layout space, as for sweep")
+    sn.add_argument("--serving", choices=("agg", "disagg"), default="agg",
+                    help="aggregated layouts (default) or disaggregated prefill/decode pools with their worker "
+                         "counts, as `sweep --serving disagg` chooses them")
     sn.add_argument("--top", type=_positive(int), default=12, help="fitted parameters to list (default 12)")
     sn.add_argument("--switch-params", action="store_true",
                     help="also re-sweep each fitted parameter at +-10%% (hardware and workload always are)")

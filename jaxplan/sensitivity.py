@@ -112,46 +112,87 @@ def used_params(p: Mapping) -> list[str]:
     return [k for k in p if k not in skip]
 
 
+# Disaggregated rows of a sweep: the two worker layouts and their counts (``sweep.run_disagg_sweep``).
+DISAGG_FIELDS = {"pre": {"tp": "prefill_tp", "pp": "prefill_pp", "ep": "prefill_ep", "adp": "prefill_adp",
+                         "batch": "prefill_batch", "chunk": "prefill_chunk"},
+                 "dec": {"tp": "decode_tp", "pp": "decode_pp", "ep": "decode_ep", "adp": "decode_adp",
+                         "batch": "decode_batch"}}
+DISAGG_KEY = tuple(DISAGG_FIELDS["pre"].values()) + tuple(DISAGG_FIELDS["dec"].values()) + (
+    "prefill_workers", "decode_workers")
+
+
+def _serving_metrics(model: Model, prec: Precision, backend: str, serving: str):
+    """``f(p, hw, wl, args) -> metrics`` for one row: the aggregated evaluator of ``backend``'s
+    scheduler (args: a Layout), or the disaggregated deployment (args: prefill Layout, decode
+    Layout, x, y, cross-network flag)."""
+    if serving == "agg":
+        metric_fn = evaluator_for(backend)
+        return lambda p, hw, wl, lay: metric_fn(p, hw, model, prec, wl, lay)
+    if serving == "disagg":
+        from .serving import disagg_deployment
+        return lambda p, hw, wl, a: disagg_deployment(p, hw, model, prec, wl, *a)
+    raise SpecError(f"serving mode '{serving}' is unknown; allowed: agg, disagg")
+
+
 @functools.lru_cache(maxsize=None)
-def _jacobian(model: Model, prec: Precision, scheduler_backend: str, param_names: tuple[str, ...]):
-    """``f(p, hw, wl, layouts) -> {metric: {group: {name: elasticity per layout}}}``, compiled once
-    per (model, precision, backend). Each input is multiplied by exp(delta) and the Jacobian is
-    taken at delta = 0: d log(metric) / d log(x), finite also where x = 0 (it is then 0)."""
-    metric_fn = evaluator_for(scheduler_backend)
+def _jacobian(model: Model, prec: Precision, scheduler_backend: str, param_names: tuple[str, ...],
+              serving: str = "agg"):
+    """``f(p, hw, wl, rows) -> {metric: {group: {name: elasticity per row}}}``, compiled once per
+    (model, precision, backend, serving mode). Each input is multiplied by exp(delta) and the
+    Jacobian is taken at delta = 0: d log(metric) / d log(x), finite also where x = 0 (it is then 0)."""
+    metric_fn = _serving_metrics(model, prec, scheduler_backend, serving)
     fields = tuple(v[0] for v in HARDWARE_NUMBERS.values())
 
-    def logs(delta, p, hw, wl, lay):
+    def logs(delta, p, hw, wl, args):
         h = hw.replace(**{f: getattr(hw, f) * jnp.exp(delta["hardware"][f]) for f in fields})
         w = Workload(wl.isl * jnp.exp(delta["workload"]["isl"]), wl.osl * jnp.exp(delta["workload"]["osl"]))
         q = dict(p)
         q.update({k: p[k] * jnp.exp(delta["params"][k]) for k in param_names})
-        m = metric_fn(q, h, model, prec, w, lay)
+        m = metric_fn(q, h, w, args)
         return {k: jnp.log(m[k]) for k in METRICS}
 
     zero = {"hardware": {f: jnp.float32(0) for f in fields},
             "workload": {"isl": jnp.float32(0), "osl": jnp.float32(0)},
             "params": {k: jnp.float32(0) for k in param_names}}
 
-    def one(p, hw, wl, lay):
-        return jax.jacrev(logs)(zero, p, hw, wl, lay)
+    def one(p, hw, wl, args):
+        return jax.jacrev(logs)(zero, p, hw, wl, args)
 
     return jax.jit(jax.vmap(one, in_axes=(None, None, None, 0)))
 
 
+def _row_args(columns: Mapping, rows: np.ndarray, hw: Hardware, serving: str):
+    """The per-row arguments of :func:`_serving_metrics` for ``rows`` of a sweep's columns."""
+    f32 = lambda k: jnp.asarray(np.asarray(columns[k])[rows], jnp.float32)  # noqa: E731
+    if serving == "agg":
+        return Layout(*(f32(f) for f in Layout._fields))
+
+    def lay(pool):
+        cols = DISAGG_FIELDS[pool]
+        v = {f: f32(cols[f]) if f in cols else None for f in Layout._fields}
+        v["dp"] = jnp.ones(len(rows), jnp.float32)
+        if v["chunk"] is None:
+            v["chunk"] = jnp.zeros(len(rows), jnp.float32)
+        return Layout(**v)
+    cross = jnp.asarray(np.asarray(columns["gpus_used"])[rows] > hw.scaleup_domain)
+    return (lay("pre"), lay("dec"), f32("prefill_workers"), f32("decode_workers"), cross)
+
+
 def elasticities(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, columns: Mapping,
-                 rows: np.ndarray, backend: str = "trtllm") -> list[dict]:
-    """Elasticities at the layouts ``rows`` of a sweep's ``columns``. Returns one record per
-    (layout, input): kind (hardware / workload / param), name, value, and the elasticity of each
-    metric in ``METRICS``. Hardware names are those of ``HARDWARE_NUMBERS``."""
+                 rows: np.ndarray, backend: str = "trtllm", serving: str = "agg") -> list[dict]:
+    """Elasticities at the rows ``rows`` of a sweep's ``columns`` (``serving``: "agg" rows of
+    ``sweep.run_sweep``, "disagg" rows of ``sweep.run_disagg_sweep``, at fixed layouts and worker
+    counts). Returns one record per (row, input): kind (hardware / workload / param), name, value,
+    and the elasticity of each metric in ``METRICS``. Hardware names are those of
+    ``HARDWARE_NUMBERS``."""
     rows = np.asarray(rows, np.int64)
     if rows.size == 0:
         return []
     names = tuple(used_params(p))
-    fn = _jacobian(model, prec, backend, names)
+    fn = _jacobian(model, prec, backend, names, serving)
     # pad to a multiple of ROW_BUCKET by repeating the last row: one compile for most frontiers
     padded = np.concatenate([rows, np.full(-len(rows) % ROW_BUCKET, rows[-1])])
-    lay = Layout(*(jnp.asarray(np.asarray(columns[f])[padded], jnp.float32) for f in Layout._fields))
-    jac = jax.device_get(fn(p, hw, wl, lay))
+    jac = jax.device_get(fn(p, hw, wl, _row_args(columns, padded, hw, serving)))
     field_to_name = {v[0]: k for k, v in HARDWARE_NUMBERS.items()}
     out = []
     for j, r in enumerate(rows):
@@ -182,8 +223,14 @@ def perturbed(exp: Experiment, p: Mapping, kind: str, name: str, factor: float):
     return exp, q
 
 
+def _key_fields(columns: Mapping) -> tuple[str, ...]:
+    return DISAGG_KEY if "decode_workers" in columns else Layout._fields
+
+
 def layout_key(columns: Mapping, i: int | None) -> tuple | None:
-    return None if i is None else tuple(int(columns[f][i]) for f in Layout._fields)
+    """What identifies row ``i``: its layout, or for a disaggregated row both worker layouts and
+    their counts."""
+    return None if i is None else tuple(int(columns[f][i]) for f in _key_fields(columns))
 
 
 def find_layout(columns: Mapping, key: tuple | None) -> int | None:
@@ -192,7 +239,7 @@ def find_layout(columns: Mapping, key: tuple | None) -> int | None:
     if key is None:
         return None
     m = np.ones(len(columns["tp"]), bool)
-    for f, v in zip(Layout._fields, key):
+    for f, v in zip(_key_fields(columns), key):
         m &= np.asarray(columns[f]) == v
     idx = np.flatnonzero(m)
     return int(idx[0]) if idx.size else None
@@ -211,18 +258,28 @@ class SensitivityResult:
 
 def run_sensitivity(exp: Experiment, p: Mapping, params_source: str = "", attention_dp: str = "ep",
                     switch_kinds: Sequence[str] = ("hardware", "workload", "param"),
-                    progress: bool = False) -> SensitivityResult:
+                    progress: bool = False, serving: str = "agg") -> SensitivityResult:
     """Sweep once, take elasticities at the best layout for the SLA and at every frontier point,
-    then re-sweep with each input at 0.9x and 1.1x to find where the best layout switches."""
-    from .report import layout_label
-    from .sweep import meets_sla, run_sweep
+    then re-sweep with each input at 0.9x and 1.1x to find where the best layout switches.
+    ``serving``: "agg" (``sweep.run_sweep``) or "disagg" (``sweep.run_disagg_sweep``: layouts of
+    both worker pools and their counts)."""
+    from .report import label as layout_label
+    from .sweep import meets_sla, run_disagg_sweep, run_sweep
 
-    res = run_sweep(exp, p, params_source=params_source, attention_dp=attention_dp)
+    if serving not in ("agg", "disagg"):
+        raise SpecError(f"serving mode '{serving}' is unknown; allowed: agg, disagg")
+    if serving == "agg":
+        def sweep(e, q, source=""):
+            return run_sweep(e, q, params_source=source, attention_dp=attention_dp)
+    else:
+        def sweep(e, q, source=""):
+            return run_disagg_sweep(e, q, params_source=source)
+    res = sweep(exp, p, params_source)
     rows = list(res.frontier)
     if res.best is not None and res.best not in rows:
         rows.append(res.best)
     records = elasticities(p, exp.hardware, exp.model, exp.precision, exp.workload, res.columns,
-                           np.asarray(rows), exp.backend) if rows else []
+                           np.asarray(rows), exp.backend, serving) if rows else []
     switches = []
     if res.best is not None:
         base_key = layout_key(res.columns, res.best)
@@ -233,7 +290,7 @@ def run_sensitivity(exp: Experiment, p: Mapping, params_source: str = "", attent
                 continue
             for factor in SWITCH_FACTORS:
                 e2, q = perturbed(exp, p, rec["kind"], rec["name"], factor)
-                r2 = run_sweep(e2, q, attention_dp=attention_dp)
+                r2 = sweep(e2, q)
                 key = layout_key(r2.columns, r2.best)
                 new_gpu = float(r2.columns["tokens_per_s_per_gpu"][r2.best]) if r2.best is not None else 0.0
                 old = find_layout(r2.columns, base_key)

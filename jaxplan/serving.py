@@ -307,6 +307,31 @@ def prefill_wait(rho, rate):
     return rho / (2.0 * (1.0 - rho)) / rate
 
 
+def disagg_pair(p, osl, pre_rate, pre_latency, dec_rate, dec_tpot, x, y, t_kv, gpus) -> dict:
+    """A planned disaggregated deployment of ``x`` prefill and ``y`` decode workers under open-loop
+    load: completions X = min(y * decode rate, x * prefill rate) (the sweep sizes x so the decode
+    pool is the limit), TTFT = prefill latency + M/D/1 wait at the prefill utilization + KV transfer
+    + the per-request overhead, TPOT the decode worker's. Works on numpy arrays (the sweep's pairs)
+    and traced values (elasticities)."""
+    X = jnp.minimum(y * dec_rate, x * pre_rate)
+    rho = X / (x * pre_rate)
+    ttft = pre_latency + prefill_wait(rho, pre_rate) + t_kv + p["disagg_overhead_s"]
+    return {"requests_per_s": X, "prefill_utilization": rho, "ttft_s": ttft, "tpot_s": dec_tpot,
+            "tokens_per_s_per_user": 1.0 / dec_tpot, "tokens_per_s_per_gpu": X * osl / gpus}
+
+
+def disagg_deployment(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, pre: Layout, dec: Layout,
+                      x, y, cross_network) -> dict:
+    """:func:`disagg_pair` of one prefill and one decode worker layout with fixed worker counts:
+    the metrics ``sweep.run_disagg_sweep`` reports for that deployment, as one traceable function
+    (what ``sensitivity`` differentiates)."""
+    pw = prefill_worker(p, hw, model, prec, wl, pre)
+    dw = decode_worker(p, hw, model, prec, wl, dec)
+    t_kv = kv_transfer_time(p, hw, model, prec, wl.isl, pre, dec, cross_network)
+    gpus = x * pre.tp * pre.ep * pre.pp + y * dec.tp * dec.ep * dec.pp
+    return disagg_pair(p, wl.osl, pw["rate"], pw["latency_s"], dw["rate"], dw["tpot_s"], x, y, t_kv, gpus)
+
+
 def evaluate_disagg(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, pre: Layout, dec: Layout,
                     x, y, concurrency, cross_network) -> dict:
     """A disaggregated deployment of ``x`` prefill and ``y`` decode workers (0: derive them) under

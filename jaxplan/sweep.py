@@ -229,7 +229,7 @@ def run_disagg_sweep(exp: Experiment, p, params_source: str = "", progress: bool
     is exact for rate matching. For each pair and each decode worker count y, the prefill pool is
     sized to a target utilization, x = ceil(y * decode rate / (rho * prefill rate)), and kept if
     x and y workers fit the budget. Throughput per GPU counts the GPUs the deployment uses."""
-    from .serving import decode_worker, kv_transfer_time, prefill_wait, prefill_worker, prefill_workers_needed
+    from .serving import decode_worker, disagg_pair, kv_transfer_time, prefill_worker, prefill_workers_needed
 
     model, hw, prec, wl, G = exp.model, exp.hardware, exp.precision, exp.workload, exp.gpus
     t0 = time.perf_counter()
@@ -279,13 +279,12 @@ def run_disagg_sweep(exp: Experiment, p, params_source: str = "", progress: bool
     uniq = np.unique(np.stack([pair, xx, yy], 1), axis=0)
     pair, xx, yy = uniq[:, 0].astype(np.int64), uniq[:, 1], uniq[:, 2]
     used = xx * g_p[pair] + yy * g_d[pair]
-    X = yy * r_d[pair]
-    rho = X / (xx * r_p[pair])
     cross = used > hw.scaleup_domain
     t_kv = np.where(cross, t_kv_net[pair], t_kv_nv[pair])
-    ttft = pres["latency_s"][I][pair] + np.asarray(prefill_wait(rho, r_p[pair])) + t_kv + float(p["disagg_overhead_s"])
-    tpot = dres["tpot_s"][J][pair]
     i_p, i_d = I[pair], J[pair]
+    m = {k: np.asarray(v) for k, v in disagg_pair(p, wl.osl, r_p[pair], pres["latency_s"][i_p], r_d[pair],
+                                                   dres["tpot_s"][i_d], xx, yy, t_kv, used).items()}
+    X, rho, ttft, tpot = m["requests_per_s"], m["prefill_utilization"], m["ttft_s"], m["tpot_s"]
     cols = {"mode": np.full(len(pair), "disagg", dtype=object),
             "tp": dc["tp"][i_d], "pp": dc["pp"][i_d], "ep": dc["ep"][i_d], "dp": yy, "adp": dc["adp"][i_d],
             "batch": dc["batch"][i_d], "chunk": pc["chunk"][i_p],
@@ -296,7 +295,7 @@ def run_disagg_sweep(exp: Experiment, p, params_source: str = "", progress: bool
             "decode_adp": dc["adp"][i_d], "decode_batch": dc["batch"][i_d], "decode_workers": yy,
             "gpus_used": used, "feasible": np.ones(len(pair), bool),
             "ttft_s": ttft, "tpot_s": tpot, "tokens_per_s_per_user": 1.0 / tpot,
-            "tokens_per_s_per_gpu": X * wl.osl / used, "requests_per_s": X,
+            "tokens_per_s_per_gpu": m["tokens_per_s_per_gpu"], "requests_per_s": X,
             "memory_per_gpu_gb": np.maximum(pres["memory_per_gpu_gb"][i_p], dres["memory_per_gpu_gb"][i_d]),
             "kv_transfer_s": t_kv, "prefill_utilization": rho, "prefill_latency_s": pres["latency_s"][i_p]}
     for k in ("tp", "pp", "ep", "dp", "adp", "batch", "chunk", "prefill_tp", "prefill_pp", "prefill_ep",

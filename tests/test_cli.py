@@ -363,3 +363,14 @@ def test_codesign_bad_prices_file(tmp_path, capsys):
     prices.write_text("prices:\n  hbm_bw: 1\n")
     rc, _, err = call(["codesign", str(write_exp(tmp_path)), "--prices", str(prices)], capsys)
     assert rc == 2 and "hbm_bw" in err and str(prices) in err and "Traceback" not in err
+
+
+def test_sensitivity_command_disaggregated(tmp_path, capsys):
+    rc, out, err = call(["sensitivity", str(write_exp(tmp_path)), "--serving", "disagg", "--out", str(tmp_path / "d")],
+                        capsys)
+    assert rc == 0, err
+    header, rows = read_csv(tmp_path / "d" / "sensitivity.csv")
+    assert {"prefill_workers", "decode_workers", "prefill_chunk", "decode_batch"} <= set(header)
+    j = json.loads((tmp_path / "d" / "sensitivity.json").read_text())
+    assert j["serving"] == "disagg" and j["best_at_sla"]["mode"] == "disagg"
+    assert "disaggregated serving" in out and "these worker counts" in out

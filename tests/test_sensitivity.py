@@ -186,3 +186,62 @@ def test_fixed_layout_decode_streams_weights(exp, p):
     assert recs["hbm_bandwidth"]["elasticity_tokens_per_s_per_gpu"] == pytest.approx(fd, rel=FD_REL, abs=FD_ABS)
     assert recs["hbm_bandwidth"]["elasticity_tokens_per_s_per_gpu"] > 0.2
     assert recs["hbm_capacity"]["elasticity_tokens_per_s_per_gpu"] == 0.0
+
+
+# ----------------------------------------------------------------------------- disaggregated serving
+
+@pytest.fixture(scope="module")
+def dsens(exp, p):
+    return S.run_sensitivity(exp, p, switch_kinds=("hardware",), serving="disagg")
+
+
+def test_disagg_deployment_is_the_sweep_row(exp, p, dsens):
+    """serving.disagg_deployment (what the Jacobian differentiates) gives the disaggregated sweep's
+    own numbers at every frontier point: same pairing formula, fixed worker counts."""
+    from jaxplan.serving import disagg_deployment
+    cols, rows = dsens.sweep.columns, np.asarray(dsens.sweep.frontier)
+    args = S._row_args(cols, rows, exp.hardware, "disagg")
+    fn = jax.vmap(lambda a: disagg_deployment(p, exp.hardware, exp.model, exp.precision, exp.workload, *a))
+    got = jax.device_get(fn(args))
+    for k in ("tokens_per_s_per_gpu", "tokens_per_s_per_user", "ttft_s"):
+        np.testing.assert_allclose(got[k], np.asarray(cols[k])[rows], rtol=1e-5, err_msg=k)
+
+
+def test_disagg_elasticities_match_finite_differences_at_fixed_workers(exp, p, dsens):
+    """At the SLA pick's fixed worker layouts and counts, the exact elasticity of tokens/s/GPU and
+    TTFT equals the central difference of disagg_deployment at +-1% of the input."""
+    from jaxplan.serving import disagg_deployment
+    assert dsens.best is not None
+    args = jax.tree_util.tree_map(lambda a: a[0], S._row_args(dsens.sweep.columns, np.asarray([dsens.best]),
+                                                              exp.hardware, "disagg"))
+
+    def metric(kind, name, f):
+        e2, q = S.perturbed(exp, p, kind, name, f)
+        return {k: float(v) for k, v in disagg_deployment(q, e2.hardware, e2.model, e2.precision, e2.workload,
+                                                          *args).items()}
+    at_best = {(r["kind"], r["name"]): r for r in dsens.records if r["row"] == dsens.best}
+    checked = 0
+    # (ISL is not checked here: ISL 1024 sits exactly at floor(chunk / isl) = 2 prompts per prefill
+    # iteration, so any longer prompt drops to 1 and a difference quotient straddles that step.)
+    for kind, name in (("hardware", "hbm_bandwidth"), ("hardware", "fp8_flops"), ("workload", "osl"),
+                       ("param", "mem_eff"), ("param", "disagg_overhead_s")):
+        lo, hi = metric(kind, name, 1 - FD_STEP), metric(kind, name, 1 + FD_STEP)
+        for m in ("tokens_per_s_per_gpu", "ttft_s"):
+            fd = (math.log(hi[m]) - math.log(lo[m])) / (math.log(1 + FD_STEP) - math.log(1 - FD_STEP))
+            assert at_best[(kind, name)][f"elasticity_{m}"] == pytest.approx(fd, rel=FD_REL, abs=FD_ABS), (name, m)
+            checked += 1
+    assert checked == 10
+    # a per-request constant moves TTFT only; decode HBM moves throughput (decode reads weights + KV)
+    assert at_best[("param", "disagg_overhead_s")]["elasticity_tokens_per_s_per_gpu"] == 0.0
+    assert at_best[("param", "disagg_overhead_s")]["elasticity_ttft_s"] > 0.0
+    assert at_best[("hardware", "hbm_bandwidth")]["elasticity_tokens_per_s_per_user"] > 0.3
+
+
+def test_disagg_switch_report_names_both_pools(dsens):
+    assert dsens.switches and all(s["kind"] == "hardware" for s in dsens.switches)
+    key = S.layout_key(dsens.sweep.columns, dsens.best)
+    assert len(key) == len(S.DISAGG_KEY)
+    assert S.find_layout(dsens.sweep.columns, key) == dsens.best
+    for s in dsens.switches:
+        if s["switched"] and s["new_layout"] != "none meets the SLA":
+            assert s["new_layout"].startswith("prefill ") and "decode " in s["new_layout"]
