@@ -387,8 +387,9 @@ def cmd_codesign(args) -> int:
     print(f"jaxplan codesign: {_title(exp, parse_scales(args.scale))}; SLA {_sla_text(exp)}; prices: {prices_path}; "
           f"parameters: {source}", file=sys.stderr)
     t0 = time.perf_counter()
+    serving = getattr(args, "serving", "agg") or "agg"
     res = run_codesign(exp, p, prices, budget=args.budget, steps=args.steps, lr=args.lr,
-                       attention_dp=args.attention_dp, progress=True)
+                       attention_dp=args.attention_dp, progress=True, serving=serving)
     dt = time.perf_counter() - t0
     cur = f" {prices.currency}" if prices.currency else ""
     traj_cols = {"step": [], "tokens_per_s_per_gpu": [], "tokens_per_s_per_user": [], "ttft_s": [], "layout": []}
@@ -410,7 +411,7 @@ def cmd_codesign(args) -> int:
         + hardware_yaml(res.final_hardware, f"jaxplan codesign from {exp.hardware.name}, prices {prices_path}"))
     report.plot_codesign(out / "codesign.png", res, f"codesign: {_title(exp)}, SLA {_sla_text(exp)}")
     s, f = res.start, res.final
-    summary = {"experiment": exp.name, "hardware": exp.hardware.name, "prices": str(prices_path),
+    summary = {"experiment": exp.name, "hardware": exp.hardware.name, "serving": serving, "prices": str(prices_path),
                "budget": res.budget, "currency": prices.currency, "steps": len(res.trajectory),
                "best_step": res.best_step, "seconds": dt, "start": s, "final": f,
                "gain": f["tokens_per_s_per_gpu"] / s["tokens_per_s_per_gpu"] if s["tokens_per_s_per_gpu"] else None}
@@ -478,6 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     cd.add_argument("--steps", type=_positive(int), default=60, help="optimizer steps (default 60)")
     cd.add_argument("--lr", type=_positive(float), default=0.1, help="Adam learning rate on the log budget shares")
     cd.add_argument("--attention-dp", choices=("ep", "all"), default="ep", help="layout space, as for sweep")
+    cd.add_argument("--serving", choices=("agg", "disagg"), default="agg",
+                    help="optimize for aggregated layouts (default) or disaggregated prefill/decode pools")
     cd.add_argument("--out", help="output folder (default: out/<experiment>-codesign)")
     cd.set_defaults(fn=cmd_codesign)
     from .fit import register as register_fit

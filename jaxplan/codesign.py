@@ -196,9 +196,14 @@ def usable_names(exp: Experiment, prices: Mapping[str, float]) -> tuple[list[str
 
 def run_codesign(exp: Experiment, p: Mapping, prices: Prices, budget: float | None = None,
                  steps: int = DEFAULT_STEPS, lr: float = DEFAULT_LR, attention_dp: str = "ep",
-                 progress: bool = False) -> CodesignResult:
+                 progress: bool = False, serving: str = "agg") -> CodesignResult:
+    """Spend ``budget`` on the priced hardware numbers to maximize tokens/s/GPU at the SLA, for
+    aggregated layouts or (``serving="disagg"``) disaggregated prefill/decode pools: each step
+    re-chooses the best deployment with the batched sweep and follows its exact elasticities."""
     from .report import label
-    from .sweep import run_sweep
+    from .sensitivity import serving_sweep
+
+    sweep = serving_sweep(serving, attention_dp)
 
     names, skipped = usable_names(exp, prices.prices)
     if skipped:
@@ -217,12 +222,12 @@ def run_codesign(exp: Experiment, p: Mapping, prices: Prices, budget: float | No
     def objective(values):
         hw = with_values(hw0, values)
         e2 = dataclasses.replace(exp, hardware=hw)
-        res = run_sweep(e2, p, attention_dp=attention_dp)
+        res = sweep(e2, p)
         if res.best is None:
             return None, {}, {"layout": "none meets the SLA", "tokens_per_s_per_gpu": 0.0}
         row = res.row(res.best)
         recs = elasticities(p, hw, exp.model, exp.precision, exp.workload, res.columns, np.asarray([res.best]),
-                            exp.backend)
+                            exp.backend, serving)
         el = {r["name"]: r["elasticity_tokens_per_s_per_gpu"] for r in recs if r["kind"] == "hardware"}
         # a priced tensor-core rate moves all three rates: its elasticity is their sum
         e = {n: (sum(el[r] for r in RATES) if n in RATES else el[n]) for n in names}

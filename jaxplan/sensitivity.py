@@ -256,6 +256,17 @@ class SensitivityResult:
         return self.sweep.best
 
 
+def serving_sweep(serving: str = "agg", attention_dp: str = "ep"):
+    """``sweep(exp, params, params_source="") -> SweepResult`` for a serving mode: ``run_sweep``
+    (aggregated layouts) or ``run_disagg_sweep`` (prefill and decode pools with worker counts)."""
+    from .sweep import run_disagg_sweep, run_sweep
+    if serving == "agg":
+        return lambda e, q, source="": run_sweep(e, q, params_source=source, attention_dp=attention_dp)
+    if serving == "disagg":
+        return lambda e, q, source="": run_disagg_sweep(e, q, params_source=source)
+    raise SpecError(f"serving mode '{serving}' is unknown; allowed: agg, disagg")
+
+
 def run_sensitivity(exp: Experiment, p: Mapping, params_source: str = "", attention_dp: str = "ep",
                     switch_kinds: Sequence[str] = ("hardware", "workload", "param"),
                     progress: bool = False, serving: str = "agg") -> SensitivityResult:
@@ -264,16 +275,9 @@ def run_sensitivity(exp: Experiment, p: Mapping, params_source: str = "", attent
     ``serving``: "agg" (``sweep.run_sweep``) or "disagg" (``sweep.run_disagg_sweep``: layouts of
     both worker pools and their counts)."""
     from .report import label as layout_label
-    from .sweep import meets_sla, run_disagg_sweep, run_sweep
+    from .sweep import meets_sla
 
-    if serving not in ("agg", "disagg"):
-        raise SpecError(f"serving mode '{serving}' is unknown; allowed: agg, disagg")
-    if serving == "agg":
-        def sweep(e, q, source=""):
-            return run_sweep(e, q, params_source=source, attention_dp=attention_dp)
-    else:
-        def sweep(e, q, source=""):
-            return run_disagg_sweep(e, q, params_source=source)
+    sweep = serving_sweep(serving, attention_dp)
     res = sweep(exp, p, params_source)
     rows = list(res.frontier)
     if res.best is not None and res.best not in rows:

@@ -77,6 +77,29 @@ def test_codesign_moves_the_budget_to_the_only_limiting_number(exp, p, tmp_path_
     assert "hbm_bandwidth_tb_s" in text and "scaleup_domain_gpus: 8" in text
 
 
+def test_disagg_codesign_also_puts_everything_on_hbm(exp, p, tmp_path_factory):
+    """The same known optimum for disaggregated pools: the prefill and decode workers of 8 GPUs
+    share one NVLink domain, so the KV cache never crosses the scale-out network (elasticity
+    exactly 0) and the whole budget goes to HBM bandwidth; codesign reaches the all-in disagg
+    sweep's best and cannot beat it."""
+    from jaxplan.sweep import run_disagg_sweep
+    path = tmp_path_factory.mktemp("prices") / "prices.yaml"
+    path.write_text("prices:\n  hbm_bandwidth_tb_s: 2000\n  scaleout_bandwidth_gb_s: 40\n")
+    res = C.run_codesign(exp, p, C.load_prices(path), steps=40, lr=0.1, serving="disagg")
+    assert all(r["elasticities"]["scale_out_bandwidth"] == 0.0 for r in res.trajectory)
+    assert all(r["layout"].startswith("prefill ") for r in res.trajectory)
+    assert res.final["shares"]["hbm_bandwidth"] > 0.99
+    hw = exp.hardware
+    all_in = dataclasses.replace(exp, hardware=C.with_values(hw, {
+        "hbm_bandwidth": res.budget * (1 - C.SHARE_FLOOR) / 2000, "scale_out_bandwidth": res.budget * C.SHARE_FLOOR / 40}))
+    r = run_disagg_sweep(all_in, p)
+    best_possible = float(r.columns["tokens_per_s_per_gpu"][r.best])
+    got = res.final["tokens_per_s_per_gpu"]
+    assert got > res.start["tokens_per_s_per_gpu"]
+    assert got == pytest.approx(best_possible, rel=0.005)
+    assert got <= best_possible * (1 + 1e-5)
+
+
 def test_tensor_core_rates_move_together(exp):
     hw = exp.hardware
     h2 = C.with_values(hw, {"fp8_flops": 2 * hw.fp8_flops / 1e12})
