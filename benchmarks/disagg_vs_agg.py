@@ -16,7 +16,7 @@ import time
 
 from jaxplan.params import for_backend, params_for
 from jaxplan.specs import config_root, load_experiment
-from jaxplan.sweep import family_frontier, run_disagg_sweep, run_sweep, throughput_at
+from jaxplan.sweep import run_disagg_sweep, run_sweep
 
 CASES = (("gb200-nvl72", "fp4", 8192, 1024), ("h100-sxm", "fp8", 8192, 1024), ("gb200-nvl72", "fp4", 4400, 1200))
 TARGETS = (10, 20, 30, 50, 75, 100)

@@ -50,7 +50,7 @@ def test_claim2_ep_dp_only_layouts(gb200):
     c = res.columns
     only = (c["tp"] == 1) & (c["pp"] == 1)
     feasible = sorted({(int(e), int(d)) for e, d in zip(c["ep"][only & c["feasible"]], c["dp"][only & c["feasible"]])})
-    print(f"\n[claim 2] feasible EP x DP layouts on 64 GPUs (no TP, no PP): "
+    print("\n[claim 2] feasible EP x DP layouts on 64 GPUs (no TP, no PP): "
           + ", ".join(f"EP{e}·DP{d}" for e, d in feasible))
     assert feasible == [(8, 8), (16, 4)]
     # EP4 is excluded by memory: a quarter of the experts alone outweighs one GPU.
