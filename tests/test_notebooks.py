@@ -111,6 +111,11 @@ def test_hardware_sensitivity_notebook():
                    text, re.M)
     assert cd, "no co-design summary line"
     assert float(cd.group(2)) >= float(cd.group(1)) > 0.0
+    # disaggregated: a pick with both pools, and its elasticity table
+    dg = re.search(r"^best at the SLA, disaggregated: prefill \d+x\[.+\] \+ decode \d+x\[.+\]: (\d+\.\d+) tokens/s/GPU",
+                   text, re.M)
+    assert dg and float(dg.group(1)) > 0.0
+    assert "elasticities at the disaggregated pick" in text
 
 
 def test_fit_to_benchmarks_notebook():
