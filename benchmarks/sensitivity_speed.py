@@ -19,7 +19,7 @@ import numpy as np
 from jaxplan.params import for_backend, params_for
 from jaxplan.sensitivity import elasticities, run_sensitivity, used_params
 from jaxplan.specs import config_root, load_experiment
-from jaxplan.sweep import run_sweep
+from jaxplan.sweep import run_disagg_sweep, run_sweep
 
 
 def main(argv=None):
@@ -53,6 +53,27 @@ def main(argv=None):
     s = run_sensitivity(exp, p)
     print(f"run_sensitivity (sweep, {len(s.sweep.frontier)} frontier points + best, {len(s.switches)} re-sweeps): "
           f"{time.perf_counter() - t0:.2f} s warm")
+
+    # disaggregated: pairs of prefill and decode workers with their counts
+    run_disagg_sweep(exp, p)
+    t0 = time.perf_counter()
+    dres = run_disagg_sweep(exp, p)
+    dsweep_s = time.perf_counter() - t0
+    dargs = (p, exp.hardware, exp.model, exp.precision, exp.workload, dres.columns)
+    t0 = time.perf_counter()
+    elasticities(*dargs, np.asarray([dres.best]), exp.backend, "disagg")
+    print(f"\ndisaggregated: {len(dres.columns['tp']):,} deployments, one disagg sweep {dsweep_s:.2f} s warm; "
+          f"Jacobian compile (first call) {time.perf_counter() - t0:.1f} s")
+    rows = np.resize(np.arange(len(dres.columns["tp"])), 1024)
+    elasticities(*dargs, rows, exp.backend, "disagg")
+    t0 = time.perf_counter()
+    elasticities(*dargs, rows, exp.backend, "disagg")
+    dt = time.perf_counter() - t0
+    print(f"  1024 deployments: {dt:.3f} s = {1024 / dt:,.0f} deployments/s")
+    t0 = time.perf_counter()
+    s = run_sensitivity(exp, p, serving="disagg")
+    print(f"run_sensitivity(serving='disagg') ({len(s.sweep.frontier)} frontier points + best, {len(s.switches)} "
+          f"re-sweeps): {time.perf_counter() - t0:.2f} s warm")
 
 
 if __name__ == "__main__":
