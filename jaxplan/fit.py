@@ -523,10 +523,12 @@ def fit_command(args) -> int:
         params, rep = serving_fit(params, args.serving, hw.name, metrics=("tpot",))
         print(rep["text"])
         meta["serving_fit"] = {"source": str(args.serving),
-                               "train": f"{TRAIN_SYSTEM} rows: step/layer overheads on TPOT, disaggregation "
-                                        f"overheads on disaggregated TTFT",
+                               "train": f"{TRAIN_SYSTEM} rows: step/layer overheads on TPOT, request "
+                                        f"overheads on aggregated TTFT, disaggregation overheads on "
+                                        f"disaggregated TTFT",
                                "keys": sorted(rep["fitted_keys"]),
-                               "disagg": {b: d["status"] for b, d in rep["disagg_fit"].items()}}
+                               **{kind: {b: d["status"] for b, d in fits.items()}
+                                  for kind, fits in rep["overhead_fits"].items()}}
     out = save_params(params, args.out, meta=meta)
     print(f"wrote {out}")
     return 0

@@ -82,9 +82,13 @@ PARAM_SPECS: dict[str, ParamSpec] = {
     **{f"{kind}_overhead_{b}_s": _p(v, lo, hi, f"{kind} overhead of {b}", log=True)
        for b in ("trtllm", "vllm", "sglang")
        for kind, v, lo, hi in (("step", 2e-3, 1e-6, 5e-2), ("layer", 8e-6, 1e-8, 1e-3),
-                               ("disagg", 0.1, 1e-4, 2.0))},
+                               ("disagg", 0.1, 1e-4, 2.0), ("request", 1e-4, 1e-5, 2.0))},
     "disagg_overhead_s": _p(0.1, 1e-4, 2.0, "per request of a disaggregated deployment: routing, KV-receiver "
                                             "allocation and transfer handshake (size-independent)", log=True),
+    "request_overhead_s": _p(1e-4, 1e-5, 2.0, "per request before its first token outside the GPU work: the "
+                                              "serving front end (HTTP, tokenization, hand-off to the engine, "
+                                              "streaming the first token back); adds to TTFT, not to TPOT",
+                             log=True),
     # --- memory
     "mem_usable_frac": _p(0.92, 0.5, 1.0, "share of HBM the runtime may fill (fragmentation, allocator)"),
     "mem_reserve_gb": _p(4.0, 0.1, 40.0, "per-GPU runtime reserve: CUDA context, NCCL buffers, graphs", log=True),
@@ -154,9 +158,9 @@ BACKENDS = ("trtllm", "vllm", "sglang")
 
 
 def for_backend(params: Mapping, backend: str) -> Params:
-    """The parameters as one serving backend sees them: its own step, layer and disaggregation
-    overheads take the place of the generic ``step_overhead_s``, ``layer_overhead_s`` and
-    ``disagg_overhead_s``."""
+    """The parameters as one serving backend sees them: its own step, layer, disaggregation and
+    request overheads take the place of the generic ``step_overhead_s``, ``layer_overhead_s``,
+    ``disagg_overhead_s`` and ``request_overhead_s``."""
     if backend not in BACKENDS:
         raise SpecError(f"backend '{backend}' is unknown; allowed: {', '.join(BACKENDS)}")
     out = dict(params)
@@ -167,7 +171,7 @@ def for_backend(params: Mapping, backend: str) -> Params:
     for key, spec in PARAM_SPECS.items():
         if key.startswith("gemm_quant_") and key in out:
             out[key] = jnp.asarray(spec.default, jnp.float32)
-    for kind in ("step", "layer", "disagg"):
+    for kind in ("step", "layer", "disagg", "request"):
         key = f"{kind}_overhead_{backend}_s"
         if key in out:
             out[f"{kind}_overhead_s"] = out[key]

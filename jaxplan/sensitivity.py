@@ -107,7 +107,7 @@ def scaled_label(hw_name: str, scales: Mapping[str, float]) -> str:
 def used_params(p: Mapping) -> list[str]:
     """Parameters a sweep reads (backend-specific copies and fit-only terms are not inputs here)."""
     from .params import BACKENDS
-    skip = {f"{k}_overhead_{b}_s" for k in ("step", "layer", "disagg") for b in BACKENDS}
+    skip = {f"{k}_overhead_{b}_s" for k in ("step", "layer", "disagg", "request") for b in BACKENDS}
     skip |= {k for k in p if k.startswith(("moe_imbalance_powerlaw", "nccl_"))}
     return [k for k in p if k not in skip]
 

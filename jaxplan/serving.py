@@ -129,6 +129,7 @@ def evaluate(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: 
     if scheduler not in ("mixed", "wave"):
         raise ValueError(f"scheduler '{scheduler}'; allowed: mixed, wave")
     isl, osl, g = wl.isl, wl.osl, lay.adp
+    o_req = p["request_overhead_s"]           # front end, before the engine sees the request
     B = lay.batch / g
     Br = jnp.minimum(B, admitted_batch(p, hw, model, prec, wl, lay))
     zero = jnp.zeros_like(B)
@@ -138,8 +139,8 @@ def evaluate(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: 
         t_chunk = round_time(p, hw, model, prec, wl, lay, zero, g * c)
         t_plain = round_time(p, hw, model, prec, wl, lay, g * Br, 0.0)
         tpot = t_plain + (k - 1.0) / 2.0 * t_chunk / osl
-        ttft0 = (k + 1.0) / 2.0 * t_chunk
-        x_g = Br / (k * t_chunk + osl * t_plain)
+        ttft0 = (k + 1.0) / 2.0 * t_chunk + o_req
+        x_g = Br / (k * t_chunk + osl * t_plain + o_req)
         d = Br
         saturated = jnp.zeros_like(B, dtype=bool)
     else:
@@ -165,7 +166,7 @@ def evaluate(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: 
             # already started the next iteration for the others, so the prompt waits about one
             # mean iteration (not when it is alone: nothing runs without it).
             residual = (1.0 - 1.0 / jnp.maximum(Br, 1.0)) * t_mean
-            return c, t_chunk, t_plain, t_mean, tpot, residual + n_iter * t_chunk
+            return c, t_chunk, t_plain, t_mean, tpot, o_req + residual + n_iter * t_chunk
 
         def step(_, carry):
             d = carry[0]
@@ -216,7 +217,7 @@ def cold_start_ttft(p, hw: Hardware, model: Model, prec: Precision, wl: Workload
     k = jnp.maximum(Br * wl.isl / lay.chunk, 1.0)
     t_wave = round_time(p, hw, model, prec, wl, lay, m["decoding_requests"],
                         g * jnp.minimum(lay.chunk, m_max * wl.isl))
-    return jnp.maximum((k + 1.0) / 2.0 * t_wave, m["ttft_s"])
+    return jnp.maximum(p["request_overhead_s"] + (k + 1.0) / 2.0 * t_wave, m["ttft_s"])
 
 
 EVALUATORS = {"mixed": evaluate, "wave": functools.partial(evaluate, scheduler="wave")}
@@ -315,7 +316,7 @@ def disagg_pair(p, osl, pre_rate, pre_latency, dec_rate, dec_tpot, x, y, t_kv, g
     and traced values (elasticities)."""
     X = jnp.minimum(y * dec_rate, x * pre_rate)
     rho = X / (x * pre_rate)
-    ttft = pre_latency + prefill_wait(rho, pre_rate) + t_kv + p["disagg_overhead_s"]
+    ttft = pre_latency + prefill_wait(rho, pre_rate) + t_kv + p["disagg_overhead_s"] + p["request_overhead_s"]
     return {"requests_per_s": X, "prefill_utilization": rho, "ttft_s": ttft, "tpot_s": dec_tpot,
             "tokens_per_s_per_user": 1.0 / dec_tpot, "tokens_per_s_per_gpu": X * osl / gpus}
 
@@ -360,7 +361,8 @@ def evaluate_disagg(p, hw: Hardware, model: Model, prec: Precision, wl: Workload
     def state(b):
         tpot = round_time(p, hw, model, prec, wl, dec._replace(batch=b), b, jnp.float32(0.0))
         X = jnp.minimum(y * b / (osl * tpot), cap)
-        ttft0 = pw["latency_s"] + prefill_wait(X / cap, pw["rate"]) + t_kv + p["disagg_overhead_s"]
+        ttft0 = (pw["latency_s"] + prefill_wait(X / cap, pw["rate"]) + t_kv + p["disagg_overhead_s"]
+                 + p["request_overhead_s"])
         return tpot, X, ttft0
 
     def step(_, carry):
@@ -379,7 +381,7 @@ def evaluate_disagg(p, hw: Hardware, model: Model, prec: Precision, wl: Workload
             "kv_transfer_s": t_kv, "prefill_latency_s": pw["latency_s"],
             "prefill_utilization": X / cap, "prefill_workers": x, "decode_workers": y,
             "prefill_capacity_rps": cap, "prefill_slots": x * pre.adp * pw["prompts_per_iter"],
-            "unqueued_ttft_s": pw["latency_s"] + t_kv + p["disagg_overhead_s"]}
+            "unqueued_ttft_s": pw["latency_s"] + t_kv + p["disagg_overhead_s"] + p["request_overhead_s"]}
 
 
 def disagg_cold_start_ttft(m: dict, concurrency):

@@ -49,8 +49,9 @@ own ``o`` alone. The fit tabulates that function exactly with the compiled forwa
 log grid of ``o`` and optimizes through a log-log interpolation of the table; the Adam step
 (Optax, jit-compiled, masked to the serving keys) then costs microseconds. Autodiff straight
 through ``evaluate`` is correct too but compiles for 10-30 s per model on a 2-core CPU.
-:func:`fit_disagg_overheads` then fits each backend's per-request disaggregation overhead to its
-disaggregated rows' TTFT the same way (one table per backend, a 1-D Adam fit).
+:func:`fit_ttft_overheads` then fits each backend's per-request TTFT overheads the same way (one
+table per backend, a 1-D Adam fit): the front end's on the aggregated rows, the disaggregation
+protocol's on the disaggregated rows.
 """
 from __future__ import annotations
 
@@ -1040,47 +1041,58 @@ def fit_serving(params, cases: Sequence[ServingCase], keys: Iterable[str] = SERV
     return out, info
 
 
-# Per-backend disaggregation overheads (``disagg_overhead_<b>_s``): the per-request time of the
-# disaggregation protocol (routing, KV-receiver allocation, transfer handshake) beyond prefill,
-# KV transfer and queueing. Each backend's value enters only that backend's disagg rows, so each
-# is a 1-D fit of those rows' TTFT through an exact table on a log grid (as for the step overhead).
-DISAGG_KEYS = tuple(f"disagg_overhead_{b}_s" for b in BACKENDS)
-DISAGG_GRID = np.geomspace(PARAM_SPECS["disagg_overhead_s"].lo, PARAM_SPECS["disagg_overhead_s"].hi, 49)
-MIN_DISAGG_ROWS = 8
+# Per-backend per-request TTFT overheads, each a 1-D fit of the TTFT of that backend's rows
+# through an exact table on a log grid (as for the step overhead):
+# - ``request_overhead_<b>_s`` (aggregated rows): the serving front end before and after the engine
+#   (HTTP, tokenization, hand-off, streaming the first token back);
+# - ``disagg_overhead_<b>_s`` (disaggregated rows): the disaggregation protocol (routing, KV-receiver
+#   allocation, transfer handshake) beyond prefill, KV transfer and queueing.
+TTFT_OVERHEAD_MODES = {"request": "agg", "disagg": "disagg"}
+MIN_OVERHEAD_ROWS = 8
 
 
-def fit_disagg_overheads(params, cases: Sequence[ServingCase], steps: int = 300, lr: float = 0.1,
-                         min_rows: int = MIN_DISAGG_ROWS) -> tuple[dict, dict]:
-    """Fit each backend's ``disagg_overhead_<b>_s`` to the measured TTFT of its disaggregated
-    ``cases`` (Optax Adam on log o through a log-log interpolated table of the benchmark TTFT over
-    :data:`DISAGG_GRID`). Loss: mean absolute log ratio, not squared: these TTFTs carry a heavy
-    tail of one-off stalls (11 s at N = 64 beside 0.7 s rows of the same deployment; repeated
-    runs that differ 2x), and a per-request constant should fit the typical request. On the
-    SGLang rows the squared loss gives 0.36 s (H100 TTFT MAPE 60%, H200 48%), the absolute one
-    0.25 s (49%, 43%; 0.1 s: 54%, 44%). A backend keeps its current value when
-    it has fewer than ``min_rows`` rows, or when the fit ends at a bound of the parameter's range:
-    then no per-request constant explains its rows and pinning one at the bound would only move
-    the error elsewhere. ``params``: one params dict or hardware name -> params dict. Returns
-    (fitted values of the accepted keys, per-backend report)."""
+def overhead_grid(kind: str) -> np.ndarray:
+    spec = PARAM_SPECS[f"{kind}_overhead_s"]
+    return np.geomspace(spec.lo, spec.hi, 49)
+
+
+def fit_ttft_overheads(params, cases: Sequence[ServingCase], kind: str = "disagg", steps: int = 300,
+                       lr: float = 0.1, min_rows: int = MIN_OVERHEAD_ROWS) -> tuple[dict, dict]:
+    """Fit each backend's ``<kind>_overhead_<b>_s`` (kind ``request``: aggregated rows; ``disagg``:
+    disaggregated rows) to the measured TTFT of its ``cases`` (Optax Adam on log o through a
+    log-log interpolated table of the benchmark TTFT over :func:`overhead_grid`).
+
+    Loss: mean absolute log ratio, not squared: these TTFTs carry a heavy tail of one-off stalls
+    (11 s at N = 64 beside 0.7 s rows of the same disaggregated deployment; repeated runs that
+    differ 2x), and a per-request constant should fit the typical request. On the SGLang disagg
+    rows the squared loss gives 0.36 s (H100 TTFT MAPE 60%, H200 48%), the absolute one 0.25 s
+    (49%, 43%; 0.1 s: 54%, 44%). A backend keeps its current value when it has fewer than
+    ``min_rows`` rows, or when the fit ends at a bound of the parameter's range: then no
+    per-request constant explains its rows and pinning one at the bound would only move the error
+    elsewhere. ``params``: one params dict or hardware name -> params dict. Returns (fitted values
+    of the accepted keys, per-backend report)."""
     import optax
 
+    if kind not in TTFT_OVERHEAD_MODES:
+        raise SpecError(f"fit_ttft_overheads: kind '{kind}'; allowed: {', '.join(TTFT_OVERHEAD_MODES)}")
+    grid = overhead_grid(kind)
     multi = all(isinstance(v, Mapping) for v in params.values())
     by_hw = {k: dict(v) for k, v in params.items()} if multi else None
-    rows = [c for c in cases if c.mode == "disagg"]
-    loggrid = jnp.asarray(np.log(DISAGG_GRID), jnp.float32)
+    rows = [c for c in cases if c.mode == TTFT_OVERHEAD_MODES[kind]]
+    loggrid = jnp.asarray(np.log(grid), jnp.float32)
     fitted, report = {}, {}
     for b in BACKENDS:
         sub = [c for c in rows if c.backend == b]
-        key = f"disagg_overhead_{b}_s"
+        key = f"{kind}_overhead_{b}_s"
         ref = (next(iter(by_hw.values())) if multi else params)
         start = float(ref[key])
         if len(sub) < min_rows:
             report[b] = {"rows": len(sub), "status": f"kept {start:.3g} s: {len(sub)} rows < {min_rows}"}
             continue
         groups = build_groups(sub)
-        table = np.zeros((len(sub), len(DISAGG_GRID)))
-        for j, o in enumerate(DISAGG_GRID):
-            set_o = lambda p: {**p, key: np.float32(o)}
+        table = np.zeros((len(sub), len(grid)))
+        for j, o in enumerate(grid):
+            set_o = lambda p: {**p, key: np.float32(o)}  # noqa: E731
             p = {h: set_o(v) for h, v in by_hw.items()} if multi else set_o(params)
             table[:, j] = predict(sub, p, groups=groups)["ttft_s"]
         lt = jnp.asarray(np.log(table), jnp.float32)
@@ -1103,9 +1115,8 @@ def fit_disagg_overheads(params, cases: Sequence[ServingCase], steps: int = 300,
             logo, state, _ = step(logo, state)
         o = float(jnp.exp(logo))
         info = {"rows": len(sub), "start_s": start, "fit_s": o, "loss_before": float(loss_fn(jnp.log(start))),
-                "loss": "mean |log(pred / measured)|",
-                "loss_after": float(loss_fn(logo))}
-        if not DISAGG_GRID[0] * 1.02 < o < DISAGG_GRID[-1] / 1.02:
+                "loss": "mean |log(pred / measured)|", "loss_after": float(loss_fn(logo))}
+        if not grid[0] * 1.02 < o < grid[-1] / 1.02:
             info["status"] = (f"kept {start:.3g} s: the fit ends at the bound {o:.3g} s (no per-request "
                               f"constant explains these rows)")
         else:
@@ -1117,12 +1128,12 @@ def fit_disagg_overheads(params, cases: Sequence[ServingCase], steps: int = 300,
 
 def serving_fit(params, serving_path, hardware: str | None = None, *, steps: int = 300, seed: int = 0,
                 max_cases: int | None = None, data_dir=None, holdout_params=None,
-                metrics: Sequence[str] = ("ttft", "tpot"), disagg: bool = True) -> tuple[dict, dict]:
+                metrics: Sequence[str] = ("ttft", "tpot"), ttft_overheads: bool = True) -> tuple[dict, dict]:
     """``jaxplan fit --serving FILE``: fit the per-backend overheads on the H100 rows of FILE and
     report H200 rows as holdout. Returns (params with the fitted overheads, report dict). The
-    step/layer overheads are fitted on ``metrics`` of all train rows, then (``disagg``) each
-    backend's disaggregation overhead on its disaggregated rows' TTFT
-    (:func:`fit_disagg_overheads`).
+    step/layer overheads are fitted on ``metrics`` of all train rows, then (``ttft_overheads``)
+    each backend's request overhead on its aggregated rows' TTFT and its disaggregation overhead
+    on its disaggregated rows' TTFT (:func:`fit_ttft_overheads`).
 
     ``params``: the (kernel-fitted) parameters used for every row; ``holdout_params`` (default:
     ``params``) for the H200 rows, with the fitted overheads copied in. ``hardware`` is accepted
@@ -1135,15 +1146,18 @@ def serving_fit(params, serving_path, hardware: str | None = None, *, steps: int
     hold_base = dict(holdout_params if holdout_params is not None else params)
     by_hw_before = {"h100-sxm": dict(params), "h200-sxm": hold_base}
     fitted, info = fit_serving(params, train, SERVING_KEYS, steps, seed, max_cases=max_cases, metrics=metrics)
-    # Then each backend's disaggregation overhead, on the TTFT of its disaggregated train rows,
-    # with the step and layer overheads just fitted.
-    disagg_fitted, disagg_info = fit_disagg_overheads(fitted, train) if disagg else ({}, {})
-    fitted = {**fitted, **disagg_fitted}
-    moved = list(SERVING_KEYS) + sorted(disagg_fitted)
+    # Then each backend's per-request TTFT overheads, with the step and layer overheads just
+    # fitted: the front end's on the aggregated rows' TTFT, then the disaggregation protocol's on
+    # the disaggregated rows' TTFT (which the front end's is part of).
+    overhead_info, moved = {}, list(SERVING_KEYS)
+    for kind in (TTFT_OVERHEAD_MODES if ttft_overheads else ()):
+        got, overhead_info[kind] = fit_ttft_overheads(fitted, train, kind)
+        fitted = {**fitted, **got}
+        moved += sorted(got)
     by_hw_after = {"h100-sxm": fitted, "h200-sxm": {**hold_base, **{k: fitted[k] for k in moved}}}
-    report = {"hardware": hardware, "serving_file": str(serving_path), "fit": info, "disagg_fit": disagg_info,
-              "fitted_keys": moved, "unmapped": len(unmapped), "train_rows": len(train),
-              "holdout_rows": len(hold)}
+    report = {"hardware": hardware, "serving_file": str(serving_path), "fit": info,
+              "overhead_fits": overhead_info, "fitted_keys": moved, "unmapped": len(unmapped),
+              "train_rows": len(train), "holdout_rows": len(hold)}
     for label, subset in (("train", train), ("holdout", hold)):
         if not subset:
             continue
@@ -1163,9 +1177,11 @@ def format_fit_report(report: Mapping) -> str:
              + (f" (the fit saw a subsample of {info['n_cases']})" if info["subsampled"] else "")
              + f", {HOLDOUT_SYSTEM} holdout {report['holdout_rows']} rows; {info['seconds']:.1f} s",
              "fitted: " + ", ".join(f"{k} = {1e3 * v:.3g} ms" for k, v in info["fitted"].items())]
-    for b, d in report.get("disagg_fit", {}).items():
-        loss = f"; loss {d['loss_before']:.3f} -> {d['loss_after']:.3f}" if "loss_after" in d else ""
-        lines.append(f"disagg_overhead_{b}_s on {d['rows']} disaggregated TTFT rows: {d['status']}{loss}")
+    for kind, per_backend in report.get("overhead_fits", {}).items():
+        for b, d in per_backend.items():
+            loss = f"; loss {d['loss_before']:.3f} -> {d['loss_after']:.3f}" if "loss_after" in d else ""
+            lines.append(f"{kind}_overhead_{b}_s on {d['rows']} {TTFT_OVERHEAD_MODES[kind]} TTFT rows: "
+                         f"{d['status']}{loss}")
     for label in ("train", "holdout"):
         if f"{label}_before" not in report:
             continue

@@ -100,8 +100,8 @@ def test_disagg_cold_start_wave_queues_behind_the_prefill_slots(p):
         r = evaluate_disagg(p, hw, m, prec, wl, pre, dec, 1.0, 2.0, n, True)
         f = {k: float(v) for k, v in r.items()}
         assert f["prefill_capacity_rps"] == pytest.approx(cap, rel=1e-5)
-        assert f["unqueued_ttft_s"] == pytest.approx(pw["latency_s"] + f["kv_transfer_s"]
-                                                     + float(p["disagg_overhead_s"]), rel=1e-5)
+        assert f["unqueued_ttft_s"] == pytest.approx(pw["latency_s"] + f["kv_transfer_s"] + float(p["disagg_overhead_s"])
+                                                     + float(p["request_overhead_s"]), rel=1e-5)
         cold[n], steady[n] = float(disagg_cold_start_ttft(r, n)), f["ttft_s"]
         want = f["unqueued_ttft_s"] + max(n - 8.0, 0.0) / (2 * cap)
         assert cold[n] == pytest.approx(max(want, f["ttft_s"]), rel=1e-5)

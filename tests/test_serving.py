@@ -306,7 +306,7 @@ def test_steady_state_packs_the_arrivals_of_one_iteration_and_cold_start_packs_a
     complete one at a time, d/osl of them per iteration, so an iteration carries a prompt plus
     that many more: ~1032 tokens, not the 8192 the chunk could hold. A cold start (all 8 arriving
     together) packs all 8 prompts, k = 8 * 1024 / 8192 = 1 iteration, mean TTFT (k + 1)/2 = 1 such
-    iteration."""
+    iteration (plus the front end's request overhead)."""
     from jaxplan.serving import cold_start_ttft, round_time
     model = models("llama-3.1-8b")
     wl = Workload(1024.0, 1024.0)
@@ -318,11 +318,29 @@ def test_steady_state_packs_the_arrivals_of_one_iteration_and_cold_start_packs_a
     assert 7.9 < d < 8.0
     assert m["prefill_tokens_per_iter"] == pytest.approx(1024 * (1 + d / 1024), rel=1e-5)
     t_wave = float(round_time(p, h100, model, fp8, wl, lay, jnp.float32(d), jnp.float32(8 * 1024)))
-    assert m["cold_start_ttft_s"] == pytest.approx(t_wave, rel=1e-5)
+    assert m["cold_start_ttft_s"] == pytest.approx(float(p["request_overhead_s"]) + t_wave, rel=1e-5)
     # steady TTFT: wait for the iteration in flight (7 of 8 requests keep the engine busy), then
     # one iteration with the prompt
     assert m["ttft_s"] < m["cold_start_ttft_s"]
     assert m["ttft_s"] > m["chunk_iter_s"]
+
+
+def test_request_overhead_adds_to_ttft_only(p, h100, fp8, models):
+    """A front-end latency o before the engine sees a request: one request alone (no iteration in
+    flight to wait for) gets TTFT + o exactly up to the closed loop's small shift of its decode
+    share; TPOT does not change; in the closed loop the client's cycle grows by o, so the request
+    rate falls to N / (TTFT + o + osl * TPOT)."""
+    model = models("llama-3.1-8b")
+    wl = Workload(1024.0, 256.0)
+    lay = Layout(*(jnp.float32(v) for v in (1, 1, 1, 1, 1, 8192, 1)))
+    ev = jax.jit(evaluate, static_argnums=(2, 3))
+    o = 0.2
+    a = {k: float(v) for k, v in ev({**p, "request_overhead_s": jnp.float32(1e-5)}, h100, model, fp8, wl, lay).items()}
+    b = {k: float(v) for k, v in ev({**p, "request_overhead_s": jnp.float32(o)}, h100, model, fp8, wl, lay).items()}
+    assert b["ttft_s"] - a["ttft_s"] == pytest.approx(o - 1e-5, rel=1e-3)
+    assert b["tpot_s"] == pytest.approx(a["tpot_s"], rel=1e-3)
+    for m in (a, b):        # Little's law over the client's cycle, one request in flight
+        assert m["requests_per_s"] * (m["ttft_s"] + wl.osl * m["tpot_s"]) == pytest.approx(1.0, rel=1e-3)
 
 
 def test_benchmark_ttft_mixes_one_cold_wave_into_the_steady_state():

@@ -242,12 +242,12 @@ def test_disagg_overhead_fit_recovers_a_known_overhead(loaded):
     p = default_params()
     truth = vs.predict(sub, {**p, "disagg_overhead_sglang_s": np.float32(0.3)})["ttft_s"]
     synth = [dataclasses.replace(c, ttft_ms=float(t) * 1e3) for c, t in zip(sub, truth)]
-    fitted, rep = vs.fit_disagg_overheads(p, synth)
+    fitted, rep = vs.fit_ttft_overheads(p, synth, "disagg")
     assert float(fitted["disagg_overhead_sglang_s"]) == pytest.approx(0.3, rel=0.03)
     assert rep["sglang"]["loss_after"] < rep["sglang"]["loss_before"]
     assert rep["trtllm"]["rows"] == 0 and "kept" in rep["trtllm"]["status"]
     stalls = [dataclasses.replace(c, ttft_ms=float(t) * 5e4) for c, t in zip(sub, truth)]
-    fitted, rep = vs.fit_disagg_overheads(p, stalls)
+    fitted, rep = vs.fit_ttft_overheads(p, stalls, "disagg")
     assert "disagg_overhead_sglang_s" not in fitted and "bound" in rep["sglang"]["status"]
 
 
@@ -297,3 +297,26 @@ def test_memory_cap_flags_overfull_replicas(by_id):
     cap = vs.memory_batch_cap(cases, default_params())
     assert cap[0] >= float(small.layout.batch)        # 8 short requests beside 16 GB of Llama-8B
     assert 0 < cap[1] < float(big.layout.batch)
+
+
+def test_request_overhead_fit_recovers_a_known_front_end_latency(loaded):
+    """Aggregated TTFTs synthesized with request_overhead_trtllm_s = 0.12 s (a front end's latency
+    before the engine sees the request): the fit from the neutral 0.1 ms recovers it. It is spent
+    outside the GPU, so TTFT rises, while TPOT can only fall: in the closed loop the front end holds
+    some of the N requests and fewer decode at once."""
+    import dataclasses
+    cases, _ = loaded
+    pool = [c for c in cases if c.mode == "agg" and c.backend == "trtllm" and c.system == vs.TRAIN_SYSTEM
+            and c.model.name == "llama-3.1-8b"]
+    sub = vs.subsample(pool, 16, seed=1)
+    p = default_params()
+    base = vs.predict(sub, p)
+    with_o = vs.predict(sub, {**p, "request_overhead_trtllm_s": np.float32(0.12)})
+    assert np.all(with_o["tpot_s"] <= base["tpot_s"] * (1 + 1e-6))
+    assert np.all(with_o["decode_batch"] <= base["decode_batch"] * (1 + 1e-6))
+    assert np.all(with_o["ttft_s"] > base["ttft_s"])
+    synth = [dataclasses.replace(c, ttft_ms=float(t) * 1e3) for c, t in zip(sub, with_o["ttft_s"])]
+    fitted, rep = vs.fit_ttft_overheads(p, synth, "request")
+    assert float(fitted["request_overhead_trtllm_s"]) == pytest.approx(0.12, rel=0.03)
+    assert set(fitted) == {"request_overhead_trtllm_s"}
+    assert "rows < 8" in rep["vllm"]["status"]
