@@ -2,9 +2,10 @@
 
 The loss is a Huber loss of the log ratio of predicted to measured time, ``x = log t_pred -
 log t_meas``: ``x**2`` for ``|x| <= 0.1``, linear beyond (:func:`residual_loss`), averaged per
-kernel kind and then over kinds (each kind counts equally, however many rows it has). Parameters are optimized in the unconstrained space of
-:func:`jaxplan.params.to_raw` by Adam from the defaults, in one jit-compiled step over fixed-shape
-arrays; the run is deterministic (fixed subsample seed, fixed initial point, fixed step count).
+kernel kind and then over kinds (each kind counts equally, however many rows it has). Parameters
+are optimized in the unconstrained space of :func:`jaxplan.params.to_raw` by Adam from the
+defaults, in one jit-compiled step over fixed-shape arrays; the run is deterministic (fixed
+subsample seed, fixed initial point, fixed step count).
 
 Parameters that no training row depends on (their gradient is exactly zero: serving overheads,
 memory, scale-out collectives, FP4 rates on Hopper, ...) are frozen at their current values.

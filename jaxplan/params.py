@@ -87,7 +87,8 @@ PARAM_SPECS: dict[str, ParamSpec] = {
                                             "allocation and transfer handshake (size-independent)", log=True),
     "request_overhead_s": _p(1e-4, 1e-5, 2.0, "per request before its first token outside the GPU work: the "
                                               "serving front end (HTTP, tokenization, hand-off to the engine, "
-                                              "streaming the first token back); adds to TTFT, not to TPOT",
+                                              "streaming the first token back); adds to TTFT (and to the client's closed-loop "
+                                              "cycle), costs no GPU time",
                              log=True),
     # --- memory
     "mem_usable_frac": _p(0.92, 0.5, 1.0, "share of HBM the runtime may fill (fragmentation, allocator)"),

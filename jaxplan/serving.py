@@ -113,6 +113,10 @@ def evaluate(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: 
     Admission: only the requests whose KV cache fits run (``admitted_batch``); the others wait,
     and Little's law puts the wait into TTFT.
 
+    Front end: every request spends ``request_overhead_s`` outside the GPU before its first token
+    reaches the client (HTTP, tokenization, hand-off, streaming); it adds to the unqueued TTFT and
+    to the client's cycle, so the engine runs a little fewer of the ``batch`` requests at once.
+
     ``scheduler="mixed"`` (TensorRT-LLM, vLLM: prompt chunks ride along with decode tokens): in
     steady state completions, and so arrivals, are staggered; an iteration packs the waiting
     prompts, ``m = 1 + d / osl`` of them on average (the prompt and the arrivals of one iteration),
@@ -312,7 +316,8 @@ def disagg_pair(p, osl, pre_rate, pre_latency, dec_rate, dec_tpot, x, y, t_kv, g
     """A planned disaggregated deployment of ``x`` prefill and ``y`` decode workers under open-loop
     load: completions X = min(y * decode rate, x * prefill rate) (the sweep sizes x so the decode
     pool is the limit), TTFT = prefill latency + M/D/1 wait at the prefill utilization + KV transfer
-    + the per-request overhead, TPOT the decode worker's. Works on numpy arrays (the sweep's pairs)
+    + the per-request overheads (disaggregation protocol, serving front end), TPOT the decode
+    worker's. Works on numpy arrays (the sweep's pairs)
     and traced values (elasticities)."""
     X = jnp.minimum(y * dec_rate, x * pre_rate)
     rho = X / (x * pre_rate)
@@ -341,8 +346,8 @@ def evaluate_disagg(p, hw: Hardware, model: Model, prec: Precision, wl: Workload
     Decode workers share the requests that are past prefill; TPOT is their round time. Rates must
     match: completions X = min(y * decode rate, x * prefill rate). Decode workers admit only the
     requests whose KV cache fits. TTFT = prefill queueing (M/D/1 at the prefill utilization) +
-    prefill compute + the KV-cache transfer + a fixed per-request disaggregation overhead
-    (routing, KV-receiver allocation, handshake), and, once the prefill pool saturates or decode
+    prefill compute + the KV-cache transfer + fixed per-request overheads (the disaggregation
+    protocol: routing, KV-receiver allocation, handshake; the serving front end), and, once the prefill pool saturates or decode
     memory is full, whatever wait Little's law N = X * (TTFT + osl * TPOT) leaves."""
     osl = wl.osl
     pw = prefill_worker(p, hw, model, prec, wl, pre)
