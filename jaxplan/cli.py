@@ -210,6 +210,12 @@ def cmd_explain(args) -> int:
 
     exp, p, source = _load(args)
     given = [args.tp, args.pp, args.ep, args.dp, args.batch, args.chunk]
+    if getattr(args, "serving", "agg") == "disagg":
+        if any(v is not None for v in given + [args.adp]):
+            raise SpecError("--serving disagg explains the disaggregated sweep's best deployment at the SLA; "
+                            "--tp/--pp/--ep/--dp/--adp/--batch/--chunk describe one aggregated layout and cannot "
+                            "be combined with it")
+        return _explain_disagg(args, exp, p, source)
     if all(v is None for v in given):
         from .sweep import run_sweep
         res = run_sweep(exp, p, params_source=source)
@@ -259,20 +265,81 @@ def cmd_explain(args) -> int:
           f"reserve {mem['reserve']:.1f})" + ("" if m["feasible"] > 0.5 else "  ** DOES NOT FIT **"))
     for phase, title in (("chunk_iteration", "iteration with a prefill chunk"),
                          ("decode_iteration", "decode-only iteration")):
-        total = groups[phase]["TOTAL"]["total"]
-        rows = []
-        for k, v in sorted(((k, v) for k, v in groups[phase].items() if k != "TOTAL"),
-                           key=lambda kv: -kv[1]["total"]):
-            rows.append({"op": k, "ms": f"{1e3 * v['total']:.3f}", "share": f"{100 * v['total'] / total:.1f}%",
-                         "bound": max(("compute", "memory", "comm_tp", "comm_ep", "comm_pp", "overhead"),
-                                      key=lambda f: v[f])})
+        rows, total = _op_rows(ex[phase])
         print(f"\n  {title}: {1e3 * total:.2f} ms")
-        print("  " + report.table(rows, (("op", "op", ""), ("ms", "ms", ""), ("share", "share", ""),
-                                         ("bound", "mostly", ""))).replace("\n", "\n  "))
+        print("  " + report.table(rows, OP_TABLE).replace("\n", "\n  "))
     kinds = {r["name"]: r["kind"] for r in recs}
     rows = [{"x": label_of(kinds[k], k), **{m: f"{sens[m][k]:+.3f}" for m in sens}} for k in sens["ttft_s"]]
     print("\n  elasticities: % change of each metric per +1% of the input (exact derivatives of the model; "
           "`jaxplan sensitivity` adds the fitted parameters and the frontier):")
+    print("  " + report.table(rows, (("x", "input", ""), ("tokens_per_s_per_gpu", "tok/s/GPU", ""),
+                                     ("tokens_per_s_per_user", "tok/s/user", ""),
+                                     ("ttft_s", "TTFT", ""))).replace("\n", "\n  "))
+    return 0
+
+
+OP_TABLE = (("op", "op", ""), ("ms", "ms", ""), ("share", "share", ""), ("bound", "mostly", ""))
+
+
+def _op_rows(ops: dict) -> tuple[list[dict], float]:
+    """Table rows of an iteration's op breakdown (op -> Cost), longest first, and the total."""
+    from .cost import sum_costs
+    total = float(sum_costs(ops.values()).total())
+    fields = ("compute", "memory", "comm_tp", "comm_ep", "comm_pp", "overhead")
+    rows = [{"op": k, "ms": f"{1e3 * float(c.total()):.3f}", "share": f"{100 * float(c.total()) / total:.1f}%",
+             "bound": max(fields, key=lambda f: float(getattr(c, f))) if float(c.total()) > 0 else "-"}
+            for k, c in sorted(ops.items(), key=lambda kv: -float(kv[1].total()))]
+    return rows, total
+
+
+def _explain_disagg(args, exp, p, source) -> int:
+    import jax
+    import numpy as np
+
+    from . import report
+    from .sensitivity import METRICS, _row_args, elasticities, label_of
+    from .serving import explain_disagg
+    from .sweep import run_disagg_sweep
+
+    res = run_disagg_sweep(exp, p, params_source=source)
+    if res.best is None:
+        raise SpecError(f"no disaggregated deployment meets the SLA ({_sla_text(exp)})")
+    row = res.row(res.best)
+    args_ = jax.tree_util.tree_map(lambda v: v[0], _row_args(res.columns, np.asarray([res.best]), exp.hardware,
+                                                             "disagg"))
+    ex = explain_disagg(p, exp.hardware, exp.model, exp.precision, exp.workload, *args_)
+    recs = [r for r in elasticities(p, exp.hardware, exp.model, exp.precision, exp.workload, res.columns,
+                                    [res.best], exp.backend, "disagg") if r["kind"] != "param"]
+    sens = {m: {r["name"]: r[f"elasticity_{m}"] for r in recs} for m in METRICS}
+    label = report.label(row)
+    pre_rows, pre_total = _op_rows(ex["prefill_iteration"])
+    dec_rows, dec_total = _op_rows(ex["decode_iteration"])
+    if args.json:
+        sys.stdout.write(report.to_json({"deployment": {k: row[k] for k in row if k.startswith(("prefill_", "decode_"))}
+                                         | {"label": label}, "experiment": exp.name, "params_source": source,
+                                         "metrics": ex["metrics"], "ttft_parts_s": ex["ttft_parts_s"],
+                                         "memory_gb": ex["memory_gb"], "elasticities": sens,
+                                         "prefill_iteration_ms": {r["op"]: float(r["ms"]) for r in pre_rows},
+                                         "decode_iteration_ms": {r["op"]: float(r["ms"]) for r in dec_rows}}))
+        return 0
+    m = ex["metrics"]
+    print(f"{_title(exp, parse_scales(args.scale))}, disaggregated\n{label} (the disaggregated sweep's best at the "
+          f"SLA); parameters: {source}\n")
+    print(f"  TTFT {m['ttft_s']:.3f} s   TPOT {1e3 * m['tpot_s']:.2f} ms   {m['tokens_per_s_per_user']:.1f} "
+          f"tokens/s/user   {m['tokens_per_s_per_gpu']:.1f} tokens/s/GPU   {m['requests_per_s']:.2f} requests/s, "
+          f"prefill workers {100 * m['prefill_utilization']:.0f}% busy")
+    print("  TTFT = " + " + ".join(f"{k} {1e3 * v:.1f} ms" for k, v in ex["ttft_parts_s"].items()))
+    for pool in ("prefill", "decode"):
+        mem = ex["memory_gb"][pool]
+        print(f"  {pool} worker memory per GPU: {mem['total']:.1f} GB of {mem['capacity']:.1f} usable (weights "
+              f"{mem['weights']:.1f}, KV {mem['kv_cache']:.1f}, activations {mem['activations']:.1f})")
+    for title, rows, total in (("prefill worker iteration", pre_rows, pre_total),
+                               ("decode worker iteration (= TPOT)", dec_rows, dec_total)):
+        print(f"\n  {title}: {1e3 * total:.2f} ms")
+        print("  " + report.table(rows, OP_TABLE).replace("\n", "\n  "))
+    kinds = {r["name"]: r["kind"] for r in recs}
+    rows = [{"x": label_of(kinds[k], k), **{mm: f"{sens[mm][k]:+.3f}" for mm in sens}} for k in sens["ttft_s"]]
+    print("\n  elasticities at these worker layouts and counts (% change per +1% of the input):")
     print("  " + report.table(rows, (("x", "input", ""), ("tokens_per_s_per_gpu", "tok/s/GPU", ""),
                                      ("tokens_per_s_per_user", "tok/s/user", ""),
                                      ("ttft_s", "TTFT", ""))).replace("\n", "\n  "))
@@ -456,6 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
     for k in ("tp", "pp", "ep", "dp", "adp", "batch", "chunk"):
         ep.add_argument(f"--{k}", type=_positive(int), help="attention-DP groups (default: ep)" if k == "adp" else None)
     ep.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    ep.add_argument("--serving", choices=("agg", "disagg"), default="agg",
+                    help="disagg: explain the disaggregated sweep's best deployment (where its TTFT goes, both "
+                         "workers' iterations) instead of one aggregated layout")
     ep.set_defaults(fn=cmd_explain)
     sn = sub.add_parser("sensitivity", help="elasticities of tokens/s/GPU to every hardware number, the workload "
                                              "and the fitted parameters, at the best layout and along the frontier")

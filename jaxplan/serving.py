@@ -338,6 +338,34 @@ def disagg_deployment(p, hw: Hardware, model: Model, prec: Precision, wl: Worklo
     return disagg_pair(p, wl.osl, pw["rate"], pw["latency_s"], dw["rate"], dw["tpot_s"], x, y, t_kv, gpus)
 
 
+def explain_disagg(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, pre: Layout, dec: Layout,
+                   x, y, cross_network) -> dict:
+    """A disaggregated deployment's metrics (:func:`disagg_deployment`), where its TTFT goes
+    (prefill, the wait for a prefill worker, KV transfer, the per-request overheads), the op
+    breakdown of a prefill worker's iteration and of a decode worker's iteration, and each pool's
+    memory."""
+    pre = Layout(*(jnp.asarray(v, jnp.float32) for v in pre))
+    dec = Layout(*(jnp.asarray(v, jnp.float32) for v in dec))
+    x, y = jnp.float32(x), jnp.float32(y)
+    m = jax.jit(disagg_deployment, static_argnums=(2, 3))(p, hw, model, prec, wl, pre, dec, x, y, cross_network)
+    pw = prefill_worker(p, hw, model, prec, wl, pre)
+    t_kv = kv_transfer_time(p, hw, model, prec, wl.isl, pre, dec, cross_network)
+    ttft_parts = {"prefill": pw["latency_s"], "wait for a prefill worker": prefill_wait(m["prefill_utilization"], pw["rate"]),
+                  "KV-cache transfer": t_kv, "disaggregation overhead": p["disagg_overhead_s"],
+                  "front-end overhead": p["request_overhead_s"]}
+    rc = jax.jit(round_costs, static_argnums=(2, 3))
+    c = pre.adp * jnp.minimum(pre.chunk, pw["prompts_per_iter"] * wl.isl)
+    mem_p = memory_per_gpu(p, hw, model, prec, wl.isl, 0.0, pre.tp, pre.ep, pre.adp, pre.pp,
+                           pre.adp * pw["prompts_per_iter"], c)
+    mem_d = memory_per_gpu(p, hw, model, prec, wl.isl, wl.osl, dec.tp, dec.ep, dec.adp, dec.pp, dec.batch, 0.0)
+    return {"metrics": {k: float(v) for k, v in m.items()},
+            "ttft_parts_s": {k: float(v) for k, v in ttft_parts.items()},
+            "prefill_iteration": rc(p, hw, model, prec, wl, pre, jnp.float32(0.0), c),
+            "decode_iteration": rc(p, hw, model, prec, wl, dec, dec.batch, jnp.float32(0.0)),
+            "memory_gb": {"prefill": {k: float(v) / 1e9 for k, v in mem_p.items()},
+                          "decode": {k: float(v) / 1e9 for k, v in mem_d.items()}}}
+
+
 def evaluate_disagg(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, pre: Layout, dec: Layout,
                     x, y, concurrency, cross_network) -> dict:
     """A disaggregated deployment of ``x`` prefill and ``y`` decode workers (0: derive them) under

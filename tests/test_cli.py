@@ -176,6 +176,24 @@ def test_explain_text(tmp_path, capsys):
     assert float(m.group(2)) == pytest.approx(1e3 / float(m.group(1)), rel=0.01)
 
 
+def test_explain_disaggregated(tmp_path, capsys):
+    """The disaggregated sweep's best: its TTFT parts add up to its TTFT, the decode worker's
+    iteration is its TPOT, and layout flags (one aggregated layout) are refused with it."""
+    exp = write_exp(tmp_path)
+    rc, out, err = call(["explain", str(exp), "--serving", "disagg", "--json"], capsys)
+    assert rc == 0, err
+    j = json.loads(out)
+    m = j["metrics"]
+    assert sum(j["ttft_parts_s"].values()) == pytest.approx(m["ttft_s"], rel=1e-4)
+    assert sum(j["decode_iteration_ms"].values()) == pytest.approx(1e3 * m["tpot_s"], rel=1e-3)
+    assert j["deployment"]["label"].startswith("prefill ") and j["elasticities"]["ttft_s"]
+    rc, out, err = call(["explain", str(exp), "--serving", "disagg"], capsys)
+    assert rc == 0, err
+    assert "TTFT = prefill" in out and "decode worker iteration (= TPOT)" in out
+    rc, _, err = call(["explain", str(exp), "--serving", "disagg", "--tp", "2"], capsys)
+    assert rc == 2 and "--serving disagg" in err
+
+
 # ----------------------------------------------------------------------------- bad input: exit 2
 
 def bad(tmp_path, capsys, argv, *words):
