@@ -297,7 +297,7 @@ def _explain_disagg(args, exp, p, source) -> int:
     import numpy as np
 
     from . import report
-    from .sensitivity import METRICS, _row_args, elasticities, label_of
+    from .sensitivity import METRICS, row_args, elasticities, label_of
     from .serving import explain_disagg
     from .sweep import run_disagg_sweep
 
@@ -305,7 +305,7 @@ def _explain_disagg(args, exp, p, source) -> int:
     if res.best is None:
         raise SpecError(f"no disaggregated deployment meets the SLA ({_sla_text(exp)})")
     row = res.row(res.best)
-    args_ = jax.tree_util.tree_map(lambda v: v[0], _row_args(res.columns, np.asarray([res.best]), exp.hardware,
+    args_ = jax.tree_util.tree_map(lambda v: v[0], row_args(res.columns, np.asarray([res.best]), exp.hardware,
                                                              "disagg"))
     ex = explain_disagg(p, exp.hardware, exp.model, exp.precision, exp.workload, *args_)
     recs = [r for r in elasticities(p, exp.hardware, exp.model, exp.precision, exp.workload, res.columns,

@@ -161,7 +161,7 @@ def _jacobian(model: Model, prec: Precision, scheduler_backend: str, param_names
     return jax.jit(jax.vmap(one, in_axes=(None, None, None, 0)))
 
 
-def _row_args(columns: Mapping, rows: np.ndarray, hw: Hardware, serving: str):
+def row_args(columns: Mapping, rows: np.ndarray, hw: Hardware, serving: str):
     """The per-row arguments of :func:`_serving_metrics` for ``rows`` of a sweep's columns."""
     f32 = lambda k: jnp.asarray(np.asarray(columns[k])[rows], jnp.float32)  # noqa: E731
     if serving == "agg":
@@ -192,7 +192,7 @@ def elasticities(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, c
     fn = _jacobian(model, prec, backend, names, serving)
     # pad to a multiple of ROW_BUCKET by repeating the last row: one compile for most frontiers
     padded = np.concatenate([rows, np.full(-len(rows) % ROW_BUCKET, rows[-1])])
-    jac = jax.device_get(fn(p, hw, wl, _row_args(columns, padded, hw, serving)))
+    jac = jax.device_get(fn(p, hw, wl, row_args(columns, padded, hw, serving)))
     field_to_name = {v[0]: k for k, v in HARDWARE_NUMBERS.items()}
     out = []
     for j, r in enumerate(rows):

@@ -321,9 +321,11 @@ def disagg_pair(p, osl, pre_rate, pre_latency, dec_rate, dec_tpot, x, y, t_kv, g
     and traced values (elasticities)."""
     X = jnp.minimum(y * dec_rate, x * pre_rate)
     rho = X / (x * pre_rate)
-    ttft = pre_latency + prefill_wait(rho, pre_rate) + t_kv + p["disagg_overhead_s"] + p["request_overhead_s"]
+    wait = prefill_wait(rho, pre_rate)
+    ttft = pre_latency + wait + t_kv + p["disagg_overhead_s"] + p["request_overhead_s"]
     return {"requests_per_s": X, "prefill_utilization": rho, "ttft_s": ttft, "tpot_s": dec_tpot,
-            "tokens_per_s_per_user": 1.0 / dec_tpot, "tokens_per_s_per_gpu": X * osl / gpus}
+            "tokens_per_s_per_user": 1.0 / dec_tpot, "tokens_per_s_per_gpu": X * osl / gpus,
+            "prefill_latency_s": pre_latency, "prefill_wait_s": wait, "kv_transfer_s": t_kv}
 
 
 def disagg_deployment(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, pre: Layout, dec: Layout,
@@ -335,7 +337,8 @@ def disagg_deployment(p, hw: Hardware, model: Model, prec: Precision, wl: Worklo
     dw = decode_worker(p, hw, model, prec, wl, dec)
     t_kv = kv_transfer_time(p, hw, model, prec, wl.isl, pre, dec, cross_network)
     gpus = x * pre.tp * pre.ep * pre.pp + y * dec.tp * dec.ep * dec.pp
-    return disagg_pair(p, wl.osl, pw["rate"], pw["latency_s"], dw["rate"], dw["tpot_s"], x, y, t_kv, gpus)
+    m = disagg_pair(p, wl.osl, pw["rate"], pw["latency_s"], dw["rate"], dw["tpot_s"], x, y, t_kv, gpus)
+    return m | {"prefill_prompts_per_iter": pw["prompts_per_iter"]}
 
 
 def explain_disagg(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, pre: Layout, dec: Layout,
@@ -348,15 +351,13 @@ def explain_disagg(p, hw: Hardware, model: Model, prec: Precision, wl: Workload,
     dec = Layout(*(jnp.asarray(v, jnp.float32) for v in dec))
     x, y = jnp.float32(x), jnp.float32(y)
     m = jax.jit(disagg_deployment, static_argnums=(2, 3))(p, hw, model, prec, wl, pre, dec, x, y, cross_network)
-    pw = prefill_worker(p, hw, model, prec, wl, pre)
-    t_kv = kv_transfer_time(p, hw, model, prec, wl.isl, pre, dec, cross_network)
-    ttft_parts = {"prefill": pw["latency_s"], "wait for a prefill worker": prefill_wait(m["prefill_utilization"], pw["rate"]),
-                  "KV-cache transfer": t_kv, "disaggregation overhead": p["disagg_overhead_s"],
+    ttft_parts = {"prefill": m["prefill_latency_s"], "wait for a prefill worker": m["prefill_wait_s"],
+                  "KV-cache transfer": m["kv_transfer_s"], "disaggregation overhead": p["disagg_overhead_s"],
                   "front-end overhead": p["request_overhead_s"]}
     rc = jax.jit(round_costs, static_argnums=(2, 3))
-    c = pre.adp * jnp.minimum(pre.chunk, pw["prompts_per_iter"] * wl.isl)
-    mem_p = memory_per_gpu(p, hw, model, prec, wl.isl, 0.0, pre.tp, pre.ep, pre.adp, pre.pp,
-                           pre.adp * pw["prompts_per_iter"], c)
+    prompts = m["prefill_prompts_per_iter"]
+    c = pre.adp * jnp.minimum(pre.chunk, prompts * wl.isl)
+    mem_p = memory_per_gpu(p, hw, model, prec, wl.isl, 0.0, pre.tp, pre.ep, pre.adp, pre.pp, pre.adp * prompts, c)
     mem_d = memory_per_gpu(p, hw, model, prec, wl.isl, wl.osl, dec.tp, dec.ep, dec.adp, dec.pp, dec.batch, 0.0)
     return {"metrics": {k: float(v) for k, v in m.items()},
             "ttft_parts_s": {k: float(v) for k, v in ttft_parts.items()},
@@ -390,13 +391,12 @@ def evaluate_disagg(p, hw: Hardware, model: Model, prec: Precision, wl: Workload
                                          jnp.float32(0.0)))
     x = jnp.where(x > 0, x, prefill_workers_needed(y, rate_d, pw["rate"], DERIVED_PREFILL_UTILIZATION))
     cap = x * pw["rate"]
+    unqueued = pw["latency_s"] + t_kv + p["disagg_overhead_s"] + p["request_overhead_s"]
 
     def state(b):
         tpot = round_time(p, hw, model, prec, wl, dec._replace(batch=b), b, jnp.float32(0.0))
         X = jnp.minimum(y * b / (osl * tpot), cap)
-        ttft0 = (pw["latency_s"] + prefill_wait(X / cap, pw["rate"]) + t_kv + p["disagg_overhead_s"]
-                 + p["request_overhead_s"])
-        return tpot, X, ttft0
+        return tpot, X, unqueued + prefill_wait(X / cap, pw["rate"])
 
     def step(_, carry):
         b = carry[0]
@@ -414,7 +414,7 @@ def evaluate_disagg(p, hw: Hardware, model: Model, prec: Precision, wl: Workload
             "kv_transfer_s": t_kv, "prefill_latency_s": pw["latency_s"],
             "prefill_utilization": X / cap, "prefill_workers": x, "decode_workers": y,
             "prefill_capacity_rps": cap, "prefill_slots": x * pre.adp * pw["prompts_per_iter"],
-            "unqueued_ttft_s": pw["latency_s"] + t_kv + p["disagg_overhead_s"] + p["request_overhead_s"]}
+            "unqueued_ttft_s": unqueued}
 
 
 def disagg_cold_start_ttft(m: dict, concurrency):

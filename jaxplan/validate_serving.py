@@ -1080,11 +1080,11 @@ def fit_ttft_overheads(params, cases: Sequence[ServingCase], kind: str = "disagg
     by_hw = {k: dict(v) for k, v in params.items()} if multi else None
     rows = [c for c in cases if c.mode == TTFT_OVERHEAD_MODES[kind]]
     loggrid = jnp.asarray(np.log(grid), jnp.float32)
+    ref = next(iter(by_hw.values())) if multi else params
     fitted, report = {}, {}
     for b in BACKENDS:
         sub = [c for c in rows if c.backend == b]
         key = f"{kind}_overhead_{b}_s"
-        ref = (next(iter(by_hw.values())) if multi else params)
         start = float(ref[key])
         if len(sub) < min_rows:
             report[b] = {"rows": len(sub), "status": f"kept {start:.3g} s: {len(sub)} rows < {min_rows}"}

@@ -200,7 +200,7 @@ def test_disagg_deployment_is_the_sweep_row(exp, p, dsens):
     own numbers at every frontier point: same pairing formula, fixed worker counts."""
     from jaxplan.serving import disagg_deployment
     cols, rows = dsens.sweep.columns, np.asarray(dsens.sweep.frontier)
-    args = S._row_args(cols, rows, exp.hardware, "disagg")
+    args = S.row_args(cols, rows, exp.hardware, "disagg")
     fn = jax.vmap(lambda a: disagg_deployment(p, exp.hardware, exp.model, exp.precision, exp.workload, *a))
     got = jax.device_get(fn(args))
     for k in ("tokens_per_s_per_gpu", "tokens_per_s_per_user", "ttft_s"):
@@ -212,7 +212,7 @@ def test_disagg_elasticities_match_finite_differences_at_fixed_workers(exp, p, d
     TTFT equals the central difference of disagg_deployment at +-1% of the input."""
     from jaxplan.serving import disagg_deployment
     assert dsens.best is not None
-    args = jax.tree_util.tree_map(lambda a: a[0], S._row_args(dsens.sweep.columns, np.asarray([dsens.best]),
+    args = jax.tree_util.tree_map(lambda a: a[0], S.row_args(dsens.sweep.columns, np.asarray([dsens.best]),
                                                               exp.hardware, "disagg"))
 
     def metric(kind, name, f):
