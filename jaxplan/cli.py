@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from .sensitivity import parse_scales, scale_hardware, scaled_label
-from .specs import SpecError, config_root
+from .specs import SCHEDULER_NAMES, SpecError, config_root
 
 DEFAULT_EXPERIMENT = "gpt-1.8t-moe-64gpu"
 
@@ -67,6 +67,9 @@ def _add_experiment_args(sp):
     sp.add_argument("--min-tokens-per-user", type=_nonneg_float, help="SLA: minimum tokens/s per user")
     sp.add_argument("--max-ttft", type=_positive(float), help="SLA: maximum time to first token, seconds")
     sp.add_argument("--params", help="fitted parameter profile YAML (default: the hardware's shipped profile)")
+    sp.add_argument("--scheduler", choices=SCHEDULER_NAMES,
+                    help="aggregated scheduling policy (default: the experiment's, else its backend's: "
+                         "mixed for trtllm and vllm, wave for sglang)")
     sp.add_argument("--scale", action="append", metavar="NAME=FACTOR",
                     help="what-if: multiply a hardware number, e.g. hbm_bandwidth=2 (repeatable); names: "
                          "bf16_flops, fp8_flops, fp4_flops, hbm_bandwidth, hbm_capacity, scale_up_bandwidth, "
@@ -85,7 +88,8 @@ def _load_base(args):
     from .specs import load_experiment
     exp = load_experiment(_experiment_path(args.experiment), model=args.model, hardware=args.hardware,
                           gpus=args.gpus, isl=args.isl, osl=args.osl, precision=args.precision,
-                          min_tokens_per_user=args.min_tokens_per_user, max_ttft=args.max_ttft)
+                          min_tokens_per_user=args.min_tokens_per_user, max_ttft=args.max_ttft,
+                          scheduler=getattr(args, "scheduler", None))
     p, source = params_for(exp.hardware.name, args.params or exp.params_file)
     return exp, for_backend(p, exp.backend), source
 
@@ -107,6 +111,7 @@ def _sla_dict(exp) -> dict:
 
 def cmd_sweep(args) -> int:
     from . import report
+    from .serving import scheduler_name
     from .sweep import meets_sla, run_disagg_sweep, run_sweep
 
     base_exp, p, source = _load_base(args)
@@ -148,7 +153,8 @@ def cmd_sweep(args) -> int:
     best_row = report.row(cols, best) if best is not None else None
     summary = {
         "experiment": exp.name, "model": exp.model.name, "hardware": exp.hardware.name, "gpus": exp.gpus,
-        "precision": exp.precision.name, "backend": exp.backend, "isl": exp.workload.isl, "osl": exp.workload.osl,
+        "precision": exp.precision.name, "backend": exp.backend,
+        "scheduler": scheduler_name(exp.scheduler_key), "isl": exp.workload.isl, "osl": exp.workload.osl,
         "serving": args.serving, "hardware_scales": scales,
         "sla": _sla_dict(exp),
         "params_source": source,
@@ -206,7 +212,7 @@ def cmd_explain(args) -> int:
     from .cost import sum_costs
     from .layouts import check_parallel
     from .sensitivity import METRICS, elasticities, label_of
-    from .serving import SCHEDULERS, Layout, explain
+    from .serving import Layout, explain, scheduler_name
 
     exp, p, source = _load(args)
     given = [args.tp, args.pp, args.ep, args.dp, args.batch, args.chunk]
@@ -234,9 +240,9 @@ def cmd_explain(args) -> int:
         origin = "the command line"
     lay = Layout(*(jnp.float32(v) for v in (tp, pp, ep, dp, batch, chunk, adp)))
     ex = explain(p, exp.hardware, exp.model, exp.precision, exp.workload, lay,
-                 scheduler=SCHEDULERS.get(exp.backend, "mixed"))
+                 scheduler=scheduler_name(exp.scheduler_key))
     one = {f: [v] for f, v in zip(Layout._fields, (tp, pp, ep, dp, batch, chunk, adp))}
-    recs = [r for r in elasticities(p, exp.hardware, exp.model, exp.precision, exp.workload, one, [0], exp.backend)
+    recs = [r for r in elasticities(p, exp.hardware, exp.model, exp.precision, exp.workload, one, [0], exp.scheduler_key)
             if r["kind"] != "param"]
     sens = {m: {r["name"]: r[f"elasticity_{m}"] for r in recs} for m in METRICS}
     label = report.layout_label(dict(tp=tp, pp=pp, ep=ep, dp=dp, adp=adp, batch=batch, chunk=chunk))
@@ -250,11 +256,13 @@ def cmd_explain(args) -> int:
         sys.stdout.write(report.to_json({"layout": dict(tp=tp, pp=pp, ep=ep, dp=dp, adp=adp, batch=batch,
                                                                chunk=chunk),
                                                 "experiment": exp.name, "params_source": source,
+                                                "scheduler": scheduler_name(exp.scheduler_key),
                                                 "metrics": ex["metrics"], "memory_gb": ex["memory_gb"],
                                                 "ops_s": groups, "elasticities": sens}))
         return 0
     m = ex["metrics"]
-    print(f"{_title(exp, parse_scales(args.scale))}\nlayout {label} (from {origin}); parameters: {source}\n")
+    print(f"{_title(exp, parse_scales(args.scale))}\nlayout {label} (from {origin}); parameters: {source}; "
+          f"scheduler: {scheduler_name(exp.scheduler_key)}\n")
     print(f"  TTFT {m['ttft_s']:.3f} s   TPOT {1e3 * m['tpot_s']:.2f} ms   "
           f"{m['tokens_per_s_per_user']:.1f} tokens/s/user   {m['tokens_per_s_per_gpu']:.1f} tokens/s/GPU   "
           f"decoding {m['decoding_requests']:.1f} of {batch} requests"

@@ -227,7 +227,7 @@ def run_codesign(exp: Experiment, p: Mapping, prices: Prices, budget: float | No
             return None, {}, {"layout": "none meets the SLA", "tokens_per_s_per_gpu": 0.0}
         row = res.row(res.best)
         recs = elasticities(p, hw, exp.model, exp.precision, exp.workload, res.columns, np.asarray([res.best]),
-                            exp.backend, serving)
+                            exp.scheduler_key, serving)
         el = {r["name"]: r["elasticity_tokens_per_s_per_gpu"] for r in recs if r["kind"] == "hardware"}
         # a priced tensor-core rate moves all three rates: its elasticity is their sum
         e = {n: (sum(el[r] for r in RATES) if n in RATES else el[n]) for n in names}

@@ -545,16 +545,8 @@ def validate_command(args) -> int:
         out = Path(args.out) if args.out else None
         validate_kernels(args.kernels, args.hardware, args.params, out)
     if args.serving:
-        try:
-            from . import validate_serving
-        except ImportError:
-            validate_serving = None
-        fn = getattr(validate_serving, "validate_serving_command", None)
-        if fn is None:
-            print("jaxplan validate: error: --serving is not available yet (jaxplan.validate_serving has no "
-                  "validate_serving_command)", file=sys.stderr)
-            return 2
-        code = fn(args) or code
+        from .validate_serving import validate_serving_command
+        code = validate_serving_command(args) or code
     return code
 
 
@@ -564,7 +556,9 @@ def register(subparsers) -> None:
     fp.add_argument("--hardware", required=True, help="hardware preset name or YAML path")
     fp.add_argument("--kernels", help="folder of kernel tables (*.csv.gz) or a `jaxplan bench` CSV "
                                       "(default: ../shared/data/kernels/<gpu> beside the repository)")
-    fp.add_argument("--serving", help="serving measurements CSV for serving-level terms (not yet applied)")
+    fp.add_argument("--serving", help="serving measurements CSV (silicon_hopper.csv format): after the kernels, fit "
+                                      "the per-backend step/layer, front-end and disaggregation overheads on its "
+                                      "H100 rows (H200 rows: holdout)")
     fp.add_argument("--out", required=True, metavar="PROFILE.yaml", help="where to write the fitted profile")
     fp.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"optimizer steps (default {DEFAULT_STEPS})")
     fp.add_argument("--seed", type=int, default=0, help="subsample seed (default 0)")
@@ -578,4 +572,7 @@ def register(subparsers) -> None:
     vp.add_argument("--hardware", help="hardware preset name or YAML path (required with --kernels)")
     vp.add_argument("--params", help="parameter profile YAML (default: the hardware's shipped profile)")
     vp.add_argument("--out", metavar="DIR", help="folder for predictions.csv and the scatter plot")
+    vp.add_argument("--scheduler", action="append", metavar="BACKEND=SCHEDULER",
+                    help="predict a backend's aggregated rows with another scheduler (repeatable), e.g. "
+                         "sglang=prefill_first; schedulers: mixed, prefill_first, wave")
     vp.set_defaults(fn=validate_command)

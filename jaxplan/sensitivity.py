@@ -123,7 +123,8 @@ DISAGG_KEY = tuple(DISAGG_FIELDS["pre"].values()) + tuple(DISAGG_FIELDS["dec"].v
 
 def _serving_metrics(model: Model, prec: Precision, backend: str, serving: str):
     """``f(p, hw, wl, args) -> metrics`` for one row: the aggregated evaluator of ``backend``'s
-    scheduler (args: a Layout), or the disaggregated deployment (args: prefill Layout, decode
+    default scheduler, or of the scheduler ``backend`` names (``serving.evaluator_for``; args: a
+    Layout), or the disaggregated deployment (args: prefill Layout, decode
     Layout, x, y, cross-network flag)."""
     if serving == "agg":
         metric_fn = evaluator_for(backend)
@@ -283,7 +284,7 @@ def run_sensitivity(exp: Experiment, p: Mapping, params_source: str = "", attent
     if res.best is not None and res.best not in rows:
         rows.append(res.best)
     records = elasticities(p, exp.hardware, exp.model, exp.precision, exp.workload, res.columns,
-                           np.asarray(rows), exp.backend, serving) if rows else []
+                           np.asarray(rows), exp.scheduler_key, serving) if rows else []
     switches = []
     if res.best is not None:
         base_key = layout_key(res.columns, res.best)

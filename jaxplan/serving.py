@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .cost import Cost, memory_per_gpu, p2p, stage_costs, sum_costs
-from .specs import Hardware, Model, Precision, Workload
+from .specs import SCHEDULER_NAMES, Hardware, Model, Precision, Workload
 
 FIXED_POINT_STEPS = 8
 
@@ -125,13 +125,22 @@ def evaluate(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: 
     number of decoding requests follow from the closed loop (fixed point, see the module
     docstring). :func:`cold_start_ttft` prices a first wave instead, all requests arriving at once.
 
-    ``scheduler="wave"`` (SGLang: prefill batches run before decode, never mixed): with one OSL
-    for all, requests that start together finish together and return together, so the batch runs
-    in lock-step waves: ``k = max(B * isl / chunk, 1)`` prefill iterations, then ``osl`` decode
-    iterations. TTFT is (k + 1)/2 prefill iterations; a request whose prompt ran early waits for
-    the rest of the wave before decoding, which its TPOT absorbs."""
-    if scheduler not in ("mixed", "wave"):
-        raise ValueError(f"scheduler '{scheduler}'; allowed: mixed, wave")
+    ``scheduler="prefill_first"`` (SGLang's policy, staggered arrivals): whenever prompts wait,
+    the engine runs a prefill iteration of prompt tokens only, and the decoders wait it out
+    (SGLang ``Scheduler.get_next_batch_to_run``: "run prefill first if possible"; mixed chunks
+    off by default, ``enable_mixed_chunk=False``). Per decode step, ``r = d * isl / (osl * c)``
+    prefill iterations run; TPOT is a decode iteration plus the others' prefill iterations; the
+    prompts never queue behind decode, so prefill never saturates (decode slows instead).
+
+    ``scheduler="wave"`` (SGLang's policy, lock-step): with one OSL for all, requests that start
+    together finish together and return together, so the batch runs in lock-step waves: ``k =
+    max(B * isl / chunk, 1)`` prefill iterations, then ``osl`` decode iterations. TTFT is (k + 1)/2
+    prefill iterations; a request whose prompt ran early waits for the rest of the wave before
+    decoding, which its TPOT absorbs. SGLang's default here: its only training campaign (H100,
+    Qwen3-32B) ran in lock-step; the H200 SGLang rows follow ``prefill_first`` better
+    (``benchmarks/serving_validation.md``)."""
+    if scheduler not in SCHEDULER_NAMES:
+        raise ValueError(f"scheduler '{scheduler}'; allowed: {', '.join(SCHEDULER_NAMES)}")
     isl, osl, g = wl.isl, wl.osl, lay.adp
     o_req = p["request_overhead_s"]           # front end, before the engine sees the request
     B = lay.batch / g
@@ -148,9 +157,12 @@ def evaluate(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: 
         d = Br
         saturated = jnp.zeros_like(B, dtype=bool)
     else:
+        mixed = scheduler == "mixed"
         m_max = jnp.clip(jnp.floor(lay.chunk / isl), 1.0, jnp.maximum(Br, 1.0))
         n_iter = jnp.maximum(isl / lay.chunk, 1.0)
-        d_sat = osl * jnp.minimum(lay.chunk, m_max * isl) / isl     # prefill fully packed
+        # mixed: at most one chunk per iteration, so the prompt rate caps the decoders (prefill
+        # fully packed); prefill-first: prompts always run first, so they never wait on decode
+        d_sat = osl * jnp.minimum(lay.chunk, m_max * isl) / isl if mixed else Br
         d0 = jnp.minimum(Br * osl / (osl + n_iter), d_sat)
 
         def times(d):
@@ -159,31 +171,40 @@ def evaluate(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: 
             # d / osl per iteration (the completion rate), up to what the chunk holds.
             m = jnp.clip(1.0 + d / osl, 1.0, m_max)
             c = jnp.minimum(lay.chunk, m * isl)
-            t_chunk = round_time(p, hw, model, prec, wl, lay, g * d, g * c)
             t_plain = round_time(p, hw, model, prec, wl, lay, g * d, 0.0)
-            f = jnp.clip(d * isl / (osl * c), 0.0, 1.0)
-            t_mean = f * t_chunk + (1 - f) * t_plain
-            # a request never waits on the iterations that carry its own prompt
-            f_seen = f * (1.0 - jnp.minimum(m / jnp.maximum(Br, 1.0), 1.0))
-            tpot = f_seen * t_chunk + (1 - f_seen) * t_plain
+            own = 1.0 - jnp.minimum(m / jnp.maximum(Br, 1.0), 1.0)   # a request never waits on its own prompt
+            if mixed:
+                t_chunk = round_time(p, hw, model, prec, wl, lay, g * d, g * c)
+                f = jnp.clip(d * isl / (osl * c), 0.0, 1.0)      # share of iterations with a chunk
+                t_dec = f * t_chunk + (1 - f) * t_plain          # time per decode step
+                t_iter = t_dec                                   # mean iteration
+                tpot = f * own * t_chunk + (1 - f * own) * t_plain
+            else:
+                # prefill iterations carry prompt tokens only and the decoders wait them out:
+                # r = d * isl / (osl * c) of them per decode step
+                t_chunk = round_time(p, hw, model, prec, wl, lay, zero, g * c)
+                r = d * isl / (osl * c)
+                t_dec = t_plain + r * t_chunk
+                t_iter = t_dec / (1.0 + r)
+                tpot = t_plain + r * own * t_chunk
             # A new request arrives when another completes, at an iteration's end; the engine has
             # already started the next iteration for the others, so the prompt waits about one
             # mean iteration (not when it is alone: nothing runs without it).
-            residual = (1.0 - 1.0 / jnp.maximum(Br, 1.0)) * t_mean
-            return c, t_chunk, t_plain, t_mean, tpot, o_req + residual + n_iter * t_chunk
+            residual = (1.0 - 1.0 / jnp.maximum(Br, 1.0)) * t_iter
+            return c, t_chunk, t_plain, t_dec, tpot, o_req + residual + n_iter * t_chunk
 
         def step(_, carry):
             d = carry[0]
             t = times(d)
-            _, _, _, t_mean, tpot, ttft0 = t
-            return (jnp.minimum(Br * osl * t_mean / (ttft0 + osl * tpot), d_sat), d) + t
+            _, _, _, t_dec, tpot, ttft0 = t
+            return (jnp.minimum(Br * osl * t_dec / (ttft0 + osl * tpot), d_sat), d) + t
 
         # The cost model is traced once (inside the loop body); the outputs are those of the last
         # iterate d, which the loop carries beside its successor.
         carry = jax.lax.fori_loop(0, FIXED_POINT_STEPS, step, (d0, d0, zero, zero, zero, zero, zero, zero))
-        d, c, t_chunk, t_plain, t_mean, tpot, ttft0 = carry[1:]
-        x_g = d / (osl * t_mean)
-        saturated = d >= d_sat * (1 - 1e-4)
+        d, c, t_chunk, t_plain, t_dec, tpot, ttft0 = carry[1:]
+        x_g = d / (osl * t_dec)
+        saturated = (d >= d_sat * (1 - 1e-4)) & mixed
     x = g * x_g                                            # completed requests/s per replica
     ttft = jnp.maximum(lay.batch / x - osl * tpot, ttft0)
     gpus_per_replica = lay.tp * lay.ep * lay.pp
@@ -219,17 +240,25 @@ def cold_start_ttft(p, hw: Hardware, model: Model, prec: Precision, wl: Workload
     Br = m["admitted_requests"] / g
     m_max = jnp.clip(jnp.floor(lay.chunk / wl.isl), 1.0, jnp.maximum(Br, 1.0))
     k = jnp.maximum(Br * wl.isl / lay.chunk, 1.0)
-    t_wave = round_time(p, hw, model, prec, wl, lay, m["decoding_requests"],
-                        g * jnp.minimum(lay.chunk, m_max * wl.isl))
+    # mixed: the prompts ride beside the solved decoders; prefill-first: they run alone
+    dec = m["decoding_requests"] if scheduler == "mixed" else jnp.zeros_like(m["decoding_requests"])
+    t_wave = round_time(p, hw, model, prec, wl, lay, dec, g * jnp.minimum(lay.chunk, m_max * wl.isl))
     return jnp.maximum(p["request_overhead_s"] + (k + 1.0) / 2.0 * t_wave, m["ttft_s"])
 
 
-EVALUATORS = {"mixed": evaluate, "wave": functools.partial(evaluate, scheduler="wave")}
+EVALUATORS = {"mixed": evaluate, "prefill_first": functools.partial(evaluate, scheduler="prefill_first"),
+              "wave": functools.partial(evaluate, scheduler="wave")}
 
 
-def evaluator_for(backend: str):
-    """The aggregated evaluator whose scheduler matches a serving backend."""
-    return EVALUATORS[SCHEDULERS.get(backend, "mixed")]
+def scheduler_name(name: str) -> str:
+    """``name`` if it is a scheduler (``SCHEDULER_NAMES``), else the default scheduler of the
+    serving backend it names (``SCHEDULERS``; mixed for any other)."""
+    return name if name in SCHEDULER_NAMES else SCHEDULERS.get(name, "mixed")
+
+
+def evaluator_for(name: str):
+    """The aggregated evaluator of a scheduler, or of a serving backend's default scheduler."""
+    return EVALUATORS[scheduler_name(name)]
 
 
 def explain(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: Layout,
@@ -242,8 +271,10 @@ def explain(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: L
     c = m["prefill_tokens_per_iter"]
     rc = jax.jit(round_costs, static_argnums=(2, 3))
     mem = memory_per_gpu(p, hw, model, prec, wl.isl, wl.osl, lay.tp, lay.ep, lay.adp, lay.pp, lay.batch, lay.chunk)
+    # only the mixed scheduler runs the decoders inside the prompt's iteration
+    dec_in_chunk = dec if scheduler == "mixed" else jnp.zeros_like(dec)
     return {"metrics": {k: float(v) for k, v in m.items()},
-            "chunk_iteration": rc(p, hw, model, prec, wl, lay, dec, c),
+            "chunk_iteration": rc(p, hw, model, prec, wl, lay, dec_in_chunk, c),
             "decode_iteration": rc(p, hw, model, prec, wl, lay, dec, jnp.float32(0.0)),
             "memory_gb": {k: float(v) / 1e9 for k, v in mem.items()}}
 

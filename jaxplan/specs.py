@@ -518,6 +518,10 @@ class SLA:
 # ----------------------------------------------------------------------------- experiment
 
 DEFAULT_CHUNKS = (256, 512, 1024, 2048, 4096, 8192)
+# Aggregated scheduling policies ``serving.evaluate`` models (``serving.SCHEDULERS`` gives each
+# backend's default): prompt chunks inside decode iterations, prompts alone before decode
+# (staggered arrivals), or lock-step waves of identical requests.
+SCHEDULER_NAMES = ("mixed", "prefill_first", "wave")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -533,6 +537,13 @@ class Experiment:
     max_batch: int = 4096
     backend: str = "trtllm"
     params_file: str | None = None
+    scheduler: str | None = None          # None: the backend's default (serving.SCHEDULERS)
+
+    @property
+    def scheduler_key(self) -> str:
+        """What ``serving.evaluator_for`` takes: the chosen scheduler, else the backend (whose
+        default scheduler applies)."""
+        return self.scheduler or self.backend
 
 
 def _check_gpus(gpus, where):
@@ -594,9 +605,13 @@ def load_experiment(path: str | os.PathLike, **overrides) -> Experiment:
         max_batch = search.num("max_batch", 4096, integer=True)
         search.finish()
     backend = r.str("backend", "trtllm", allowed=("trtllm", "vllm", "sglang"))
+    scheduler = overrides.get("scheduler") or (r.str("scheduler", allowed=SCHEDULER_NAMES)
+                                              if "scheduler" in r.data else None)
+    if scheduler not in (None, *SCHEDULER_NAMES):
+        raise SpecError(f"--scheduler '{scheduler}'; allowed: {', '.join(SCHEDULER_NAMES)}")
     params_file = r._get("params", None, False)
     r.finish(also_allowed=("description", "name"))
     return Experiment(name=r.data.get("name", path.stem) if isinstance(r.data.get("name"), str) else path.stem,
                       model=model, hardware=hw, gpus=gpus, precision=prec,
                       workload=Workload(float(isl), float(osl)), sla=sla, chunk_sizes=chunks,
-                      max_batch=max_batch, backend=backend, params_file=params_file)
+                      max_batch=max_batch, backend=backend, params_file=params_file, scheduler=scheduler)

@@ -155,7 +155,7 @@ def run_sweep(exp: Experiment, p, params_source: str = "", chunk: int = DEFAULT_
     # Compile on one chunk first so the compile and evaluate times are reported apart.
     size = max(1, min(chunk, n))
     t0 = time.perf_counter()
-    fn = evaluator_for(exp.backend)
+    fn = evaluator_for(exp.scheduler_key)
     evaluate_layouts(p, hw, model, prec, wl, {k: v[:size] for k, v in cols.items()}, chunk=size, metric_fn=fn)
     t1 = time.perf_counter()
     res = evaluate_layouts(p, hw, model, prec, wl, cols, chunk=size, progress=progress, metric_fn=fn)

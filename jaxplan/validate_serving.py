@@ -457,11 +457,12 @@ def _pick(m: Mapping, keys) -> dict:
     return out
 
 
-def scheduler_of(backend: str) -> str:
-    """The aggregated scheduling policy ``serving`` models for a backend (``serving.SCHEDULERS``:
-    mixed prefill/decode batches for TensorRT-LLM and vLLM, prefill-first waves for SGLang)."""
+def scheduler_of(backend: str, schedulers: Mapping[str, str] | None = None) -> str:
+    """The aggregated scheduling policy a backend's rows are predicted with: ``schedulers[backend]``
+    where given, else ``serving.SCHEDULERS`` (mixed prefill/decode batches for TensorRT-LLM and
+    vLLM, lock-step prefill-first waves for SGLang)."""
     from . import serving
-    return serving.SCHEDULERS.get(backend, "mixed")
+    return serving.scheduler_name((schedulers or {}).get(backend, backend))
 
 
 @functools.lru_cache(maxsize=None)
@@ -542,13 +543,15 @@ def _pad(a: np.ndarray, size: int) -> np.ndarray:
 _PAD_SIZES: dict[tuple, int] = {}
 
 
-def build_groups(cases: Sequence[ServingCase], pad_multiple: int = PAD_MULTIPLE) -> list[_Group]:
+def build_groups(cases: Sequence[ServingCase], pad_multiple: int = PAD_MULTIPLE,
+                 schedulers: Mapping[str, str] | None = None) -> list[_Group]:
     """Group cases by (architecture, precision, mode, scheduler) x (hardware, backend) and pad every group of
     one function to the same size (a multiple of ``pad_multiple``, at least the size this function
-    was compiled for before), so each function compiles once."""
+    was compiled for before), so each function compiles once. ``schedulers``: backend -> scheduler
+    for the aggregated rows (:func:`scheduler_of`)."""
     by_fn: dict[tuple, dict[tuple, list[int]]] = {}
     for i, c in enumerate(cases):
-        fk = (_arch_key(c.model), c.precision, c.mode, scheduler_of(c.backend) if c.mode == "agg" else "")
+        fk = (_arch_key(c.model), c.precision, c.mode, scheduler_of(c.backend, schedulers) if c.mode == "agg" else "")
         by_fn.setdefault(fk, {}).setdefault((c.hardware.name, c.backend), []).append(i)
     groups = []
     for fk, subs in by_fn.items():
@@ -598,16 +601,18 @@ def resolve_params(cases: Sequence[ServingCase], params=None, override=None) -> 
     return out
 
 
-def predict(cases: Sequence[ServingCase], params=None, override=None, groups=None) -> dict[str, np.ndarray]:
+def predict(cases: Sequence[ServingCase], params=None, override=None, groups=None,
+            schedulers: Mapping[str, str] | None = None) -> dict[str, np.ndarray]:
     """Predicted metrics for every case (arrays aligned with ``cases``; seconds).
 
     ``params``: one params dict for all hardware, or None for ``params_for`` per hardware (see
-    :func:`resolve_params`); or a mapping hardware name -> params dict."""
+    :func:`resolve_params`); or a mapping hardware name -> params dict. ``schedulers``: backend ->
+    scheduler of its aggregated rows, where not the backend's default (ignored with ``groups``)."""
     if params is not None and all(isinstance(v, Mapping) for v in params.values()):
         by_hw = {k: dict(v) for k, v in params.items()}
     else:
         by_hw = {k: v[0] for k, v in resolve_params(cases, params, override).items()}
-    groups = build_groups(cases) if groups is None else groups
+    groups = build_groups(cases, schedulers=schedulers) if groups is None else groups
     keys = sorted(set(OUT_KEYS_AGG) | set(OUT_KEYS_DISAGG))
     out = {k: np.full(len(cases), np.nan, np.float64) for k in keys}
     for g in groups:
@@ -815,10 +820,10 @@ class Validation:
 
 
 def validate(cases: Sequence[ServingCase], unmapped: Sequence[Unmapped] = (), params=None,
-             override=None) -> Validation:
+             override=None, schedulers: Mapping[str, str] | None = None) -> Validation:
     srcs = {k: v[1] for k, v in resolve_params(cases, params, override).items()} if params is None else \
         {c.hardware.name: "given" for c in cases}
-    pred = predict(cases, params, override)
+    pred = predict(cases, params, override, schedulers=schedulers)
     table = prediction_table(cases, pred)
     return Validation(list(cases), list(unmapped), pred, table, summarize(table), srcs)
 
@@ -857,6 +862,19 @@ def summary_markdown(v: Validation) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def parse_schedulers(items: Sequence[str] | None) -> dict[str, str]:
+    """``["sglang=prefill_first", ...]`` (``jaxplan validate --scheduler``) -> backend -> scheduler."""
+    from .specs import SCHEDULER_NAMES
+    out = {}
+    for item in items or ():
+        backend, sep, name = item.partition("=")
+        if not sep or backend not in BACKENDS or name not in SCHEDULER_NAMES:
+            raise SpecError(f"--scheduler '{item}': expected BACKEND=SCHEDULER with BACKEND one of "
+                            f"{', '.join(BACKENDS)} and SCHEDULER one of {', '.join(SCHEDULER_NAMES)}")
+        out[backend] = name
+    return out
+
+
 def validate_serving_command(args) -> int:
     """``jaxplan validate --serving FILE [--params FILE] [--out DIR]``."""
     path = getattr(args, "serving", None)
@@ -874,7 +892,10 @@ def validate_serving_command(args) -> int:
         print(f"  unmapped {n:4d}: {reason}  (e.g. {example})", file=sys.stderr)
     if not cases:
         raise SpecError(f"{path}: no row could be mapped; see the reasons above")
-    v = validate(cases, unmapped, None, override)
+    schedulers = parse_schedulers(getattr(args, "scheduler", None))
+    v = validate(cases, unmapped, None, override, schedulers)
+    for backend, name in sorted(schedulers.items()):
+        print(f"  aggregated {backend} rows: scheduler {name} (default {scheduler_of(backend)})", file=sys.stderr)
     for hw, src in sorted(v.params_source.items()):
         print(f"  parameters for {hw}: {src}", file=sys.stderr)
     files = write_outputs(v, out)

@@ -164,6 +164,32 @@ def test_explain_json_goes_to_sys_stdout(tmp_path, capsys):
     check_explain_json(json.loads(out))
 
 
+@pytest.mark.parametrize("how", ["flag", "yaml"])
+def test_explain_with_another_scheduler(tmp_path, capsys, how):
+    """``--scheduler prefill_first`` (or ``scheduler: prefill_first`` in the experiment): the
+    prompt's iteration carries prompt tokens only, and the breakdown is still that of the very
+    iterations the metrics came from; the same layout under the default (mixed) scheduler runs
+    its decoders inside that iteration, which therefore takes longer."""
+    text = EXPERIMENT + "scheduler: prefill_first\n" if how == "yaml" else EXPERIMENT
+    exp = write_exp(tmp_path, text)
+    flag = ["--scheduler", "prefill_first"] if how == "flag" else []
+    rc, out, err = call(["explain", str(exp), *EXPLAIN, *flag, "--json"], capsys)
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["scheduler"] == "prefill_first"
+    check_explain_json(doc)
+    rc, out, err = call(["explain", str(exp if how == "flag" else write_exp(tmp_path)), *EXPLAIN, "--json"], capsys)
+    mixed = json.loads(out)
+    assert mixed["scheduler"] == "mixed"
+    assert mixed["metrics"]["chunk_iter_s"] > doc["metrics"]["chunk_iter_s"]
+
+
+def test_unknown_scheduler_names_the_allowed_ones(tmp_path, capsys):
+    exp = write_exp(tmp_path, EXPERIMENT + "scheduler: lockstep\n")
+    bad(tmp_path, capsys, ["explain", str(exp), "--tp", "1"], "scheduler", "lockstep", "prefill_first", str(exp))
+    bad(tmp_path, capsys, ["explain", str(write_exp(tmp_path)), "--tp", "1", "--scheduler", "x"], "prefill_first")
+
+
 def test_explain_text(tmp_path, capsys):
     exp = write_exp(tmp_path)
     rc, out, err = call(["explain", str(exp), *EXPLAIN], capsys)

@@ -350,3 +350,75 @@ def test_benchmark_ttft_mixes_one_cold_wave_into_the_steady_state():
     # 4 requests per client: one cold (0.5 s) and three steady (0.1 s)
     np.testing.assert_allclose(benchmark_ttft(m, 4.0), [(0.5 + 3 * 0.1) / 4, 0.1], rtol=1e-6)
     np.testing.assert_allclose(benchmark_ttft(m, 1.0), [0.5, 0.1], rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- prefill-first scheduler
+
+@pytest.fixture(scope="module")
+def prefill_first(p, h100, fp8, models):
+    """Llama-3.1-8B at TP1 under SGLang's prefill-first policy and the mixed one: metrics and the
+    two iteration times the prefill-first formulas are built from (prompt tokens alone; the
+    solved decoders alone)."""
+    from jaxplan.serving import round_time
+    model = models("llama-3.1-8b")
+    ev = jax.jit(evaluate, static_argnums=(2, 3, 6))
+    rt = jax.jit(round_time, static_argnums=(2, 3))
+
+    def go(batch, wl, o_req=0.1):
+        pp = {**p, "request_overhead_s": jnp.float32(o_req)}
+        lay = Layout(*(jnp.float32(v) for v in (1, 1, 1, 1, batch, 8192, 1)))
+        m = {k: float(v) for k, v in ev(pp, h100, model, fp8, wl, lay, "prefill_first").items()}
+        mixed = {k: float(v) for k, v in ev(pp, h100, model, fp8, wl, lay, "mixed").items()}
+        c, d = m["prefill_tokens_per_iter"], m["decoding_requests"]
+        t_pre = float(rt(pp, h100, model, fp8, wl, lay, jnp.float32(0.0), jnp.float32(c)))
+        t_dec = float(rt(pp, h100, model, fp8, wl, lay, jnp.float32(d), jnp.float32(0.0)))
+        return m, mixed, t_pre, t_dec
+    return go
+
+
+def test_prefill_first_alone_is_front_end_plus_prefill_then_plain_decode(prefill_first):
+    """One request of 2048 in / 256 out: nothing in flight to wait for, so TTFT is the front end's
+    0.1 s plus one prefill iteration of its 2048 tokens, and no other prompt ever interrupts its
+    decode, so TPOT is the decode iteration alone."""
+    m, _, t_pre, t_dec = prefill_first(1.0, Workload(2048.0, 256.0))
+    assert m["prefill_tokens_per_iter"] == pytest.approx(2048.0, rel=1e-6)
+    assert m["ttft_s"] == pytest.approx(0.1 + t_pre, rel=1e-4)
+    assert m["tpot_s"] == pytest.approx(t_dec, rel=1e-4)
+
+
+def test_prefill_first_tpot_carries_the_others_prefill_iterations(prefill_first):
+    """64 requests of 2048 in / 256 out. Per decode step r = d * isl / (osl * c) prefill iterations
+    run (the completion rate d / osl times isl / c iterations per prompt); a request sits through
+    all but the share m / B of them that carry its own prompt (m = c / isl prompts each). So TPOT =
+    t_dec + r * (1 - m / B) * t_pre, requests/s = d / (osl * (t_dec + r * t_pre)), and the closed
+    loop's law holds over the client's cycle: B = X * (TTFT + osl * TPOT). Prefill never saturates:
+    decode gives way, so TPOT rises above the mixed scheduler's, where prompts ride along."""
+    B, wl = 64.0, Workload(2048.0, 256.0)
+    m, mixed, t_pre, t_dec = prefill_first(B, wl)
+    c, d = m["prefill_tokens_per_iter"], m["decoding_requests"]
+    r = d * wl.isl / (wl.osl * c)
+    share = (c / wl.isl) / B
+    assert m["tpot_s"] == pytest.approx(t_dec + r * (1 - share) * t_pre, rel=1e-4)
+    assert m["requests_per_s"] == pytest.approx(d / (wl.osl * (t_dec + r * t_pre)), rel=1e-4)
+    assert m["requests_per_s"] * (m["ttft_s"] + wl.osl * m["tpot_s"]) == pytest.approx(B, rel=2e-3)
+    assert not m["prefill_saturated"]
+    assert m["tpot_s"] > mixed["tpot_s"]
+
+
+def test_wave_queues_the_whole_batch_and_prefill_first_about_one_iteration(p, h100, fp8, models, prefill_first):
+    """64 requests of 4096 in / 256 out, chunk 8192: the lock-step wave queues the whole batch's
+    prompts, k = 64 * 4096 / 8192 = 32 full chunk iterations, mean TTFT the front end plus (k + 1)
+    / 2 = 16.5 of them; staggered prefill-first arrivals wait about one iteration, then their own
+    prefill. SGLang's default is the wave, any scheduler can be named instead."""
+    from jaxplan.serving import evaluator_for, round_time, scheduler_name
+    assert scheduler_name("sglang") == "wave" and scheduler_name("trtllm") == "mixed"
+    assert scheduler_name("prefill_first") == "prefill_first"
+    model, wl = models("llama-3.1-8b"), Workload(4096.0, 256.0)
+    lay = Layout(*(jnp.float32(v) for v in (1, 1, 1, 1, 64, 8192, 1)))
+    pp = {**p, "request_overhead_s": jnp.float32(0.1)}
+    wave = jax.jit(evaluator_for("sglang"), static_argnums=(2, 3))(pp, h100, model, fp8, wl, lay)
+    t_chunk = float(round_time(pp, h100, model, fp8, wl, lay, jnp.float32(0.0), jnp.float32(8192.0)))
+    assert float(wave["ttft_s"]) == pytest.approx(0.1 + 16.5 * t_chunk, rel=1e-4)
+    m, _, t_pre, _ = prefill_first(64.0, wl)
+    assert m["ttft_s"] < 0.1 + 2.0 * t_pre + t_chunk
+    assert float(wave["ttft_s"]) > 5.0 * m["ttft_s"]

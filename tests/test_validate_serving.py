@@ -320,3 +320,25 @@ def test_request_overhead_fit_recovers_a_known_front_end_latency(loaded):
     assert float(fitted["request_overhead_trtllm_s"]) == pytest.approx(0.12, rel=0.03)
     assert set(fitted) == {"request_overhead_trtllm_s"}
     assert "rows < 8" in rep["vllm"]["status"]
+
+
+def test_scheduler_override_reprices_only_that_backends_aggregated_rows(loaded, validation):
+    """``jaxplan validate --scheduler sglang=prefill_first``: the aggregated SGLang rows of H200
+    DeepSeek (TP8) are repriced with staggered prefill-first arrivals, which queue about one
+    iteration instead of a lock-step wave's (k + 1) / 2 (k = N * ISL / 8192, up to 64 iterations
+    here), so their TTFT falls; every other row is unchanged. Bad values name the allowed ones."""
+    cases, _ = loaded
+    sel = [i for i, c in enumerate(cases) if c.system == "h200_sxm" and c.model.name.startswith("DeepSeek")
+           and c.mode == "agg" and c.backend in ("sglang", "trtllm")][:48]
+    sub = [cases[i] for i in sel]
+    pred = vs.predict(sub, default_params(), schedulers=vs.parse_schedulers(["sglang=prefill_first"]))
+    sg = np.asarray([c.backend == "sglang" for c in sub])
+    assert sg.any() and (~sg).any()
+    base = {k: v[sel] for k, v in validation.pred.items()}
+    np.testing.assert_allclose(pred["ttft_s"][~sg], base["ttft_s"][~sg], rtol=1e-6)
+    np.testing.assert_allclose(pred["tpot_s"][~sg], base["tpot_s"][~sg], rtol=1e-6)
+    k = np.asarray([c.concurrency * c.isl / 8192 for c in sub])[sg]
+    assert np.all(pred["ttft_s"][sg][k > 4] < base["ttft_s"][sg][k > 4])
+    for bad in (["sglang"], ["sgl=wave"], ["sglang=lockstep"]):
+        with pytest.raises(SpecError, match="prefill_first"):
+            vs.parse_schedulers(bad)
