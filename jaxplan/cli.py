@@ -33,14 +33,20 @@ def _positive(kind):
     return conv
 
 
-def _nonneg_float(s):
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
-    return v
+def _nonneg(kind, what):
+    def conv(s):
+        try:
+            v = kind(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}") from None
+        if v < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+        return v
+    return conv
+
+
+_nonneg_int = _nonneg(int, "a whole number")
+_nonneg_float = _nonneg(float, "a number")
 
 
 def _experiment_path(arg: str | None) -> Path:
@@ -67,6 +73,10 @@ def _add_experiment_args(sp):
     sp.add_argument("--min-tokens-per-user", type=_nonneg_float, help="SLA: minimum tokens/s per user")
     sp.add_argument("--max-ttft", type=_positive(float), help="SLA: maximum time to first token, seconds")
     sp.add_argument("--params", help="fitted parameter profile YAML (default: the hardware's shipped profile)")
+    sp.add_argument("--draft-tokens", type=_nonneg_int, metavar="K",
+                    help="speculative decoding: tokens drafted per decode step (e.g. DeepSeek MTP; 0: off)")
+    sp.add_argument("--acceptance", type=_nonneg_float, metavar="A",
+                    help="speculative decoding: probability a drafted token is accepted, in [0, 1)")
     sp.add_argument("--scheduler", choices=SCHEDULER_NAMES,
                     help="aggregated scheduling policy (default: the experiment's, else its backend's: "
                          "mixed for trtllm and vllm, wave for sglang)")
@@ -89,14 +99,18 @@ def _load_base(args):
     exp = load_experiment(_experiment_path(args.experiment), model=args.model, hardware=args.hardware,
                           gpus=args.gpus, isl=args.isl, osl=args.osl, precision=args.precision,
                           min_tokens_per_user=args.min_tokens_per_user, max_ttft=args.max_ttft,
-                          scheduler=getattr(args, "scheduler", None))
+                          scheduler=getattr(args, "scheduler", None),
+                          draft_tokens=getattr(args, "draft_tokens", None), acceptance=getattr(args, "acceptance", None))
     p, source = params_for(exp.hardware.name, args.params or exp.params_file)
     return exp, for_backend(p, exp.backend), source
 
 
 def _title(exp, scales=None) -> str:
+    wl = exp.workload
+    spec = (f", speculative {wl.draft_tokens} draft tokens at {100 * wl.acceptance:.0f}% acceptance "
+            f"({float(wl.tokens_per_step):.2f} tokens/step)" if wl.draft_tokens else "")
     return (f"{exp.model.name} on {exp.gpus} × {scaled_label(exp.hardware.name, scales or {})}, "
-            f"{exp.precision.name}, ISL {int(exp.workload.isl)} / OSL {int(exp.workload.osl)}")
+            f"{exp.precision.name}, ISL {int(wl.isl)} / OSL {int(wl.osl)}{spec}")
 
 
 # ----------------------------------------------------------------------------- sweep
@@ -154,7 +168,8 @@ def cmd_sweep(args) -> int:
     summary = {
         "experiment": exp.name, "model": exp.model.name, "hardware": exp.hardware.name, "gpus": exp.gpus,
         "precision": exp.precision.name, "backend": exp.backend,
-        "scheduler": scheduler_name(exp.scheduler_key), "isl": exp.workload.isl, "osl": exp.workload.osl,
+        "scheduler": scheduler_name(exp.scheduler_key),
+        "speculative": {"draft_tokens": exp.workload.draft_tokens, "acceptance": exp.workload.acceptance}, "isl": exp.workload.isl, "osl": exp.workload.osl,
         "serving": args.serving, "hardware_scales": scales,
         "sla": _sla_dict(exp),
         "params_source": source,
@@ -257,6 +272,8 @@ def cmd_explain(args) -> int:
                                                                chunk=chunk),
                                                 "experiment": exp.name, "params_source": source,
                                                 "scheduler": scheduler_name(exp.scheduler_key),
+                                                "tokens_per_step": float(exp.workload.tokens_per_step),
+        "speculative": {"draft_tokens": exp.workload.draft_tokens, "acceptance": exp.workload.acceptance},
                                                 "metrics": ex["metrics"], "memory_gb": ex["memory_gb"],
                                                 "ops_s": groups, "elasticities": sens}))
         return 0

@@ -176,8 +176,10 @@ def attention_prefill(p, hw, model: Model, prec, q_tokens, ctx, heads, kv_heads)
     return (cost + Cost(overhead=fixed)).where(q_tokens > 0)
 
 
-def attention_decode(p, hw, model: Model, prec, seqs, kv_len, heads, kv_heads) -> Cost:
-    """One new token for each of ``seqs`` sequences against ``kv_len`` cached tokens.
+def attention_decode(p, hw, model: Model, prec, seqs, kv_len, heads, kv_heads, q: float = 1.0) -> Cost:
+    """One new token for each of ``seqs`` sequences against ``kv_len`` cached tokens (``q`` new
+    tokens with speculative decoding: the cache is read once for all of them, the FLOPs and the
+    MMA rows grow q-fold).
 
     GQA reads 2 * kv_heads * head_dim elements per cached token and spends 4 * heads * head_dim
     FLOPs on it. Absorbed MLA reads the latent (kv_lora + rope) once for all heads and spends
@@ -193,11 +195,11 @@ def attention_decode(p, hw, model: Model, prec, seqs, kv_len, heads, kv_heads) -
         per_tok_flops = FLOPS_PER_MAC * 2 * heads * model.head_dim
         eff_c, eff_m, fixed = p["attn_decode_eff"], p["attn_decode_mem_eff"], p["attn_decode_latency_s"]
         dim, groups, group = model.head_dim, kv_heads, heads / kv_heads
-    flops = ss * kv_len * per_tok_flops
+    flops = ss * kv_len * per_tok_flops * q
     # Tiles (neutral at the defaults): the query heads sharing a KV head (MLA: all heads) form the
     # rows of the MMA, padded by ``attn_decode_group_pad``; each sequence's key loop pays
     # ``attn_decode_k_overhead`` keys of fill; the softmax costs ``attn_softmax_dim`` more per pair.
-    t_c = FLOPS_PER_MAC * 2 * ss * groups * (group + p["attn_decode_group_pad"]) * (dim + p["attn_softmax_dim"]) \
+    t_c = FLOPS_PER_MAC * 2 * ss * groups * (q * group + p["attn_decode_group_pad"]) * (dim + p["attn_softmax_dim"]) \
         * (kv_len + p["attn_decode_k_overhead"]) / (hw.peak(prec.attn_rate) * eff_c)
     t_c = jnp.maximum(t_c, TINY)
     cost = roofline(p, flops, ss * kv_len * per_tok_bytes, hw.peak(prec.attn_rate),
@@ -308,14 +310,16 @@ def heads_per_gpu(model: Model, tp):
     return model.num_heads / tp, jnp.maximum(model.num_kv_heads / tp, 1.0)
 
 
-def attention_block(p, hw, model: Model, prec, dec_seqs, pre_tokens, kv_len, ctx, tp) -> dict:
+def attention_block(p, hw, model: Model, prec, dec_seqs, pre_tokens, kv_len, ctx, tp, q: float = 1.0) -> dict:
     """Projections and attention for one attention group (tp GPUs) and one layer.
 
-    ``dec_seqs`` decode tokens with ``kv_len`` cached tokens each; ``pre_tokens`` prefill tokens
+    ``dec_seqs`` decode sequences of ``q`` new tokens each (1, or 1 + the drafted tokens a
+    speculative step verifies) with ``kv_len`` cached tokens each; ``pre_tokens`` prefill tokens
     whose keys span ``ctx`` tokens on average. Sliding-window layers cap both at the window."""
     d = model.hidden_size
     hq, hkv = heads_per_gpu(model, tp)
-    tokens = dec_seqs + pre_tokens
+    dec_tokens = dec_seqs * q if q != 1 else dec_seqs
+    tokens = dec_tokens + pre_tokens
     ops = {}
     if model.attention == "mla":
         # Down-projections (q_a, kv_a) are replicated on every TP rank; up-projections are sharded.
@@ -328,8 +332,8 @@ def attention_block(p, hw, model: Model, prec, dec_seqs, pre_tokens, kv_len, ctx
         # batched matmuls (q_nope -> latent, latent -> v) instead.
         proj = proj + gemm(p, hw, prec, pre_tokens, hq * (model.qk_nope_head_dim + model.v_head_dim),
                            model.kv_lora_rank)
-        proj = proj + gemm(p, hw, prec, dec_seqs, model.kv_lora_rank, model.qk_nope_head_dim, batch=hq)
-        proj = proj + gemm(p, hw, prec, dec_seqs, model.v_head_dim, model.kv_lora_rank, batch=hq)
+        proj = proj + gemm(p, hw, prec, dec_tokens, model.kv_lora_rank, model.qk_nope_head_dim, batch=hq)
+        proj = proj + gemm(p, hw, prec, dec_tokens, model.v_head_dim, model.kv_lora_rank, batch=hq)
         proj = proj + gemm(p, hw, prec, tokens, d, hq * model.v_head_dim)
     else:
         proj = gemm(p, hw, prec, tokens, (hq + 2 * hkv) * model.head_dim, d) \
@@ -344,7 +348,7 @@ def attention_block(p, hw, model: Model, prec, dec_seqs, pre_tokens, kv_len, ctx
             return full
         return full.scale(1 - s) + fn(jnp.minimum(length, win)).scale(s)
 
-    ops["attention"] = mix(lambda L: attention_decode(p, hw, model, prec, dec_seqs, L, hq, hkv), kv_len) \
+    ops["attention"] = mix(lambda L: attention_decode(p, hw, model, prec, dec_seqs, L, hq, hkv, q), kv_len) \
         + mix(lambda L: attention_prefill(p, hw, model, prec, pre_tokens, L, hq, hkv), ctx)
     return ops
 
@@ -356,18 +360,20 @@ def mlp(p, hw, prec, tokens, hidden, intermediate, matrices, tp) -> Cost:
 
 
 def layer_costs(p, hw: Hardware, model: Model, prec: Precision, dec, pre, kv_len, ctx, tp, ep, adp,
-                moe: bool) -> dict:
-    """One transformer layer on one GPU for a micro-batch of ``dec`` decode sequences and ``pre``
-    prefill tokens across the replica stage (so ``dec/adp`` and ``pre/adp`` per attention group).
+                moe: bool, q: float = 1.0) -> dict:
+    """One transformer layer on one GPU for a micro-batch of ``dec`` decode sequences (``q`` new
+    tokens each) and ``pre`` prefill tokens across the replica stage (so ``dec/adp`` and
+    ``pre/adp`` per attention group).
 
     Two all-reduces per layer over the attention group (after attention and after the MLP/MoE)."""
     d = model.hidden_size
     tpa = tp * ep / adp
     dec_g, pre_g = dec / adp, pre / adp
-    tok_g = dec_g + pre_g
-    ops = attention_block(p, hw, model, prec, dec_g, pre_g, kv_len, ctx, tpa)
+    qd = q if q != 1 else 1
+    tok_g = dec_g * qd + pre_g
+    ops = attention_block(p, hw, model, prec, dec_g, pre_g, kv_len, ctx, tpa, q)
     if moe:
-        tok_rep = dec + pre
+        tok_rep = dec * qd + pre
         ops["moe_router"] = gemm(p, hw, prec, tok_g, model.num_experts, d, weight_bytes=2.0, rate="bf16")
         ops["moe_experts"] = moe_experts(p, hw, model, prec, tok_rep, tp, ep)
         if model.num_shared_experts:
@@ -392,9 +398,11 @@ def layer_costs(p, hw: Hardware, model: Model, prec: Precision, dec, pre, kv_len
     return ops
 
 
-def stage_costs(p, hw: Hardware, model: Model, prec: Precision, dec, pre, kv_len, ctx, tp, ep, adp, pp) -> dict:
+def stage_costs(p, hw: Hardware, model: Model, prec: Precision, dec, pre, kv_len, ctx, tp, ep, adp, pp,
+                q: float = 1.0) -> dict:
     """One micro-batch through one pipeline stage: layers/pp of each kind, plus a 1/pp share of the
-    LM head (stages are assumed balanced by giving the last stage fewer layers).
+    LM head (stages are assumed balanced by giving the last stage fewer layers). ``q``: new tokens
+    per decode sequence (speculative decoding verifies 1 + the drafted ones).
 
     Returns op-group name -> Cost; their sum is the stage time."""
     out: dict[str, Cost] = {}
@@ -404,24 +412,38 @@ def stage_costs(p, hw: Hardware, model: Model, prec: Precision, dec, pre, kv_len
             out[k] = out[k] + c.scale(weight) if k in out else c.scale(weight)
 
     if model.num_dense_layers:
-        acc(layer_costs(p, hw, model, prec, dec, pre, kv_len, ctx, tp, ep, adp, moe=False),
+        acc(layer_costs(p, hw, model, prec, dec, pre, kv_len, ctx, tp, ep, adp, moe=False, q=q),
             model.num_dense_layers / pp)
     if model.num_moe_layers:
-        acc(layer_costs(p, hw, model, prec, dec, pre, kv_len, ctx, tp, ep, adp, moe=True),
+        acc(layer_costs(p, hw, model, prec, dec, pre, kv_len, ctx, tp, ep, adp, moe=True, q=q),
             model.num_moe_layers / pp)
     # LM head: logits for every decode token and the last token of each prefill chunk (~1 per chunk).
     tpa = tp * ep / adp
-    heads_tokens = (dec + jnp.where(pre > 0, adp, 0.0)) / adp
+    heads_tokens = ((dec * q if q != 1 else dec) + jnp.where(pre > 0, adp, 0.0)) / adp
     acc({"lm_head": gemm(p, hw, prec, heads_tokens, model.vocab_size / tpa, model.hidden_size,
                          weight_bytes=2.0, rate="bf16")}, 1.0 / pp)
     return out
 
 
+def draft_costs(p, hw: Hardware, model: Model, prec: Precision, dec, kv_len, tp, ep, adp, draft_tokens: int,
+                draft_layers: int = 1) -> Cost:
+    """Speculative drafting for one decode step of ``dec`` sequences: ``draft_tokens`` passes one
+    after another (each drafts the next token), each through ``draft_layers`` layers shaped like
+    the model's own (DeepSeek-V3's multi-token-prediction module is one such layer) and the LM
+    head, one token per sequence."""
+    layer = sum_costs(layer_costs(p, hw, model, prec, dec, 0.0, kv_len, 0.0, tp, ep, adp, moe=model.is_moe).values())
+    tpa = tp * ep / adp
+    head = gemm(p, hw, prec, dec / adp, model.vocab_size / tpa, model.hidden_size, weight_bytes=2.0, rate="bf16")
+    return (layer.scale(draft_layers) + head).scale(draft_tokens)
+
+
 # ----------------------------------------------------------------------------- memory
 
-def memory_per_gpu(p, hw: Hardware, model: Model, prec: Precision, isl, osl, tp, ep, adp, pp, batch, chunk) -> dict:
+def memory_per_gpu(p, hw: Hardware, model: Model, prec: Precision, isl, osl, tp, ep, adp, pp, batch, chunk,
+                   draft_layers: int = 0) -> dict:
     """Bytes on the busiest GPU of a replica: weights, KV cache of the running batch at full
-    context, activations of one iteration, and the runtime reserve."""
+    context, activations of one iteration, and the runtime reserve. ``draft_layers``: layers of a
+    speculative draft head (e.g. DeepSeek's MTP module, one layer) held beside the last stage."""
     d = model.hidden_size
     tpa = tp * ep / adp
     hq, hkv = heads_per_gpu(model, tpa)
@@ -436,7 +458,8 @@ def memory_per_gpu(p, hw: Hardware, model: Model, prec: Precision, isl, osl, tp,
     per_layer_dense = attn + model.dense_mlp_params() / tpa
     per_layer_moe = attn + model.num_experts / ep * model.expert_params() / tp + model.shared_params() / tpa \
         + d * model.num_experts
-    layer_weights = (model.num_dense_layers * per_layer_dense + model.num_moe_layers * per_layer_moe) / pp
+    layer_weights = (model.num_dense_layers * per_layer_dense + model.num_moe_layers * per_layer_moe) / pp \
+        + draft_layers * (per_layer_moe if model.is_moe else per_layer_dense)
     # Embedding on the first stage, LM head on the last, both BF16 and vocab-sharded over TP.
     emb = model.vocab_size * d / tpa * 2.0 * jnp.where(pp > 1, 1.0, 1.0 if model.tie_embeddings else 2.0)
     weights = layer_weights * prec.weight_bytes + emb

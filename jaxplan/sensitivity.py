@@ -146,7 +146,8 @@ def _jacobian(model: Model, prec: Precision, scheduler_backend: str, param_names
 
     def logs(delta, p, hw, wl, args):
         h = hw.replace(**{f: getattr(hw, f) * jnp.exp(delta["hardware"][f]) for f in fields})
-        w = Workload(wl.isl * jnp.exp(delta["workload"]["isl"]), wl.osl * jnp.exp(delta["workload"]["osl"]))
+        w = dataclasses.replace(wl, isl=wl.isl * jnp.exp(delta["workload"]["isl"]),
+                                osl=wl.osl * jnp.exp(delta["workload"]["osl"]))
         q = dict(p)
         q.update({k: p[k] * jnp.exp(delta["params"][k]) for k in param_names})
         m = metric_fn(q, h, w, args)

@@ -28,10 +28,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .cost import Cost, memory_per_gpu, p2p, stage_costs, sum_costs
+from .cost import Cost, draft_costs, memory_per_gpu, p2p, stage_costs, sum_costs
 from .specs import SCHEDULER_NAMES, Hardware, Model, Precision, Workload
 
 FIXED_POINT_STEPS = 8
+# Layers of the speculative draft head, each shaped like one of the model's own: DeepSeek-V3's
+# multi-token-prediction module is one transformer layer sharing the embedding and LM head
+# (DeepSeek-V3 technical report, section 2.2); EAGLE-style heads are one layer too.
+DRAFT_LAYERS = 1
 
 
 class Layout(NamedTuple):
@@ -78,11 +82,20 @@ def round_costs(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, la
     n = micro_batches(lay, dec, pre)
     kv_len = wl.isl + wl.osl / 2.0         # mean cached context of a decoding request
     ctx = wl.isl / 2.0                     # mean key span of a prefill token (causal)
-    stage = stage_costs(p, hw, model, prec, dec / n, pre / n, kv_len, ctx, lay.tp, lay.ep, lay.adp, pp)
-    ops = {k: c.scale(pp) for k, c in stage.items()}
-    ops["pp_handoff"] = Cost(comm_pp=pp_handoff(p, hw, model, prec, (dec + pre) / n, lay.tp, lay.ep, pp))
+    k = wl.draft_tokens                    # speculative decoding: verify 1 + k tokens per sequence
+    stage = stage_costs(p, hw, model, prec, dec / n, pre / n, kv_len, ctx, lay.tp, lay.ep, lay.adp, pp, q=1 + k)
+    ops = {name: c.scale(pp) for name, c in stage.items()}
+    ops["pp_handoff"] = Cost(comm_pp=pp_handoff(p, hw, model, prec, (dec * (1 + k) + pre) / n, lay.tp, lay.ep, pp))
+    if k:
+        ops["draft"] = draft_costs(p, hw, model, prec, dec, kv_len, lay.tp, lay.ep, lay.adp, k,
+                                   DRAFT_LAYERS).where(dec > 0)
     ops["step_overhead"] = Cost(overhead=p["step_overhead_s"])
     return ops
+
+
+def draft_layers(wl: Workload) -> int:
+    """Layers of the speculative draft head a decoding GPU holds (0 without speculation)."""
+    return DRAFT_LAYERS if wl.draft_tokens else 0
 
 
 def round_time(p, hw, model, prec, wl, lay, dec, pre):
@@ -97,8 +110,8 @@ def admitted_batch(p, hw: Hardware, model: Model, prec: Precision, wl: Workload,
     the context a request has, on average ``isl + osl/2`` tokens over its life. Memory is affine
     in the batch, so two evaluations give the slope."""
     ctx_osl = wl.osl / 2.0
-    m0 = memory_per_gpu(p, hw, model, prec, wl.isl, ctx_osl, lay.tp, lay.ep, lay.adp, lay.pp, 0.0, lay.chunk)
-    m1 = memory_per_gpu(p, hw, model, prec, wl.isl, ctx_osl, lay.tp, lay.ep, lay.adp, lay.pp, lay.adp, lay.chunk)
+    m0 = memory_per_gpu(p, hw, model, prec, wl.isl, ctx_osl, lay.tp, lay.ep, lay.adp, lay.pp, 0.0, lay.chunk, draft_layers(wl))
+    m1 = memory_per_gpu(p, hw, model, prec, wl.isl, ctx_osl, lay.tp, lay.ep, lay.adp, lay.pp, lay.adp, lay.chunk, draft_layers(wl))
     return jnp.maximum((m0["capacity"] - m0["total"]) / jnp.maximum(m1["total"] - m0["total"], 1.0), 1.0)
 
 
@@ -141,7 +154,10 @@ def evaluate(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: 
     (``benchmarks/serving_validation.md``)."""
     if scheduler not in SCHEDULER_NAMES:
         raise ValueError(f"scheduler '{scheduler}'; allowed: {', '.join(SCHEDULER_NAMES)}")
-    isl, osl, g = wl.isl, wl.osl, lay.adp
+    # With speculative decoding a decode step yields ``tokens_per_step`` tokens, so a request needs
+    # osl / that many steps: below, ``osl`` counts steps and ``tpot`` is a step until the end.
+    per_step = wl.tokens_per_step
+    isl, osl, g = wl.isl, wl.osl / per_step, lay.adp
     o_req = p["request_overhead_s"]           # front end, before the engine sees the request
     B = lay.batch / g
     Br = jnp.minimum(B, admitted_batch(p, hw, model, prec, wl, lay))
@@ -208,12 +224,14 @@ def evaluate(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: 
     x = g * x_g                                            # completed requests/s per replica
     ttft = jnp.maximum(lay.batch / x - osl * tpot, ttft0)
     gpus_per_replica = lay.tp * lay.ep * lay.pp
-    mem = memory_per_gpu(p, hw, model, prec, isl, osl, lay.tp, lay.ep, lay.adp, lay.pp, lay.batch, lay.chunk)
+    mem = memory_per_gpu(p, hw, model, prec, isl, wl.osl, lay.tp, lay.ep, lay.adp, lay.pp, lay.batch, lay.chunk,
+                         draft_layers(wl))
+    tpot = tpot / per_step
     return {
         "ttft_s": ttft,
         "tpot_s": tpot,
         "tokens_per_s_per_user": 1.0 / tpot,
-        "tokens_per_s_per_gpu": x * osl / gpus_per_replica,
+        "tokens_per_s_per_gpu": x * wl.osl / gpus_per_replica,
         "requests_per_s": x * lay.dp,
         "decoding_requests": g * d,
         "prefill_tokens_per_iter": g * c,
@@ -270,7 +288,7 @@ def explain(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: L
     dec = m["decoding_requests"]
     c = m["prefill_tokens_per_iter"]
     rc = jax.jit(round_costs, static_argnums=(2, 3))
-    mem = memory_per_gpu(p, hw, model, prec, wl.isl, wl.osl, lay.tp, lay.ep, lay.adp, lay.pp, lay.batch, lay.chunk)
+    mem = memory_per_gpu(p, hw, model, prec, wl.isl, wl.osl, lay.tp, lay.ep, lay.adp, lay.pp, lay.batch, lay.chunk, draft_layers(wl))
     # only the mixed scheduler runs the decoders inside the prompt's iteration
     dec_in_chunk = dec if scheduler == "mixed" else jnp.zeros_like(dec)
     return {"metrics": {k: float(v) for k, v in m.items()},
@@ -321,8 +339,9 @@ def prefill_worker(p, hw: Hardware, model: Model, prec: Precision, wl: Workload,
 def decode_worker(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: Layout) -> dict:
     """A decode-only worker holding ``batch`` requests at full context. Returns TPOT, its request
     rate, and memory."""
-    tpot = round_time(p, hw, model, prec, wl, lay, lay.batch, jnp.float32(0.0))
-    mem = memory_per_gpu(p, hw, model, prec, wl.isl, wl.osl, lay.tp, lay.ep, lay.adp, lay.pp, lay.batch, 0.0)
+    tpot = round_time(p, hw, model, prec, wl, lay, lay.batch, jnp.float32(0.0)) / wl.tokens_per_step
+    mem = memory_per_gpu(p, hw, model, prec, wl.isl, wl.osl, lay.tp, lay.ep, lay.adp, lay.pp, lay.batch, 0.0,
+                         draft_layers(wl))
     return {"tpot_s": tpot, "rate": lay.batch / (wl.osl * tpot),
             "memory_per_gpu_gb": mem["total"] / 1e9, "feasible": mem["total"] <= mem["capacity"]}
 
@@ -389,7 +408,7 @@ def explain_disagg(p, hw: Hardware, model: Model, prec: Precision, wl: Workload,
     prompts = m["prefill_prompts_per_iter"]
     c = pre.adp * jnp.minimum(pre.chunk, prompts * wl.isl)
     mem_p = memory_per_gpu(p, hw, model, prec, wl.isl, 0.0, pre.tp, pre.ep, pre.adp, pre.pp, pre.adp * prompts, c)
-    mem_d = memory_per_gpu(p, hw, model, prec, wl.isl, wl.osl, dec.tp, dec.ep, dec.adp, dec.pp, dec.batch, 0.0)
+    mem_d = memory_per_gpu(p, hw, model, prec, wl.isl, wl.osl, dec.tp, dec.ep, dec.adp, dec.pp, dec.batch, 0.0, draft_layers(wl))
     return {"metrics": {k: float(v) for k, v in m.items()},
             "ttft_parts_s": {k: float(v) for k, v in ttft_parts.items()},
             "prefill_iteration": rc(p, hw, model, prec, wl, pre, jnp.float32(0.0), c),
@@ -409,7 +428,8 @@ def evaluate_disagg(p, hw: Hardware, model: Model, prec: Precision, wl: Workload
     prefill compute + the KV-cache transfer + fixed per-request overheads (the disaggregation
     protocol: routing, KV-receiver allocation, handshake; the serving front end), and, once the prefill pool saturates or decode
     memory is full, whatever wait Little's law N = X * (TTFT + osl * TPOT) leaves."""
-    osl = wl.osl
+    per_step = wl.tokens_per_step        # speculative decoding: ``osl`` counts steps, ``tpot`` is a step
+    osl = wl.osl / per_step
     pw = prefill_worker(p, hw, model, prec, wl, pre)
     t_kv = kv_transfer_time(p, hw, model, prec, wl.isl, pre, dec, cross_network)
     b_max = admitted_batch(p, hw, model, prec, wl, dec) * dec.adp   # decode requests whose KV fits
@@ -440,8 +460,9 @@ def evaluate_disagg(p, hw: Hardware, model: Model, prec: Precision, wl: Workload
     b, tpot, X, ttft0 = jax.lax.fori_loop(0, FIXED_POINT_STEPS, step, (b0, b0, zero, zero, zero))[1:]
     ttft = jnp.maximum(concurrency / X - osl * tpot, ttft0)
     gpus = x * pre.tp * pre.ep * pre.pp + y * dec.tp * dec.ep * dec.pp
+    tpot = tpot / per_step
     return {"ttft_s": ttft, "tpot_s": tpot, "tokens_per_s_per_user": 1.0 / tpot,
-            "tokens_per_s_per_gpu": X * osl / gpus, "requests_per_s": X, "decode_batch": b,
+            "tokens_per_s_per_gpu": X * wl.osl / gpus, "requests_per_s": X, "decode_batch": b,
             "kv_transfer_s": t_kv, "prefill_latency_s": pw["latency_s"],
             "prefill_utilization": X / cap, "prefill_workers": x, "decode_workers": y,
             "prefill_capacity_rps": cap, "prefill_slots": x * pre.adp * pw["prompts_per_iter"],

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
 import yaml
 
 BYTES_PER_GB = 1e9
@@ -501,12 +502,27 @@ def check_precision(hw: Hardware, prec: Precision, where: str = "precision") -> 
 
 # ----------------------------------------------------------------------------- workload
 
-@_pytree_dataclass(meta=())
+@_pytree_dataclass(meta=("draft_tokens",))
 @dataclasses.dataclass(frozen=True)
 class Workload:
-    """Traffic: prompt and output lengths in tokens (leaves, so they can be differentiated)."""
+    """Traffic: prompt and output lengths in tokens (leaves, so they can be differentiated), and
+    how it is decoded: ``draft_tokens`` speculative tokens drafted per decode step (0: off; static,
+    it shapes the step) and the ``acceptance`` rate of each drafted token given the ones before it
+    were accepted (a leaf). A step then yields ``1 + a + ... + a^k`` tokens on average."""
     isl: float = 1024.0
     osl: float = 1024.0
+    acceptance: float = 0.0
+    draft_tokens: int = 0
+
+    @property
+    def tokens_per_step(self):
+        """Mean tokens a decode step yields: 1 without speculation; with ``k`` drafted tokens
+        accepted in order with probability ``a`` each, ``sum_{i<=k} a^i = (1 - a^(k+1)) / (1 - a)``."""
+        k = self.draft_tokens
+        if not k:
+            return 1.0
+        a = jnp.clip(self.acceptance, 0.0, 0.999)
+        return (1.0 - a ** (k + 1)) / (1.0 - a)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -518,6 +534,7 @@ class SLA:
 # ----------------------------------------------------------------------------- experiment
 
 DEFAULT_CHUNKS = (256, 512, 1024, 2048, 4096, 8192)
+MAX_DRAFT_TOKENS = 16
 # Aggregated scheduling policies ``serving.evaluate`` models (``serving.SCHEDULERS`` gives each
 # backend's default): prompt chunks inside decode iterations, prompts alone before decode
 # (staggered arrivals), or lock-step waves of identical requests.
@@ -582,6 +599,22 @@ def load_experiment(path: str | os.PathLike, **overrides) -> Experiment:
     for key, v in (("--isl", isl), ("--osl", osl)):
         if v <= 0:
             raise SpecError(f"{key} must be positive, got {v}")
+    spec = r.sub("speculative")
+    draft, accept = 0, 0.0
+    if spec is not None:
+        draft = spec.num("draft_tokens", 0, integer=True, positive=False, min_value=0)
+        accept = spec.num("acceptance", 0.0, positive=False, min_value=0)
+        spec.finish()
+    if overrides.get("draft_tokens") is not None:
+        draft = overrides["draft_tokens"]
+    if overrides.get("acceptance") is not None:
+        accept = overrides["acceptance"]
+    where_spec = f"{where} [speculative]" if spec is not None else "--draft-tokens/--acceptance"
+    if draft > MAX_DRAFT_TOKENS:
+        raise SpecError(f"{where_spec}: draft_tokens {draft} is more than {MAX_DRAFT_TOKENS}")
+    if not 0.0 <= accept < 1.0:
+        raise SpecError(f"{where_spec}: acceptance must be in [0, 1) (the probability a drafted token is "
+                        f"accepted), got {accept}")
     sla_r = r.sub("sla")
     if sla_r:
         sla_r.used.update({"min_tokens_per_s_per_user", "max_ttft_s"})
@@ -613,5 +646,5 @@ def load_experiment(path: str | os.PathLike, **overrides) -> Experiment:
     r.finish(also_allowed=("description", "name"))
     return Experiment(name=r.data.get("name", path.stem) if isinstance(r.data.get("name"), str) else path.stem,
                       model=model, hardware=hw, gpus=gpus, precision=prec,
-                      workload=Workload(float(isl), float(osl)), sla=sla, chunk_sizes=chunks,
+                      workload=Workload(float(isl), float(osl), float(accept), int(draft)), sla=sla, chunk_sizes=chunks,
                       max_batch=max_batch, backend=backend, params_file=params_file, scheduler=scheduler)

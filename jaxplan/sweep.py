@@ -16,7 +16,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from . import layouts as L
 from .cost import memory_per_gpu
-from .serving import Layout, evaluate, evaluator_for
+from .serving import Layout, draft_layers, evaluate, evaluator_for
 from .specs import Experiment, Hardware, Model, Precision, Workload
 
 DEFAULT_CHUNK = 4096
@@ -78,7 +78,7 @@ def max_batch(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, conf
     tp, pp, ep, adp = (jnp.asarray(configs[:, i], jnp.float32) for i in (0, 1, 2, 4))
 
     def mem(b):
-        m = memory_per_gpu(p, hw, model, prec, wl.isl, wl.osl, tp, ep, adp, pp, b, chunk)
+        m = memory_per_gpu(p, hw, model, prec, wl.isl, wl.osl, tp, ep, adp, pp, b, chunk, draft_layers(wl))
         return np.asarray(m["total"]), float(m["capacity"])
 
     m0, cap_bytes = mem(0.0)

@@ -184,6 +184,27 @@ def test_explain_with_another_scheduler(tmp_path, capsys, how):
     assert mixed["metrics"]["chunk_iter_s"] > doc["metrics"]["chunk_iter_s"]
 
 
+def test_explain_with_speculative_decoding(tmp_path, capsys):
+    """``--draft-tokens 3 --acceptance 0.7``: the decode iteration gains a draft op, the iterations
+    reported are steps, and TPOT is a step (a decode step, or one with another prompt's chunk) over
+    the 1 + 0.7 + 0.49 + 0.343 = 2.533 tokens it yields; the text title says so."""
+    exp = write_exp(tmp_path)
+    rc, out, err = call(["explain", str(exp), *EXPLAIN, "--draft-tokens", "3", "--acceptance", "0.7", "--json"],
+                        capsys)
+    assert rc == 0, err
+    doc = json.loads(out)
+    check_explain_json(doc)
+    assert doc["tokens_per_step"] == pytest.approx(2.533, rel=1e-4)
+    assert doc["ops_s"]["decode_iteration"]["draft"]["total"] > 0
+    m = doc["metrics"]
+    # a token waits a decode step, or a step with another prompt's chunk, over the tokens per step
+    assert m["decode_iter_s"] / 2.533 * (1 - 1e-4) <= m["tpot_s"] <= m["chunk_iter_s"] / 2.533
+    rc, out, err = call(["explain", str(exp), *EXPLAIN, "--draft-tokens", "3", "--acceptance", "0.7"], capsys)
+    assert rc == 0 and "speculative 3 draft tokens at 70% acceptance (2.53 tokens/step)" in out
+    bad(tmp_path, capsys, ["explain", str(exp), *EXPLAIN, "--draft-tokens", "1", "--acceptance", "1.5"],
+        "acceptance", "[0, 1)")
+
+
 def test_unknown_scheduler_names_the_allowed_ones(tmp_path, capsys):
     exp = write_exp(tmp_path, EXPERIMENT + "scheduler: lockstep\n")
     bad(tmp_path, capsys, ["explain", str(exp), "--tp", "1"], "scheduler", "lockstep", "prefill_first", str(exp))
