@@ -73,6 +73,8 @@ def _add_experiment_args(sp):
     sp.add_argument("--min-tokens-per-user", type=_nonneg_float, help="SLA: minimum tokens/s per user")
     sp.add_argument("--max-ttft", type=_positive(float), help="SLA: maximum time to first token, seconds")
     sp.add_argument("--params", help="fitted parameter profile YAML (default: the hardware's shipped profile)")
+    sp.add_argument("--prefix-hit", type=_nonneg_float, metavar="H",
+                    help="share of each prompt already in the prefix cache, in [0, 1) (prefill computes the rest)")
     sp.add_argument("--draft-tokens", type=_nonneg_int, metavar="K",
                     help="speculative decoding: tokens drafted per decode step (e.g. DeepSeek MTP; 0: off)")
     sp.add_argument("--acceptance", type=_nonneg_float, metavar="A",
@@ -100,7 +102,8 @@ def _load_base(args):
                           gpus=args.gpus, isl=args.isl, osl=args.osl, precision=args.precision,
                           min_tokens_per_user=args.min_tokens_per_user, max_ttft=args.max_ttft,
                           scheduler=getattr(args, "scheduler", None),
-                          draft_tokens=getattr(args, "draft_tokens", None), acceptance=getattr(args, "acceptance", None))
+                          draft_tokens=getattr(args, "draft_tokens", None), acceptance=getattr(args, "acceptance", None),
+                          prefix_hit=getattr(args, "prefix_hit", None))
     p, source = params_for(exp.hardware.name, args.params or exp.params_file)
     return exp, for_backend(p, exp.backend), source
 
@@ -109,6 +112,8 @@ def _title(exp, scales=None) -> str:
     wl = exp.workload
     spec = (f", speculative {wl.draft_tokens} draft tokens at {100 * wl.acceptance:.0f}% acceptance "
             f"({float(wl.tokens_per_step):.2f} tokens/step)" if wl.draft_tokens else "")
+    if wl.prefix_hit:
+        spec += f", {100 * wl.prefix_hit:.0f}% of each prompt cached"
     return (f"{exp.model.name} on {exp.gpus} × {scaled_label(exp.hardware.name, scales or {})}, "
             f"{exp.precision.name}, ISL {int(wl.isl)} / OSL {int(wl.osl)}{spec}")
 
@@ -169,7 +174,8 @@ def cmd_sweep(args) -> int:
         "experiment": exp.name, "model": exp.model.name, "hardware": exp.hardware.name, "gpus": exp.gpus,
         "precision": exp.precision.name, "backend": exp.backend,
         "scheduler": scheduler_name(exp.scheduler_key),
-        "speculative": {"draft_tokens": exp.workload.draft_tokens, "acceptance": exp.workload.acceptance}, "isl": exp.workload.isl, "osl": exp.workload.osl,
+        "speculative": {"draft_tokens": exp.workload.draft_tokens, "acceptance": exp.workload.acceptance},
+        "prefix_hit": exp.workload.prefix_hit, "isl": exp.workload.isl, "osl": exp.workload.osl,
         "serving": args.serving, "hardware_scales": scales,
         "sla": _sla_dict(exp),
         "params_source": source,
@@ -274,6 +280,7 @@ def cmd_explain(args) -> int:
                                                 "scheduler": scheduler_name(exp.scheduler_key),
                                                 "tokens_per_step": float(exp.workload.tokens_per_step),
         "speculative": {"draft_tokens": exp.workload.draft_tokens, "acceptance": exp.workload.acceptance},
+        "prefix_hit": exp.workload.prefix_hit,
                                                 "metrics": ex["metrics"], "memory_gb": ex["memory_gb"],
                                                 "ops_s": groups, "elasticities": sens}))
         return 0

@@ -35,7 +35,15 @@ HARDWARE_NUMBERS: dict[str, tuple[str, str, str]] = {
     "scale_out_bandwidth": ("scaleout_bandwidth", "scaleout_bandwidth_gb_s", "scale-out bandwidth"),
     "scale_out_latency": ("scaleout_latency", "scaleout_latency_us", "scale-out latency"),
 }
-WORKLOAD_NUMBERS = {"isl": "input length (ISL)", "osl": "output length (OSL)"}
+WORKLOAD_NUMBERS = {"isl": "input length (ISL)", "osl": "output length (OSL)",
+                    "acceptance": "speculative acceptance rate", "prefix_hit": "prefix-cache hit share"}
+
+
+def workload_inputs(wl: Workload) -> tuple[str, ...]:
+    """The workload numbers an experiment's elasticities cover: ISL and OSL, the acceptance rate
+    where speculative decoding is on, the prefix-cache share where some prompt is cached."""
+    return ("isl", "osl") + (("acceptance",) if wl.draft_tokens else ()) \
+        + (("prefix_hit",) if float(wl.prefix_hit) > 0 else ())
 METRICS = ("tokens_per_s_per_gpu", "tokens_per_s_per_user", "ttft_s")
 SWITCH_FACTORS = (0.9, 1.1)
 ROW_BUCKET = 128          # layouts per Jacobian call are padded to a multiple of this
@@ -137,7 +145,7 @@ def _serving_metrics(model: Model, prec: Precision, backend: str, serving: str):
 
 @functools.lru_cache(maxsize=None)
 def _jacobian(model: Model, prec: Precision, scheduler_backend: str, param_names: tuple[str, ...],
-              serving: str = "agg"):
+              serving: str = "agg", workload_names: tuple[str, ...] = ("isl", "osl")):
     """``f(p, hw, wl, rows) -> {metric: {group: {name: elasticity per row}}}``, compiled once per
     (model, precision, backend, serving mode). Each input is multiplied by exp(delta) and the
     Jacobian is taken at delta = 0: d log(metric) / d log(x), finite also where x = 0 (it is then 0)."""
@@ -146,15 +154,14 @@ def _jacobian(model: Model, prec: Precision, scheduler_backend: str, param_names
 
     def logs(delta, p, hw, wl, args):
         h = hw.replace(**{f: getattr(hw, f) * jnp.exp(delta["hardware"][f]) for f in fields})
-        w = dataclasses.replace(wl, isl=wl.isl * jnp.exp(delta["workload"]["isl"]),
-                                osl=wl.osl * jnp.exp(delta["workload"]["osl"]))
+        w = dataclasses.replace(wl, **{n: getattr(wl, n) * jnp.exp(delta["workload"][n]) for n in workload_names})
         q = dict(p)
         q.update({k: p[k] * jnp.exp(delta["params"][k]) for k in param_names})
         m = metric_fn(q, h, w, args)
         return {k: jnp.log(m[k]) for k in METRICS}
 
     zero = {"hardware": {f: jnp.float32(0) for f in fields},
-            "workload": {"isl": jnp.float32(0), "osl": jnp.float32(0)},
+            "workload": {n: jnp.float32(0) for n in workload_names},
             "params": {k: jnp.float32(0) for k in param_names}}
 
     def one(p, hw, wl, args):
@@ -191,7 +198,8 @@ def elasticities(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, c
     if rows.size == 0:
         return []
     names = tuple(used_params(p))
-    fn = _jacobian(model, prec, backend, names, serving)
+    wl_names = workload_inputs(wl)
+    fn = _jacobian(model, prec, backend, names, serving, wl_names)
     # pad to a multiple of ROW_BUCKET by repeating the last row: one compile for most frontiers
     padded = np.concatenate([rows, np.full(-len(rows) % ROW_BUCKET, rows[-1])])
     jac = jax.device_get(fn(p, hw, wl, row_args(columns, padded, hw, serving)))
@@ -200,7 +208,7 @@ def elasticities(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, c
     for j, r in enumerate(rows):
         for kind, group, values in (
                 ("hardware", "hardware", {field_to_name[f]: float(getattr(hw, f)) for f in field_to_name}),
-                ("workload", "workload", {"isl": float(wl.isl), "osl": float(wl.osl)}),
+                ("workload", "workload", {n: float(getattr(wl, n)) for n in wl_names}),
                 ("param", "params", {k: float(p[k]) for k in names})):
             for name, value in values.items():
                 key = HARDWARE_NUMBERS[name][0] if kind == "hardware" else name

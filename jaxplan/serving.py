@@ -81,7 +81,7 @@ def round_costs(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, la
     pp = lay.pp
     n = micro_batches(lay, dec, pre)
     kv_len = wl.isl + wl.osl / 2.0         # mean cached context of a decoding request
-    ctx = wl.isl / 2.0                     # mean key span of a prefill token (causal)
+    ctx = wl.prefill_key_span              # mean key span of a prefill token (causal, + cached prefix)
     k = wl.draft_tokens                    # speculative decoding: verify 1 + k tokens per sequence
     stage = stage_costs(p, hw, model, prec, dec / n, pre / n, kv_len, ctx, lay.tp, lay.ep, lay.adp, pp, q=1 + k)
     ops = {name: c.scale(pp) for name, c in stage.items()}
@@ -157,7 +157,8 @@ def evaluate(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: 
     # With speculative decoding a decode step yields ``tokens_per_step`` tokens, so a request needs
     # osl / that many steps: below, ``osl`` counts steps and ``tpot`` is a step until the end.
     per_step = wl.tokens_per_step
-    isl, osl, g = wl.isl, wl.osl / per_step, lay.adp
+    # Prefill volume: the prompt tokens not already in the prefix cache.
+    isl, osl, g = wl.prompt_tokens, wl.osl / per_step, lay.adp
     o_req = p["request_overhead_s"]           # front end, before the engine sees the request
     B = lay.batch / g
     Br = jnp.minimum(B, admitted_batch(p, hw, model, prec, wl, lay))
@@ -224,7 +225,7 @@ def evaluate(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: 
     x = g * x_g                                            # completed requests/s per replica
     ttft = jnp.maximum(lay.batch / x - osl * tpot, ttft0)
     gpus_per_replica = lay.tp * lay.ep * lay.pp
-    mem = memory_per_gpu(p, hw, model, prec, isl, wl.osl, lay.tp, lay.ep, lay.adp, lay.pp, lay.batch, lay.chunk,
+    mem = memory_per_gpu(p, hw, model, prec, wl.isl, wl.osl, lay.tp, lay.ep, lay.adp, lay.pp, lay.batch, lay.chunk,
                          draft_layers(wl))
     tpot = tpot / per_step
     return {
@@ -256,11 +257,12 @@ def cold_start_ttft(p, hw: Hardware, model: Model, prec: Precision, wl: Workload
         return m["ttft_s"]
     g = lay.adp
     Br = m["admitted_requests"] / g
-    m_max = jnp.clip(jnp.floor(lay.chunk / wl.isl), 1.0, jnp.maximum(Br, 1.0))
-    k = jnp.maximum(Br * wl.isl / lay.chunk, 1.0)
+    isl = wl.prompt_tokens
+    m_max = jnp.clip(jnp.floor(lay.chunk / isl), 1.0, jnp.maximum(Br, 1.0))
+    k = jnp.maximum(Br * isl / lay.chunk, 1.0)
     # mixed: the prompts ride beside the solved decoders; prefill-first: they run alone
     dec = m["decoding_requests"] if scheduler == "mixed" else jnp.zeros_like(m["decoding_requests"])
-    t_wave = round_time(p, hw, model, prec, wl, lay, dec, g * jnp.minimum(lay.chunk, m_max * wl.isl))
+    t_wave = round_time(p, hw, model, prec, wl, lay, dec, g * jnp.minimum(lay.chunk, m_max * isl))
     return jnp.maximum(p["request_overhead_s"] + (k + 1.0) / 2.0 * t_wave, m["ttft_s"])
 
 
@@ -327,11 +329,12 @@ def prefill_worker(p, hw: Hardware, model: Model, prec: Precision, wl: Workload,
     """A prefill-only worker: each attention group packs up to ``batch / adp`` prompts (as many as
     fit in ``chunk`` tokens) into an iteration; a prompt longer than the chunk takes ``isl/chunk``
     iterations. Returns its request rate, one prompt's latency, and memory."""
-    m = jnp.clip(jnp.floor(lay.chunk / wl.isl), 1.0, jnp.maximum(lay.batch / lay.adp, 1.0))
-    c = jnp.minimum(lay.chunk, m * wl.isl)
+    isl = wl.prompt_tokens                 # computed; the KV cache (memory) holds all wl.isl
+    m = jnp.clip(jnp.floor(lay.chunk / isl), 1.0, jnp.maximum(lay.batch / lay.adp, 1.0))
+    c = jnp.minimum(lay.chunk, m * isl)
     t_iter = round_time(p, hw, model, prec, wl, lay, jnp.float32(0.0), lay.adp * c)
     mem = memory_per_gpu(p, hw, model, prec, wl.isl, 0.0, lay.tp, lay.ep, lay.adp, lay.pp, lay.adp * m, c)
-    return {"rate": lay.adp * c / wl.isl / t_iter, "latency_s": jnp.maximum(wl.isl / lay.chunk, 1.0) * t_iter,
+    return {"rate": lay.adp * c / isl / t_iter, "latency_s": jnp.maximum(isl / lay.chunk, 1.0) * t_iter,
             "iter_s": t_iter, "prompts_per_iter": m, "memory_per_gpu_gb": mem["total"] / 1e9,
             "feasible": mem["total"] <= mem["capacity"]}
 
@@ -406,7 +409,7 @@ def explain_disagg(p, hw: Hardware, model: Model, prec: Precision, wl: Workload,
                   "front-end overhead": p["request_overhead_s"]}
     rc = jax.jit(round_costs, static_argnums=(2, 3))
     prompts = m["prefill_prompts_per_iter"]
-    c = pre.adp * jnp.minimum(pre.chunk, prompts * wl.isl)
+    c = pre.adp * jnp.minimum(pre.chunk, prompts * wl.prompt_tokens)
     mem_p = memory_per_gpu(p, hw, model, prec, wl.isl, 0.0, pre.tp, pre.ep, pre.adp, pre.pp, pre.adp * prompts, c)
     mem_d = memory_per_gpu(p, hw, model, prec, wl.isl, wl.osl, dec.tp, dec.ep, dec.adp, dec.pp, dec.batch, 0.0, draft_layers(wl))
     return {"metrics": {k: float(v) for k, v in m.items()},

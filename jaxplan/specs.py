@@ -508,11 +508,29 @@ class Workload:
     """Traffic: prompt and output lengths in tokens (leaves, so they can be differentiated), and
     how it is decoded: ``draft_tokens`` speculative tokens drafted per decode step (0: off; static,
     it shapes the step) and the ``acceptance`` rate of each drafted token given the ones before it
-    were accepted (a leaf). A step then yields ``1 + a + ... + a^k`` tokens on average."""
+    were accepted (a leaf). A step then yields ``1 + a + ... + a^k`` tokens on average.
+    ``prefix_hit``: the share of each prompt already in the engine's prefix cache (shared system
+    prompts, multi-turn history); prefill computes only the rest, which still attends to it all."""
     isl: float = 1024.0
     osl: float = 1024.0
     acceptance: float = 0.0
     draft_tokens: int = 0
+    prefix_hit: float = 0.0
+
+    @property
+    def prompt_tokens(self):
+        """Prompt tokens prefill computes: those not in the prefix cache (at least one)."""
+        if isinstance(self.prefix_hit, (int, float)) and self.prefix_hit == 0:
+            return self.isl
+        return jnp.maximum(self.isl * (1.0 - self.prefix_hit), 1.0)
+
+    @property
+    def prefill_key_span(self):
+        """Mean keys a computed prompt token attends to: the cached prefix plus, causally, half
+        of the computed part."""
+        if isinstance(self.prefix_hit, (int, float)) and self.prefix_hit == 0:
+            return self.isl / 2.0
+        return self.isl * self.prefix_hit + self.prompt_tokens / 2.0
 
     @property
     def tokens_per_step(self):
@@ -595,7 +613,13 @@ def load_experiment(path: str | os.PathLike, **overrides) -> Experiment:
     wl.used.update({"isl_tokens", "osl_tokens"})
     isl = overrides.get("isl") or wl.num("isl_tokens", integer=True)
     osl = overrides.get("osl") or wl.num("osl_tokens", integer=True)
+    hit = wl.num("prefix_hit", 0.0, positive=False, min_value=0)
     wl.finish()
+    if overrides.get("prefix_hit") is not None:
+        hit = overrides["prefix_hit"]
+    if not 0.0 <= hit < 1.0:
+        raise SpecError(f"{where if overrides.get('prefix_hit') is None else '--prefix-hit'}: prefix_hit must be "
+                        f"in [0, 1) (the share of each prompt already in the prefix cache), got {hit}")
     for key, v in (("--isl", isl), ("--osl", osl)):
         if v <= 0:
             raise SpecError(f"{key} must be positive, got {v}")
@@ -646,5 +670,5 @@ def load_experiment(path: str | os.PathLike, **overrides) -> Experiment:
     r.finish(also_allowed=("description", "name"))
     return Experiment(name=r.data.get("name", path.stem) if isinstance(r.data.get("name"), str) else path.stem,
                       model=model, hardware=hw, gpus=gpus, precision=prec,
-                      workload=Workload(float(isl), float(osl), float(accept), int(draft)), sla=sla, chunk_sizes=chunks,
+                      workload=Workload(float(isl), float(osl), float(accept), int(draft), float(hit)), sla=sla, chunk_sizes=chunks,
                       max_batch=max_batch, backend=backend, params_file=params_file, scheduler=scheduler)

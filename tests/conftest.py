@@ -6,7 +6,11 @@ import functools
 
 import pytest
 
+import jax
+import jax.numpy as jnp
+
 from jaxplan.params import default_params
+from jaxplan.serving import Layout, evaluate
 from jaxplan.specs import get_precision, load_hardware, load_model
 
 
@@ -39,3 +43,17 @@ def fp8():
 @pytest.fixture(scope="session")
 def bf16():
     return get_precision("bf16")
+
+
+@pytest.fixture(scope="session")
+def ev():
+    """``evaluate`` jitted once: ``ev(p, hw, model, precision, workload, layout, scheduler)``."""
+    return jax.jit(evaluate, static_argnums=(2, 3, 6))
+
+
+@pytest.fixture(scope="session")
+def one_replica():
+    """``one_replica(tp, batch, chunk=8192)`` -> a single-replica dense Layout."""
+    def make(tp, batch, chunk=8192.0) -> Layout:
+        return Layout(*(jnp.float32(v) for v in (tp, 1, 1, 1, batch, chunk, 1)))
+    return make

@@ -88,11 +88,12 @@ def test_workload_elasticities_match_finite_differences_at_a_fixed_layout(exp, p
             assert at_best[name][f"elasticity_{metric}"] == pytest.approx(fd, rel=FD_REL, abs=FD_ABS), (name, metric)
 
 
-def test_every_frontier_point_has_every_input(sens):
+def test_every_frontier_point_has_every_input(sens, exp):
     rows = {r["row"] for r in sens.records}
     assert set(int(i) for i in sens.sweep.frontier) <= rows and sens.best in rows
     per_row = {r: sum(1 for x in sens.records if x["row"] == r) for r in rows}
-    n_inputs = len(S.HARDWARE_NUMBERS) + len(S.WORKLOAD_NUMBERS)
+    assert S.workload_inputs(exp.workload) == ("isl", "osl")
+    n_inputs = len(S.HARDWARE_NUMBERS) + 2
     assert min(per_row.values()) == max(per_row.values()) > n_inputs
 
 
@@ -245,3 +246,29 @@ def test_disagg_switch_report_names_both_pools(dsens):
     for s in dsens.switches:
         if s["switched"] and s["new_layout"] != "none meets the SLA":
             assert s["new_layout"].startswith("prefill ") and "decode " in s["new_layout"]
+
+
+def test_speculation_and_prefix_cache_elasticities_match_central_differences(p, h100, fp8, models, ev):
+    """With speculative decoding (3 drafts at 70%) and half of every prompt cached, the
+    elasticities cover the acceptance rate and the cached share too, and each equals a central
+    difference of the model at +-1%: Llama-3.1-70B, TP4, 64 requests of 4096 in / 512 out, 60%
+    cached (1638 tokens computed: two prompts per 4096-token chunk, away from the floor's kinks)."""
+    model = models("llama-3.1-70b")
+    wl = Workload(4096.0, 512.0, 0.7, 3, 0.6)
+    assert S.workload_inputs(wl) == ("isl", "osl", "acceptance", "prefix_hit")
+    cols = {"tp": np.asarray([4.0]), "pp": np.asarray([1.0]), "ep": np.asarray([1.0]), "dp": np.asarray([2.0]),
+            "batch": np.asarray([64.0]), "chunk": np.asarray([4096.0]), "adp": np.asarray([1.0])}
+    recs = {r["name"]: r for r in S.elasticities(p, h100, model, fp8, wl, cols, np.asarray([0]), "trtllm")
+            if r["kind"] == "workload"}
+    lay = S.row_args(cols, np.asarray([0]), h100, "agg")
+    lay = type(lay)(*(v[0] for v in lay))
+    for name in ("acceptance", "prefix_hit"):
+        assert recs[name]["value"] == getattr(wl, name)
+        hi = ev(p, h100, model, fp8, dataclasses.replace(wl, **{name: getattr(wl, name) * 1.01}), lay, "mixed")
+        lo = ev(p, h100, model, fp8, dataclasses.replace(wl, **{name: getattr(wl, name) / 1.01}), lay, "mixed")
+        for metric in ("tokens_per_s_per_gpu", "tokens_per_s_per_user", "ttft_s"):
+            fd = float(np.log(hi[metric] / lo[metric])) / (2 * np.log(1.01))
+            assert recs[name][f"elasticity_{metric}"] == pytest.approx(fd, rel=0.02, abs=2e-3), (name, metric)
+    # more accepted drafts: faster tokens; more of the prompt cached: shorter TTFT
+    assert recs["acceptance"]["elasticity_tokens_per_s_per_user"] > 0.5
+    assert recs["prefix_hit"]["elasticity_ttft_s"] < 0
