@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .serving import Layout, evaluator_for
+from .serving import CHEAP_COMPILER_OPTIONS, Layout, evaluator_for
 from .specs import HARDWARE_KEYS, Experiment, Hardware, Model, Precision, SpecError, Workload
 
 # Continuous hardware numbers: name -> (Hardware field, YAML key, label). The scale-up domain
@@ -167,7 +167,10 @@ def _jacobian(model: Model, prec: Precision, scheduler_backend: str, param_names
     def one(p, hw, wl, args):
         return jax.jacrev(logs)(zero, p, hw, wl, args)
 
-    return jax.jit(jax.vmap(one, in_axes=(None, None, None, 0)))
+    # With the speculative draft head (the acceptance is then an input) the Jacobian only compiles
+    # within memory with the cheaper XLA passes (serving.CHEAP_COMPILER_OPTIONS).
+    opts = CHEAP_COMPILER_OPTIONS if "acceptance" in workload_names else None
+    return jax.jit(jax.vmap(one, in_axes=(None, None, None, 0)), compiler_options=opts)
 
 
 def row_args(columns: Mapping, rows: np.ndarray, hw: Hardware, serving: str):

@@ -72,7 +72,7 @@ import numpy as np
 
 from .layouts import check_parallel
 from .params import BACKENDS, PARAM_SPECS, for_backend, from_raw, params_for, to_raw
-from .serving import Layout, disagg_cold_start_ttft, evaluate_disagg
+from .serving import CHEAP_COMPILER_OPTIONS, Layout, disagg_cold_start_ttft, evaluate_disagg
 from .specs import (Hardware, Model, Precision, SpecError, Workload, check_precision, config_root,
                     get_precision, load_hardware, load_model)
 
@@ -97,9 +97,7 @@ DISAGG_COLUMNS = tuple(f"{pool}_{c}" for pool in ("prefill", "decode") for c in 
 
 PAD_MULTIPLE = 16
 MS = 1e-3
-# XLA:CPU's LLVM backend optimizations double the compile time of these graphs for no measurable
-# run-time gain at this size (measured: 3.7 s -> 1.9 s per function, run 2-4 ms either way).
-COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+COMPILER_OPTIONS = CHEAP_COMPILER_OPTIONS
 
 
 def default_data_dir() -> Path:

@@ -126,3 +126,27 @@ def test_fit_to_benchmarks_notebook():
         pytest.skip(f"shared kernel tables absent ({tables}): ../shared/data is not checked out")
     _, text = _run_notebook("fit_to_benchmarks.ipynb")
     assert "holdout" in text and "gemm" in text
+
+
+def test_decoding_features_notebook():
+    """Speculative decoding and prefix caching: the frontiers, the acceptance break-even, the cached
+    share's effect and the elasticities, each printed as numbers."""
+    nb, text = _run_notebook("decoding_features.ipynb")
+    assert _figures(nb) >= 3
+    # 3 drafts at 70% acceptance: 1 + 0.7 + 0.49 + 0.343 tokens per step
+    assert re.search(r"^\[spec\] K=3, a=0\.7: 2\.533 tokens/step", text, re.M)
+    # speculation lifts tokens/s/GPU at the interactivity SLA, more with more drafts here
+    g1 = _ratio(text, "[spec gain] MTP K=1", "x tokens/s/GPU")
+    g3 = _ratio(text, "[spec gain] K=3", "x tokens/s/GPU")
+    assert 1.0 < g1 < g3
+    # with every draft rejected speculation only costs: a = 0 is below the no-speculation pick
+    a0 = re.search(r"^\[acceptance\] a=0\.0: .*?: (\d+\.\d+) tokens/s/GPU", text, re.M)
+    base = re.search(r"^\[spec\] no speculation: .*?: (\d+\.\d+) tokens/s/GPU", text, re.M)
+    assert a0 and base and float(a0.group(1)) < float(base.group(1))
+    assert re.search(r"^\[break-even\] K=3 beats no speculation at the SLA from a = 0\.\d", text, re.M)
+    # a warmer prefix cache serves more at the SLA; at the pick it shortens TTFT
+    assert _ratio(text, "[prefix gain]", "x tokens/s/GPU") > 1.0
+    acc = re.search(r"^\[elasticity\] acceptance .*tokens/s/user ([+-]\d+\.\d+)", text, re.M)
+    hit = re.search(r"^\[elasticity\] prefix_hit .*TTFT ([+-]\d+\.\d+)", text, re.M)
+    assert acc and float(acc.group(1)) > 0.0
+    assert hit and float(hit.group(1)) < 0.0
