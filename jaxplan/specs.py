@@ -662,8 +662,8 @@ def load_experiment(path: str | os.PathLike, **overrides) -> Experiment:
         max_batch = search.num("max_batch", 4096, integer=True)
         search.finish()
     backend = r.str("backend", "trtllm", allowed=("trtllm", "vllm", "sglang"))
-    scheduler = overrides.get("scheduler") or (r.str("scheduler", allowed=SCHEDULER_NAMES)
-                                              if "scheduler" in r.data else None)
+    scheduler = r.str("scheduler", allowed=SCHEDULER_NAMES) if "scheduler" in r.data else None
+    scheduler = overrides.get("scheduler") or scheduler
     if scheduler not in (None, *SCHEDULER_NAMES):
         raise SpecError(f"--scheduler '{scheduler}'; allowed: {', '.join(SCHEDULER_NAMES)}")
     params_file = r._get("params", None, False)
