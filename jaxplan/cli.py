@@ -102,7 +102,8 @@ def _load_base(args):
                           gpus=args.gpus, isl=args.isl, osl=args.osl, precision=args.precision,
                           min_tokens_per_user=args.min_tokens_per_user, max_ttft=args.max_ttft,
                           scheduler=getattr(args, "scheduler", None),
-                          draft_tokens=getattr(args, "draft_tokens", None), acceptance=getattr(args, "acceptance", None),
+                          draft_tokens=getattr(args, "draft_tokens", None),
+                          acceptance=getattr(args, "acceptance", None),
                           prefix_hit=getattr(args, "prefix_hit", None))
     p, source = params_for(exp.hardware.name, args.params or exp.params_file)
     return exp, for_backend(p, exp.backend), source
@@ -263,8 +264,8 @@ def cmd_explain(args) -> int:
     ex = explain(p, exp.hardware, exp.model, exp.precision, exp.workload, lay,
                  scheduler=scheduler_name(exp.scheduler_key))
     one = {f: [v] for f, v in zip(Layout._fields, (tp, pp, ep, dp, batch, chunk, adp))}
-    recs = [r for r in elasticities(p, exp.hardware, exp.model, exp.precision, exp.workload, one, [0], exp.scheduler_key)
-            if r["kind"] != "param"]
+    recs = [r for r in elasticities(p, exp.hardware, exp.model, exp.precision, exp.workload, one, [0],
+                                    exp.scheduler_key) if r["kind"] != "param"]
     sens = {m: {r["name"]: r[f"elasticity_{m}"] for r in recs} for m in METRICS}
     label = report.layout_label(dict(tp=tp, pp=pp, ep=ep, dp=dp, adp=adp, batch=batch, chunk=chunk))
     groups = {}

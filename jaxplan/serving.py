@@ -17,6 +17,9 @@ The model of one replica (all quantities per replica):
   the completion rate and ``T`` the mean iteration time. Solving it for ``d`` is a fixed point
   (iteration times depend on ``d``), unrolled a fixed number of times. Where prefill saturates
   (``d`` hits ``d_sat``) the excess requests queue and the law puts the wait into TTFT.
+- Workload features: with speculative decoding a decode step verifies ``1 + k`` tokens per request
+  and yields ``Workload.tokens_per_step`` of them (``osl`` then counts steps, TPOT is a step over
+  that); with prefix caching prefill computes ``Workload.prompt_tokens`` of each prompt.
 """
 from __future__ import annotations
 
@@ -115,8 +118,8 @@ def admitted_batch(p, hw: Hardware, model: Model, prec: Precision, wl: Workload,
     the context a request has, on average ``isl + osl/2`` tokens over its life. Memory is affine
     in the batch, so two evaluations give the slope."""
     ctx_osl = wl.osl / 2.0
-    m0 = memory_per_gpu(p, hw, model, prec, wl.isl, ctx_osl, lay.tp, lay.ep, lay.adp, lay.pp, 0.0, lay.chunk, draft_layers(wl))
-    m1 = memory_per_gpu(p, hw, model, prec, wl.isl, ctx_osl, lay.tp, lay.ep, lay.adp, lay.pp, lay.adp, lay.chunk, draft_layers(wl))
+    m0, m1 = (memory_per_gpu(p, hw, model, prec, wl.isl, ctx_osl, lay.tp, lay.ep, lay.adp, lay.pp, b, lay.chunk,
+                             draft_layers(wl)) for b in (0.0, lay.adp))
     return jnp.maximum((m0["capacity"] - m0["total"]) / jnp.maximum(m1["total"] - m0["total"], 1.0), 1.0)
 
 
@@ -295,7 +298,8 @@ def explain(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: L
     dec = m["decoding_requests"]
     c = m["prefill_tokens_per_iter"]
     rc = jax.jit(round_costs, static_argnums=(2, 3))
-    mem = memory_per_gpu(p, hw, model, prec, wl.isl, wl.osl, lay.tp, lay.ep, lay.adp, lay.pp, lay.batch, lay.chunk, draft_layers(wl))
+    mem = memory_per_gpu(p, hw, model, prec, wl.isl, wl.osl, lay.tp, lay.ep, lay.adp, lay.pp, lay.batch, lay.chunk,
+                         draft_layers(wl))
     # only the mixed scheduler runs the decoders inside the prompt's iteration
     dec_in_chunk = dec if scheduler == "mixed" else jnp.zeros_like(dec)
     return {"metrics": {k: float(v) for k, v in m.items()},
@@ -416,7 +420,8 @@ def explain_disagg(p, hw: Hardware, model: Model, prec: Precision, wl: Workload,
     prompts = m["prefill_prompts_per_iter"]
     c = pre.adp * jnp.minimum(pre.chunk, prompts * wl.prompt_tokens)
     mem_p = memory_per_gpu(p, hw, model, prec, wl.isl, 0.0, pre.tp, pre.ep, pre.adp, pre.pp, pre.adp * prompts, c)
-    mem_d = memory_per_gpu(p, hw, model, prec, wl.isl, wl.osl, dec.tp, dec.ep, dec.adp, dec.pp, dec.batch, 0.0, draft_layers(wl))
+    mem_d = memory_per_gpu(p, hw, model, prec, wl.isl, wl.osl, dec.tp, dec.ep, dec.adp, dec.pp, dec.batch, 0.0,
+                           draft_layers(wl))
     return {"metrics": {k: float(v) for k, v in m.items()},
             "ttft_parts_s": {k: float(v) for k, v in ttft_parts.items()},
             "prefill_iteration": rc(p, hw, model, prec, wl, pre, jnp.float32(0.0), c),

@@ -670,5 +670,6 @@ def load_experiment(path: str | os.PathLike, **overrides) -> Experiment:
     r.finish(also_allowed=("description", "name"))
     return Experiment(name=r.data.get("name", path.stem) if isinstance(r.data.get("name"), str) else path.stem,
                       model=model, hardware=hw, gpus=gpus, precision=prec,
-                      workload=Workload(float(isl), float(osl), float(accept), int(draft), float(hit)), sla=sla, chunk_sizes=chunks,
+                      workload=Workload(float(isl), float(osl), float(accept), int(draft), float(hit)), sla=sla,
+                      chunk_sizes=chunks,
                       max_batch=max_batch, backend=backend, params_file=params_file, scheduler=scheduler)
