@@ -366,8 +366,10 @@ def _explain_disagg(args, exp, p, source) -> int:
         mem = ex["memory_gb"][pool]
         print(f"  {pool} worker memory per GPU: {mem['total']:.1f} GB of {mem['capacity']:.1f} usable (weights "
               f"{mem['weights']:.1f}, KV {mem['kv_cache']:.1f}, activations {mem['activations']:.1f})")
-    for title, rows, total in (("prefill worker iteration", pre_rows, pre_total),
-                               ("decode worker iteration (= TPOT)", dec_rows, dec_total)):
+    per_step = float(exp.workload.tokens_per_step)
+    dec_title = ("decode worker iteration (= TPOT)" if not exp.workload.draft_tokens else
+                 f"decode worker step (yields {per_step:.2f} tokens: TPOT = step / {per_step:.2f})")
+    for title, rows, total in (("prefill worker iteration", pre_rows, pre_total), (dec_title, dec_rows, dec_total)):
         print(f"\n  {title}: {1e3 * total:.2f} ms")
         print("  " + report.table(rows, OP_TABLE).replace("\n", "\n  "))
     kinds = {r["name"]: r["kind"] for r in recs}
