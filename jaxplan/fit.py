@@ -360,11 +360,14 @@ def profile_meta(res: FitResult, hw_name: str, source, steps: int, seed: int) ->
     tables = sorted({Path(f).name for f in res.meas.sources})
     manifest = _manifest_versions(source)
     tables = [f"{t} (collected with {manifest[t]})" if t in manifest else t for t in tables]
+    # relative to the repository (a committed measurement) or to the folder beside it (../shared)
     src = Path(source).resolve()
-    repo_parent = Path(__file__).resolve().parents[1].parent
-    try:
-        src_label = "../" + str(src.relative_to(repo_parent))
-    except ValueError:
+    repo = Path(__file__).resolve().parents[1]
+    if src.is_relative_to(repo):
+        src_label = str(src.relative_to(repo))
+    elif src.is_relative_to(repo.parent):
+        src_label = "../" + str(src.relative_to(repo.parent))
+    else:
         src_label = str(source)
     return {
         "hardware": hw_name,

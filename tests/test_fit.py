@@ -239,3 +239,31 @@ def test_cli_errors_are_spec_errors(tmp_path):
     F.register(ap.add_subparsers())
     a = ap.parse_args(["validate", "--serving", "s.csv"])
     assert a.serving == "s.csv" and a.fn is F.validate_command
+
+
+def test_the_committed_h100_jax_measurement_and_its_profile(hw):
+    """``configs/measurements/h100-jax.csv`` is this project's own H100 measurement (``jaxplan bench``
+    on one H100 SXM, 270 s budget): every row maps (GEMM, prefill and decode attention, copies; one
+    GPU, so no collectives), the sidecar names the device, and ``h100-sxm-jax`` was fitted from it.
+    Physics the rows must show: a 1 GiB copy moves its 2 GiB (read + write) at 2-3.35 TB/s (H100
+    SXM HBM3 peak 3.35 TB/s), and the best large BF16 GEMM reaches 60-100% of the 989 TFLOP/s peak."""
+    import yaml
+    root = Path(__file__).resolve().parents[1]
+    path = root / "configs" / "measurements" / "h100-jax.csv"
+    meta = yaml.safe_load((root / "configs" / "measurements" / "h100-jax.csv.meta.yaml").read_text())
+    assert meta["device_kind"] == "NVIDIA H100 80GB HBM3" and meta["platform"] == "gpu"
+    got = M.load_bench_csv(path, hw)
+    assert not got.unmapped
+    assert set(got.kinds) == {"gemm", "context_attention", "generation_attention", "mem_copy"}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    copy = next(r for r in rows if r["kernel_table"] == "mem_copy_perf" and float(r["message_size"]) == 2 ** 30)
+    tb_s = 2 * 2 ** 30 / (float(copy["latency"]) * 1e-3) / 1e12
+    assert 2.0 < tb_s < 3.35
+    big = [2 * float(r["m"]) * float(r["n"]) * float(r["k"]) / (float(r["latency"]) * 1e-3)
+           for r in rows if r["kernel_table"] == "gemm_perf" and r["gemm_dtype"] == "bfloat16" and float(r["m"]) >= 4096]
+    assert 0.6 * 989e12 < max(big) < 989e12
+    prof = yaml.safe_load((root / "configs" / "profiles" / "h100-sxm-jax.yaml").read_text())
+    assert prof["meta"]["source"] == "configs/measurements/h100-jax.csv"
+    # the fit's own holdout (shape groups it did not see): GEMM within 15 %
+    assert prof["meta"]["figures"]["gemm"]["holdout"]["mape_pct"] < 15.0
