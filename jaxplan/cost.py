@@ -318,7 +318,7 @@ def attention_block(p, hw, model: Model, prec, dec_seqs, pre_tokens, kv_len, ctx
     whose keys span ``ctx`` tokens on average. Sliding-window layers cap both at the window."""
     d = model.hidden_size
     hq, hkv = heads_per_gpu(model, tp)
-    dec_tokens = dec_seqs * q if q != 1 else dec_seqs
+    dec_tokens = dec_seqs * q
     tokens = dec_tokens + pre_tokens
     ops = {}
     if model.attention == "mla":
@@ -369,11 +369,10 @@ def layer_costs(p, hw: Hardware, model: Model, prec: Precision, dec, pre, kv_len
     d = model.hidden_size
     tpa = tp * ep / adp
     dec_g, pre_g = dec / adp, pre / adp
-    qd = q if q != 1 else 1
-    tok_g = dec_g * qd + pre_g
+    tok_g = dec_g * q + pre_g
     ops = attention_block(p, hw, model, prec, dec_g, pre_g, kv_len, ctx, tpa, q)
     if moe:
-        tok_rep = dec * qd + pre
+        tok_rep = dec * q + pre
         ops["moe_router"] = gemm(p, hw, prec, tok_g, model.num_experts, d, weight_bytes=2.0, rate="bf16")
         ops["moe_experts"] = moe_experts(p, hw, model, prec, tok_rep, tp, ep)
         if model.num_shared_experts:
@@ -419,7 +418,7 @@ def stage_costs(p, hw: Hardware, model: Model, prec: Precision, dec, pre, kv_len
             model.num_moe_layers / pp)
     # LM head: logits for every decode token and the last token of each prefill chunk (~1 per chunk).
     tpa = tp * ep / adp
-    heads_tokens = ((dec * q if q != 1 else dec) + jnp.where(pre > 0, adp, 0.0)) / adp
+    heads_tokens = (dec * q + jnp.where(pre > 0, adp, 0.0)) / adp
     acc({"lm_head": gemm(p, hw, prec, heads_tokens, model.vocab_size / tpa, model.hidden_size,
                          weight_bytes=2.0, rate="bf16")}, 1.0 / pp)
     return out

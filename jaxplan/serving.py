@@ -106,6 +106,13 @@ def draft_layers(wl: Workload) -> int:
     return DRAFT_LAYERS if wl.draft_tokens else 0
 
 
+def prompt_iteration_decoders(scheduler: str, dec):
+    """Decoding requests that advance inside an iteration carrying prompt tokens: all of them when
+    the scheduler mixes prompt chunks into decode iterations, none when prompts run alone
+    (``prefill_first``, ``wave``)."""
+    return dec if scheduler == "mixed" else jnp.zeros_like(dec)
+
+
 def round_time(p, hw, model, prec, wl, lay, dec, pre):
     return sum_costs(round_costs(p, hw, model, prec, wl, lay, dec, pre).values()).total()
 
@@ -197,9 +204,9 @@ def evaluate(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: 
             m = jnp.clip(1.0 + d / osl, 1.0, m_max)
             c = jnp.minimum(lay.chunk, m * isl)
             t_plain = round_time(p, hw, model, prec, wl, lay, g * d, 0.0)
+            t_chunk = round_time(p, hw, model, prec, wl, lay, prompt_iteration_decoders(scheduler, g * d), g * c)
             own = 1.0 - jnp.minimum(m / jnp.maximum(Br, 1.0), 1.0)   # a request never waits on its own prompt
             if mixed:
-                t_chunk = round_time(p, hw, model, prec, wl, lay, g * d, g * c)
                 f = jnp.clip(d * isl / (osl * c), 0.0, 1.0)      # share of iterations with a chunk
                 t_dec = f * t_chunk + (1 - f) * t_plain          # time per decode step
                 t_iter = t_dec                                   # mean iteration
@@ -207,7 +214,6 @@ def evaluate(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: 
             else:
                 # prefill iterations carry prompt tokens only and the decoders wait them out:
                 # r = d * isl / (osl * c) of them per decode step
-                t_chunk = round_time(p, hw, model, prec, wl, lay, zero, g * c)
                 r = d * isl / (osl * c)
                 t_dec = t_plain + r * t_chunk
                 t_iter = t_dec / (1.0 + r)
@@ -268,9 +274,8 @@ def cold_start_ttft(p, hw: Hardware, model: Model, prec: Precision, wl: Workload
     isl = wl.prompt_tokens
     m_max = jnp.clip(jnp.floor(lay.chunk / isl), 1.0, jnp.maximum(Br, 1.0))
     k = jnp.maximum(Br * isl / lay.chunk, 1.0)
-    # mixed: the prompts ride beside the solved decoders; prefill-first: they run alone
-    dec = m["decoding_requests"] if scheduler == "mixed" else jnp.zeros_like(m["decoding_requests"])
-    t_wave = round_time(p, hw, model, prec, wl, lay, dec, g * jnp.minimum(lay.chunk, m_max * isl))
+    t_wave = round_time(p, hw, model, prec, wl, lay, prompt_iteration_decoders(scheduler, m["decoding_requests"]),
+                        g * jnp.minimum(lay.chunk, m_max * isl))
     return jnp.maximum(p["request_overhead_s"] + (k + 1.0) / 2.0 * t_wave, m["ttft_s"])
 
 
@@ -300,10 +305,8 @@ def explain(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: L
     rc = jax.jit(round_costs, static_argnums=(2, 3))
     mem = memory_per_gpu(p, hw, model, prec, wl.isl, wl.osl, lay.tp, lay.ep, lay.adp, lay.pp, lay.batch, lay.chunk,
                          draft_layers(wl))
-    # only the mixed scheduler runs the decoders inside the prompt's iteration
-    dec_in_chunk = dec if scheduler == "mixed" else jnp.zeros_like(dec)
     return {"metrics": {k: float(v) for k, v in m.items()},
-            "chunk_iteration": rc(p, hw, model, prec, wl, lay, dec_in_chunk, c),
+            "chunk_iteration": rc(p, hw, model, prec, wl, lay, prompt_iteration_decoders(scheduler, dec), c),
             "decode_iteration": rc(p, hw, model, prec, wl, lay, dec, jnp.float32(0.0)),
             "memory_gb": {k: float(v) / 1e9 for k, v in mem.items()}}
 

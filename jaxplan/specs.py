@@ -520,16 +520,12 @@ class Workload:
     @property
     def prompt_tokens(self):
         """Prompt tokens prefill computes: those not in the prefix cache (at least one)."""
-        if isinstance(self.prefix_hit, (int, float)) and self.prefix_hit == 0:
-            return self.isl
         return jnp.maximum(self.isl * (1.0 - self.prefix_hit), 1.0)
 
     @property
     def prefill_key_span(self):
         """Mean keys a computed prompt token attends to: the cached prefix plus, causally, half
         of the computed part."""
-        if isinstance(self.prefix_hit, (int, float)) and self.prefix_hit == 0:
-            return self.isl / 2.0
         return self.isl * self.prefix_hit + self.prompt_tokens / 2.0
 
     @property

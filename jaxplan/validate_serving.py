@@ -97,7 +97,6 @@ DISAGG_COLUMNS = tuple(f"{pool}_{c}" for pool in ("prefill", "decode") for c in 
 
 PAD_MULTIPLE = 16
 MS = 1e-3
-COMPILER_OPTIONS = CHEAP_COMPILER_OPTIONS
 
 
 def default_data_dir() -> Path:
@@ -478,7 +477,7 @@ def agg_evaluator(model: Model, prec: Precision, scheduler: str = "mixed"):
         cold = cold_start_ttft(p, hw, model, prec, wl, lay, m, scheduler)
         out["ttft_s"] = benchmark_ttft({**m, "cold_start_ttft_s": cold})
         return out
-    return jax.jit(jax.vmap(one, in_axes=(None, None, 0, 0, 0)), compiler_options=COMPILER_OPTIONS)
+    return jax.jit(jax.vmap(one, in_axes=(None, None, 0, 0, 0)), compiler_options=CHEAP_COMPILER_OPTIONS)
 
 
 # The measured rows are short closed-loop benchmarks: N clients start at once, so the first of the
@@ -514,7 +513,7 @@ def disagg_evaluator(model: Model, prec: Precision):
         # it off wherever Little's law sets TTFT takes the disagg TTFT MAPE from 53 to 78%).
         out["ttft_s"] = benchmark_ttft({**m, "cold_start_ttft_s": disagg_cold_start_ttft(m, n)})
         return out
-    return jax.jit(jax.vmap(one, in_axes=(None, None) + (0,) * 8), compiler_options=COMPILER_OPTIONS)
+    return jax.jit(jax.vmap(one, in_axes=(None, None) + (0,) * 8), compiler_options=CHEAP_COMPILER_OPTIONS)
 
 
 @dataclasses.dataclass
