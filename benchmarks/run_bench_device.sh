@@ -31,7 +31,7 @@ PY
 
 echo "== bench (time budget ${BUDGET} s)"
 start=$(date +%s)
-PYTHONPATH=. "$PY" -m jaxplan.bench --out "$OUT/$NAME.csv" --time-budget "$BUDGET" \
+PYTHONPATH=. "$PY" -m jaxplan.cli bench --out "$OUT/$NAME.csv" --time-budget "$BUDGET" \
     --no-progress 2>&1 | tee "$OUT/$NAME.log"
 rc=${PIPESTATUS[0]}
 echo "== done in $(( $(date +%s) - start )) s, exit $rc"

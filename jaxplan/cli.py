@@ -1,17 +1,43 @@
-"""Command line: parse, call the library, print and write. Bad input exits with code 2 and a
-message naming the file, the key and what is allowed; never a traceback."""
+"""Command line: parse, call the library (the same calls ``jaxplan``'s Python API offers), print
+and write through :mod:`jaxplan.report`. Bad input exits with code 2 and a message naming the
+file, the key and what is allowed; never a traceback."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import math
+import os
 import sys
 import time
 from pathlib import Path
 
-from .sensitivity import parse_scales, scale_hardware, scaled_label
-from .specs import SCHEDULER_NAMES, SpecError, config_root
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-DEFAULT_EXPERIMENT = "gpt-1.8t-moe-64gpu"
+from . import report
+from .calibrate import bench, kernel_fit, serving_fit
+from .calibrate.kernels import default_kernels_dir
+from .calibrate.serving_data import load_serving, unmapped_counts
+from .calibrate.serving_predict import scheduler_of, summarize, validate
+from .codesign import load_prices, run_codesign
+from .cost import sum_costs
+from .layouts import Layout, check_parallel
+from .params import params_for, save_params
+from .sensitivity import METRICS, elasticities, ranked, row_args, run_sensitivity
+from .serving import explain, explain_disagg
+from .specs import (
+    BACKENDS,
+    CONTINUOUS_HARDWARE,
+    DEFAULT_EXPERIMENT,
+    SCHEDULER_NAMES,
+    SpecError,
+    config_file,
+    hardware_number,
+    load_experiment,
+    load_hardware,
+    scale_hardware,
+)
+from .sweep import DISAGG_KEY, plan, run_disagg_sweep, run_sweep
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,17 +75,36 @@ _nonneg_int = _nonneg(int, "a whole number")
 _nonneg_float = _nonneg(float, "a number")
 
 
-def _experiment_path(arg: str | None) -> Path:
-    if arg is None:
-        return config_root() / "experiments" / f"{DEFAULT_EXPERIMENT}.yaml"
-    p = Path(arg)
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        return p
-    preset = config_root() / "experiments" / f"{arg}.yaml"
-    if preset.is_file():
-        return preset
-    names = sorted(x.stem for x in (config_root() / "experiments").glob("*.yaml"))
-    raise SpecError(f"experiment '{arg}' is neither a file nor a preset; presets: {', '.join(names)}")
+def parse_scales(items, where: str = "--scale") -> dict[str, float]:
+    """``["hbm_bandwidth=2", "scale_out_bandwidth=0.5"]`` -> {name: factor}; factors must be > 0."""
+    out: dict[str, float] = {}
+    for item in items or ():
+        name, sep, val = item.partition("=")
+        if not sep:
+            raise SpecError(f"{where} '{item}': expected NAME=FACTOR, e.g. hbm_bandwidth=2")
+        canon = hardware_number(name.strip(), f"{where} '{item}'").field
+        try:
+            f = float(val)
+        except ValueError:
+            raise SpecError(f"{where} '{item}': factor '{val}' is not a number") from None
+        if not (f > 0 and math.isfinite(f)):
+            raise SpecError(f"{where} '{item}': factor must be a positive number, got {val}")
+        if canon in out:
+            raise SpecError(f"{where}: '{canon}' is scaled twice")
+        out[canon] = f
+    return out
+
+
+def parse_schedulers(items) -> dict[str, str]:
+    """``["sglang=prefill_first", ...]`` (``jaxplan validate --scheduler``) -> backend -> scheduler."""
+    out = {}
+    for item in items or ():
+        backend, sep, name = item.partition("=")
+        if not sep or backend not in BACKENDS or name not in SCHEDULER_NAMES:
+            raise SpecError(f"--scheduler '{item}': expected BACKEND=SCHEDULER with BACKEND one of "
+                            f"{', '.join(BACKENDS)} and SCHEDULER one of {', '.join(SCHEDULER_NAMES)}")
+        out[backend] = name
+    return out
 
 
 def _add_experiment_args(sp):
@@ -84,137 +129,59 @@ def _add_experiment_args(sp):
                          "mixed for trtllm and vllm, wave for sglang)")
     sp.add_argument("--scale", action="append", metavar="NAME=FACTOR",
                     help="what-if: multiply a hardware number, e.g. hbm_bandwidth=2 (repeatable); names: "
-                         "bf16_flops, fp8_flops, fp4_flops, hbm_bandwidth, hbm_capacity, scale_up_bandwidth, "
-                         "scale_up_latency, scale_out_bandwidth, scale_out_latency")
-
-
-def _load(args):
-    """(experiment with any --scale applied, params for its backend, where the params came from)."""
-    exp, p, source = _load_base(args)
-    scales = parse_scales(getattr(args, "scale", None))
-    return (dataclasses.replace(exp, hardware=scale_hardware(exp.hardware, scales)) if scales else exp), p, source
+                         + ", ".join(CONTINUOUS_HARDWARE))
 
 
 def _load_base(args):
-    from .params import for_backend, params_for
-    from .specs import load_experiment
-    exp = load_experiment(_experiment_path(args.experiment), model=args.model, hardware=args.hardware,
+    """(experiment as loaded, params for its backend, where the params came from)."""
+    exp = load_experiment(args.experiment, model=args.model, hardware=args.hardware,
                           gpus=args.gpus, isl=args.isl, osl=args.osl, precision=args.precision,
                           min_tokens_per_user=args.min_tokens_per_user, max_ttft=args.max_ttft,
                           scheduler=getattr(args, "scheduler", None),
                           draft_tokens=getattr(args, "draft_tokens", None),
                           acceptance=getattr(args, "acceptance", None),
                           prefix_hit=getattr(args, "prefix_hit", None))
-    p, source = params_for(exp.hardware.name, args.params or exp.params_file)
-    return exp, for_backend(p, exp.backend), source
+    p, source = params_for(exp.hardware.name, args.params or exp.params_file, exp.backend)
+    return exp, p, source
 
 
-def _title(exp, scales=None) -> str:
-    wl = exp.workload
-    spec = (f", speculative {wl.draft_tokens} draft tokens at {100 * wl.acceptance:.0f}% acceptance "
-            f"({float(wl.tokens_per_step):.2f} tokens/step)" if wl.draft_tokens else "")
-    if wl.prefix_hit:
-        spec += f", {100 * wl.prefix_hit:.0f}% of each prompt cached"
-    return (f"{exp.model.name} on {exp.gpus} × {scaled_label(exp.hardware.name, scales or {})}, "
-            f"{exp.precision.name}, ISL {int(wl.isl)} / OSL {int(wl.osl)}{spec}")
+def _load(args):
+    """(experiment with any --scale applied, params for its backend, where the params came from)."""
+    exp, p, source = _load_base(args)
+    scales = parse_scales(getattr(args, "scale", None))
+    return (exp.__class__(**{**exp.__dict__, "hardware": scale_hardware(exp.hardware, scales)})
+            if scales else exp), p, source
 
 
 # ----------------------------------------------------------------------------- sweep
 
-def _sla_text(exp) -> str:
-    return f"≥ {exp.sla.min_tokens_per_user:g} tokens/s/user, TTFT ≤ {exp.sla.max_ttft_s:g} s"
-
-
-def _sla_dict(exp) -> dict:
-    return {"min_tokens_per_s_per_user": exp.sla.min_tokens_per_user, "max_ttft_s": exp.sla.max_ttft_s}
-
-
 def cmd_sweep(args) -> int:
-    from . import report
-    from .serving import scheduler_name
-    from .sweep import meets_sla, run_disagg_sweep, run_sweep
-
-    base_exp, p, source = _load_base(args)
+    exp0, p, source = _load_base(args)
     scales = parse_scales(args.scale)
-    if args.compare and not scales:
-        raise SpecError("--compare draws the baseline and the what-if frontiers: give at least one "
-                        "--scale NAME=FACTOR, e.g. --scale hbm_bandwidth=2")
-    exp = dataclasses.replace(base_exp, hardware=scale_hardware(base_exp.hardware, scales)) if scales else base_exp
+    print(f"jaxplan sweep: {report.title(exp0, scales)}; serving: {args.serving}; parameters: {source}",
+          file=sys.stderr)
+    pl = plan(exp0, p, source, serving=args.serving, attention_dp=args.attention_dp, scales=scales,
+              compare=args.compare, progress=True)
+    exp = pl.experiment
     out = Path(args.out or Path("out") / exp.name)
-    out.mkdir(parents=True, exist_ok=True)
-    print(f"jaxplan sweep: {_title(exp, scales)}; serving: {args.serving}; parameters: {source}", file=sys.stderr)
-
-    def sweeps(e):
-        r = {}
-        if args.serving in ("agg", "both"):
-            r["agg"] = run_sweep(e, p, params_source=source, progress=True, attention_dp=args.attention_dp)
-        if args.serving in ("disagg", "both"):
-            r["disagg"] = run_disagg_sweep(e, p, params_source=source, progress=True)
-        return r
-
-    results = sweeps(exp)
-    baseline = sweeps(base_exp) if args.compare else {}
-    cols, front, best = report.merge_results(results)
-    names = report.LAYOUT_CSV_COLUMNS if args.serving == "agg" else report.MODE_CSV_COLUMNS
-    report.write_csv(out / "layouts.csv", cols, names)
-    report.write_csv(out / "frontier.csv", cols, names, rows=front)
-    extra = {}
-    if len(results) > 1 or baseline:
-        tag = " (what-if)" if baseline else ""
-        for mode, r in results.items():
-            fi = r.frontier
-            extra[f"{mode} frontier{tag}"] = (r.columns["tokens_per_s_per_user"][fi], r.columns["tokens_per_s_per_gpu"][fi])
-        for mode, r in baseline.items():
-            fi = r.frontier
-            extra[f"{mode} frontier, {base_exp.hardware.name} as shipped"] = (
-                r.columns["tokens_per_s_per_user"][fi], r.columns["tokens_per_s_per_gpu"][fi])
-    report.plot_frontier(out / "frontier.png", cols, [] if extra else front, best, _title(exp, scales),
-                         exp.sla.min_tokens_per_user, extra=extra, max_ttft_s=exp.sla.max_ttft_s)
-    best_row = report.row(cols, best) if best is not None else None
-    summary = {
-        "experiment": exp.name, "model": exp.model.name, "hardware": exp.hardware.name, "gpus": exp.gpus,
-        "precision": exp.precision.name, "backend": exp.backend,
-        "scheduler": scheduler_name(exp.scheduler_key),
-        "speculative": {"draft_tokens": exp.workload.draft_tokens, "acceptance": exp.workload.acceptance},
-        "prefix_hit": exp.workload.prefix_hit, "isl": exp.workload.isl, "osl": exp.workload.osl,
-        "serving": args.serving, "hardware_scales": scales,
-        "sla": _sla_dict(exp),
-        "params_source": source,
-        "counts": {"layouts": int(len(cols["tokens_per_s_per_gpu"])), "feasible": int(cols["feasible"].sum()),
-                   "frontier": int(len(front)), "meeting_sla": int(meets_sla(cols, exp.sla.min_tokens_per_user, exp.sla.max_ttft_s).sum())},
-        "best_at_sla": best_row,
-        "seconds": {"compile": sum(r.compile_s for r in results.values()),
-                    "evaluate": sum(r.evaluate_s for r in results.values())},
-        "layouts_per_second": sum(r.n for r in results.values()) / max(sum(r.evaluate_s for r in results.values()), 1e-9),
-        "by_mode": {m: {"layouts": r.n, "parallel_layouts": r.num_parallel_configs,
-                        "best_at_sla": r.row(r.best) if r.best is not None else None,
-                        "seconds": {"compile": r.compile_s, "evaluate": r.evaluate_s}} for m, r in results.items()},
-    }
-    if "agg" in results:
-        summary["counts"]["parallel_layouts"] = results["agg"].num_parallel_configs
-    if len(results) == 2 and all(r.best is not None for r in results.values()):
-        summary["disagg_over_agg_at_sla"] = (results["disagg"].row(results["disagg"].best)["tokens_per_s_per_gpu"]
-                                             / results["agg"].row(results["agg"].best)["tokens_per_s_per_gpu"])
-    if baseline:
-        bcols, _, base_best = report.merge_results(baseline)
-        summary["baseline_best_at_sla"] = report.row(bcols, base_best) if base_best is not None else None
-        if base_best is not None and best_row is not None:
-            summary["whatif_over_baseline_at_sla"] = (best_row["tokens_per_s_per_gpu"]
-                                                      / float(bcols["tokens_per_s_per_gpu"][base_best]))
-    report.write_json(out / "summary.json", summary)
-    for mode, r in results.items():
-        table = report.FRONTIER_TABLE if mode == "agg" else report.DISAGG_TABLE
-        print(f"\n{mode} Pareto frontier ({len(r.frontier)} of {r.n:,} layouts, {int(r.columns['feasible'].sum()):,} feasible):")
-        print(report.table(report.frontier_rows(r.columns, r.frontier, table), table))
+    report.write_plan(pl, out)
+    summary = pl.summary()
+    best_row = pl.best_row
+    for mode, r in pl.results.items():
+        tab = report.FRONTIER_TABLE if mode == "agg" else report.DISAGG_TABLE
+        print(f"\n{mode} Pareto frontier ({len(r.frontier)} of {r.n:,} layouts, "
+              f"{int(r.columns['feasible'].sum()):,} feasible):")
+        print(report.table(report.frontier_rows(r.columns, r.frontier, tab), tab))
     if best_row is None:
-        print(f"\nNo feasible layout meets the SLA ({_sla_text(exp)}).")
+        print(f"\nNo feasible layout meets the SLA ({report.sla_text(exp)}).")
     else:
-        print(f"\nBest at SLA ({_sla_text(exp)}): {report.label(best_row)}: "
-              f"{best_row['tokens_per_s_per_gpu']:.1f} tokens/s/GPU, {best_row['tokens_per_s_per_user']:.1f} tokens/s/user, "
+        print(f"\nBest at SLA ({report.sla_text(exp)}): {report.label(best_row)}: "
+              f"{best_row['tokens_per_s_per_gpu']:.1f} tokens/s/GPU, "
+              f"{best_row['tokens_per_s_per_user']:.1f} tokens/s/user, "
               f"TTFT {best_row['ttft_s']:.2f} s, {best_row['memory_per_gpu_gb']:.0f} GB/GPU")
-    if baseline:
+    if pl.baseline:
         b = summary["baseline_best_at_sla"]
-        print(f"Baseline ({base_exp.hardware.name} as shipped): "
+        print(f"Baseline ({pl.base_experiment.hardware.name} as shipped): "
               + (f"{report.label(b)}: {b['tokens_per_s_per_gpu']:.1f} tokens/s/GPU" if b else "no layout meets the SLA")
               + (f"; what-if / baseline at the SLA: {summary['whatif_over_baseline_at_sla']:.2f}x"
                  if "whatif_over_baseline_at_sla" in summary else ""))
@@ -227,15 +194,30 @@ def cmd_sweep(args) -> int:
 
 # ----------------------------------------------------------------------------- explain
 
+OP_TABLE = (("op", "op", ""), ("ms", "ms", ""), ("share", "share", ""), ("bound", "mostly", ""))
+COST_FIELDS = ("compute", "memory", "comm_tp", "comm_ep", "comm_pp", "overhead")
+ELASTICITY_TABLE = (("x", "input", ""), ("tokens_per_s_per_gpu", "tok/s/GPU", ""),
+                    ("tokens_per_s_per_user", "tok/s/user", ""), ("ttft_s", "TTFT", ""))
+
+
+def _op_rows(ops: dict) -> tuple[list[dict], float]:
+    """Table rows of an iteration's op breakdown (op -> Cost), longest first, and the total."""
+    total = float(sum_costs(ops.values()).total())
+    rows = [{"op": k, "ms": f"{1e3 * float(c.total()):.3f}", "share": f"{100 * float(c.total()) / total:.1f}%",
+             "bound": max(COST_FIELDS, key=lambda f: float(getattr(c, f))) if float(c.total()) > 0 else "-"}
+            for k, c in sorted(ops.items(), key=lambda kv: -float(kv[1].total()))]
+    return rows, total
+
+
+def _elasticity_rows(recs: list[dict]) -> tuple[dict, list[dict]]:
+    """{metric: {input: elasticity}} and the table rows of hardware and workload elasticities."""
+    sens = {m: {r["name"]: r[f"elasticity_{m}"] for r in recs} for m in METRICS}
+    kinds = {r["name"]: r["kind"] for r in recs}
+    rows = [{"x": report.label_of(kinds[k], k), **{m: f"{sens[m][k]:+.3f}" for m in sens}} for k in sens["ttft_s"]]
+    return sens, rows
+
+
 def cmd_explain(args) -> int:
-    import jax.numpy as jnp
-
-    from . import report
-    from .cost import sum_costs
-    from .layouts import check_parallel
-    from .sensitivity import METRICS, elasticities, label_of
-    from .serving import Layout, explain, scheduler_name
-
     exp, p, source = _load(args)
     given = [args.tp, args.pp, args.ep, args.dp, args.batch, args.chunk]
     if getattr(args, "serving", "agg") == "disagg":
@@ -245,7 +227,6 @@ def cmd_explain(args) -> int:
                             "be combined with it")
         return _explain_disagg(args, exp, p, source)
     if all(v is None for v in given):
-        from .sweep import run_sweep
         res = run_sweep(exp, p, params_source=source)
         if res.best is None:
             raise SpecError("no layout meets the SLA; give one with --tp --pp --ep --batch --chunk")
@@ -261,33 +242,28 @@ def cmd_explain(args) -> int:
             raise SpecError(f"--batch {batch} is below the {adp} attention-DP groups: each needs a request")
         origin = "the command line"
     lay = Layout(*(jnp.float32(v) for v in (tp, pp, ep, dp, batch, chunk, adp)))
-    ex = explain(p, exp.hardware, exp.model, exp.precision, exp.workload, lay,
-                 scheduler=scheduler_name(exp.scheduler_key))
+    ex = explain(p, exp.hardware, exp.model, exp.precision, exp.workload, lay, scheduler=exp.scheduler_name)
     one = {f: [v] for f, v in zip(Layout._fields, (tp, pp, ep, dp, batch, chunk, adp))}
     recs = [r for r in elasticities(p, exp.hardware, exp.model, exp.precision, exp.workload, one, [0],
-                                    exp.scheduler_key) if r["kind"] != "param"]
-    sens = {m: {r["name"]: r[f"elasticity_{m}"] for r in recs} for m in METRICS}
-    label = report.layout_label(dict(tp=tp, pp=pp, ep=ep, dp=dp, adp=adp, batch=batch, chunk=chunk))
+                                    exp.scheduler_name) if r["kind"] != "param"]
+    sens, sens_rows = _elasticity_rows(recs)
+    layout = dict(tp=tp, pp=pp, ep=ep, dp=dp, adp=adp, batch=batch, chunk=chunk)
     groups = {}
     for phase in ("chunk_iteration", "decode_iteration"):
-        groups[phase] = {k: {f: float(getattr(c, f)) for f in ("compute", "memory", "comm_tp", "comm_ep",
-                                                                "comm_pp", "overhead")} | {"total": float(c.total())}
+        groups[phase] = {k: {f: float(getattr(c, f)) for f in COST_FIELDS} | {"total": float(c.total())}
                          for k, c in ex[phase].items()}
         groups[phase]["TOTAL"] = {"total": float(sum_costs(ex[phase].values()).total())}
     if args.json:
-        sys.stdout.write(report.to_json({"layout": dict(tp=tp, pp=pp, ep=ep, dp=dp, adp=adp, batch=batch,
-                                                               chunk=chunk),
-                                                "experiment": exp.name, "params_source": source,
-                                                "scheduler": scheduler_name(exp.scheduler_key),
-                                                "tokens_per_step": float(exp.workload.tokens_per_step),
-        "speculative": {"draft_tokens": exp.workload.draft_tokens, "acceptance": exp.workload.acceptance},
-        "prefix_hit": exp.workload.prefix_hit,
-                                                "metrics": ex["metrics"], "memory_gb": ex["memory_gb"],
-                                                "ops_s": groups, "elasticities": sens}))
+        sys.stdout.write(report.to_json({
+            "layout": layout, "experiment": exp.name, "params_source": source, "scheduler": exp.scheduler_name,
+            "tokens_per_step": float(exp.workload.tokens_per_step),
+            "speculative": {"draft_tokens": exp.workload.draft_tokens, "acceptance": exp.workload.acceptance},
+            "prefix_hit": exp.workload.prefix_hit, "metrics": ex["metrics"], "memory_gb": ex["memory_gb"],
+            "ops_s": groups, "elasticities": sens}))
         return 0
     m = ex["metrics"]
-    print(f"{_title(exp, parse_scales(args.scale))}\nlayout {label} (from {origin}); parameters: {source}; "
-          f"scheduler: {scheduler_name(exp.scheduler_key)}\n")
+    print(f"{report.title(exp, parse_scales(args.scale))}\nlayout {report.layout_label(layout)} (from {origin}); "
+          f"parameters: {source}; scheduler: {exp.scheduler_name}\n")
     print(f"  TTFT {m['ttft_s']:.3f} s   TPOT {1e3 * m['tpot_s']:.2f} ms   "
           f"{m['tokens_per_s_per_user']:.1f} tokens/s/user   {m['tokens_per_s_per_gpu']:.1f} tokens/s/GPU   "
           f"decoding {m['decoding_requests']:.1f} of {batch} requests"
@@ -296,54 +272,28 @@ def cmd_explain(args) -> int:
     print(f"  memory per GPU: {mem['total']:.1f} GB of {mem['capacity']:.1f} usable "
           f"(weights {mem['weights']:.1f}, KV {mem['kv_cache']:.1f}, activations {mem['activations']:.1f}, "
           f"reserve {mem['reserve']:.1f})" + ("" if m["feasible"] > 0.5 else "  ** DOES NOT FIT **"))
-    for phase, title in (("chunk_iteration", "iteration with a prefill chunk"),
-                         ("decode_iteration", "decode-only iteration")):
+    for phase, name in (("chunk_iteration", "iteration with a prefill chunk"),
+                        ("decode_iteration", "decode-only iteration")):
         rows, total = _op_rows(ex[phase])
-        print(f"\n  {title}: {1e3 * total:.2f} ms")
+        print(f"\n  {name}: {1e3 * total:.2f} ms")
         print("  " + report.table(rows, OP_TABLE).replace("\n", "\n  "))
-    kinds = {r["name"]: r["kind"] for r in recs}
-    rows = [{"x": label_of(kinds[k], k), **{m: f"{sens[m][k]:+.3f}" for m in sens}} for k in sens["ttft_s"]]
     print("\n  elasticities: % change of each metric per +1% of the input (exact derivatives of the model; "
           "`jaxplan sensitivity` adds the fitted parameters and the frontier):")
-    print("  " + report.table(rows, (("x", "input", ""), ("tokens_per_s_per_gpu", "tok/s/GPU", ""),
-                                     ("tokens_per_s_per_user", "tok/s/user", ""),
-                                     ("ttft_s", "TTFT", ""))).replace("\n", "\n  "))
+    print("  " + report.table(sens_rows, ELASTICITY_TABLE).replace("\n", "\n  "))
     return 0
 
 
-OP_TABLE = (("op", "op", ""), ("ms", "ms", ""), ("share", "share", ""), ("bound", "mostly", ""))
-
-
-def _op_rows(ops: dict) -> tuple[list[dict], float]:
-    """Table rows of an iteration's op breakdown (op -> Cost), longest first, and the total."""
-    from .cost import sum_costs
-    total = float(sum_costs(ops.values()).total())
-    fields = ("compute", "memory", "comm_tp", "comm_ep", "comm_pp", "overhead")
-    rows = [{"op": k, "ms": f"{1e3 * float(c.total()):.3f}", "share": f"{100 * float(c.total()) / total:.1f}%",
-             "bound": max(fields, key=lambda f: float(getattr(c, f))) if float(c.total()) > 0 else "-"}
-            for k, c in sorted(ops.items(), key=lambda kv: -float(kv[1].total()))]
-    return rows, total
-
-
 def _explain_disagg(args, exp, p, source) -> int:
-    import jax
-    import numpy as np
-
-    from . import report
-    from .sensitivity import METRICS, row_args, elasticities, label_of
-    from .serving import explain_disagg
-    from .sweep import run_disagg_sweep
-
     res = run_disagg_sweep(exp, p, params_source=source)
     if res.best is None:
-        raise SpecError(f"no disaggregated deployment meets the SLA ({_sla_text(exp)})")
+        raise SpecError(f"no disaggregated deployment meets the SLA ({report.sla_text(exp)})")
     row = res.row(res.best)
     args_ = jax.tree_util.tree_map(lambda v: v[0], row_args(res.columns, np.asarray([res.best]), exp.hardware,
                                                              "disagg"))
     ex = explain_disagg(p, exp.hardware, exp.model, exp.precision, exp.workload, *args_)
     recs = [r for r in elasticities(p, exp.hardware, exp.model, exp.precision, exp.workload, res.columns,
                                     [res.best], exp.backend, "disagg") if r["kind"] != "param"]
-    sens = {m: {r["name"]: r[f"elasticity_{m}"] for r in recs} for m in METRICS}
+    sens, sens_rows = _elasticity_rows(recs)
     label = report.label(row)
     pre_rows, pre_total = _op_rows(ex["prefill_iteration"])
     dec_rows, dec_total = _op_rows(ex["decode_iteration"])
@@ -356,8 +306,8 @@ def _explain_disagg(args, exp, p, source) -> int:
                                          "decode_iteration_ms": {r["op"]: float(r["ms"]) for r in dec_rows}}))
         return 0
     m = ex["metrics"]
-    print(f"{_title(exp, parse_scales(args.scale))}, disaggregated\n{label} (the disaggregated sweep's best at the "
-          f"SLA); parameters: {source}\n")
+    print(f"{report.title(exp, parse_scales(args.scale))}, disaggregated\n{label} (the disaggregated sweep's best at "
+          f"the SLA); parameters: {source}\n")
     print(f"  TTFT {m['ttft_s']:.3f} s   TPOT {1e3 * m['tpot_s']:.2f} ms   {m['tokens_per_s_per_user']:.1f} "
           f"tokens/s/user   {m['tokens_per_s_per_gpu']:.1f} tokens/s/GPU   {m['requests_per_s']:.2f} requests/s, "
           f"prefill workers {100 * m['prefill_utilization']:.0f}% busy")
@@ -369,15 +319,11 @@ def _explain_disagg(args, exp, p, source) -> int:
     per_step = float(exp.workload.tokens_per_step)
     dec_title = ("decode worker iteration (= TPOT)" if not exp.workload.draft_tokens else
                  f"decode worker step (yields {per_step:.2f} tokens: TPOT = step / {per_step:.2f})")
-    for title, rows, total in (("prefill worker iteration", pre_rows, pre_total), (dec_title, dec_rows, dec_total)):
-        print(f"\n  {title}: {1e3 * total:.2f} ms")
+    for name, rows, total in (("prefill worker iteration", pre_rows, pre_total), (dec_title, dec_rows, dec_total)):
+        print(f"\n  {name}: {1e3 * total:.2f} ms")
         print("  " + report.table(rows, OP_TABLE).replace("\n", "\n  "))
-    kinds = {r["name"]: r["kind"] for r in recs}
-    rows = [{"x": label_of(kinds[k], k), **{mm: f"{sens[mm][k]:+.3f}" for mm in sens}} for k in sens["ttft_s"]]
     print("\n  elasticities at these worker layouts and counts (% change per +1% of the input):")
-    print("  " + report.table(rows, (("x", "input", ""), ("tokens_per_s_per_gpu", "tok/s/GPU", ""),
-                                     ("tokens_per_s_per_user", "tok/s/user", ""),
-                                     ("ttft_s", "TTFT", ""))).replace("\n", "\n  "))
+    print("  " + report.table(sens_rows, ELASTICITY_TABLE).replace("\n", "\n  "))
     return 0
 
 
@@ -394,72 +340,46 @@ def _switch_text(sw: dict | None) -> str:
     text = f"{sw['change_pct']:+.1f}%"
     if not sw["switched"]:
         return text
-    return text + f" -> {sw['new_layout']}" + ("" if sw["old_layout_meets_sla"] else " (old misses SLA)")
+    return (text + f" -> {report.row_label(sw['new_layout'])}"
+            + ("" if sw["old_layout_meets_sla"] else " (old misses SLA)"))
 
 
 def cmd_sensitivity(args) -> int:
-    from . import report
-    from .sensitivity import DISAGG_KEY, label_of, ranked, run_sensitivity
-
     exp, p, source = _load(args)
     scales = parse_scales(args.scale)
     out = Path(args.out or Path("out") / f"{exp.name}-sensitivity")
-    out.mkdir(parents=True, exist_ok=True)
-    title = _title(exp, scales)
-    print(f"jaxplan sensitivity: {title}; SLA {_sla_text(exp)}; parameters: {source}", file=sys.stderr)
+    name = report.title(exp, scales)
+    print(f"jaxplan sensitivity: {name}; SLA {report.sla_text(exp)}; parameters: {source}", file=sys.stderr)
     t0 = time.perf_counter()
     kinds = ("hardware", "workload", "param") if args.switch_params else ("hardware", "workload")
     serving = getattr(args, "serving", "agg") or "agg"
     res = run_sensitivity(exp, p, params_source=source, attention_dp=args.attention_dp, switch_kinds=kinds,
                           progress=True, serving=serving)
     dt = time.perf_counter() - t0
-    cols, best = res.sweep.columns, res.best
-    on_front = set(int(i) for i in res.sweep.frontier)
-    rows_csv = []
-    for r in res.records:
-        i = r["row"]
-        rows_csv.append({"layout": report.label(report.row(cols, i)), "is_best_at_sla": int(i == best),
-                         "on_frontier": int(i in on_front),
-                         **{k: cols[k][i] for k in ("tp", "pp", "ep", "dp", "adp", "batch", "chunk")
-                            + (DISAGG_KEY if serving == "disagg" else ())
-                            + ("tokens_per_s_per_user", "tokens_per_s_per_gpu", "ttft_s")},
-                         **{k: r[k] for k in ("kind", "name", "value")},
-                         **{k: r[k] for k in r if k.startswith("elasticity_")}})
-    names = list(rows_csv[0]) if rows_csv else ["layout"]
-    report.write_csv(out / "sensitivity.csv", {k: [x[k] for x in rows_csv] for k in names}, names)
-    summary = {"experiment": exp.name, "hardware": exp.hardware.name, "hardware_scales": scales,
-               "serving": serving, "params_source": source, "sla": _sla_dict(exp),
-               "frontier_points": len(res.sweep.frontier), "seconds": dt, "switches_at_plus_minus_10pct": res.switches}
+    report.write_sensitivity(res, exp, out, serving=serving, scales=scales, params_source=source, seconds=dt,
+                             disagg_key=DISAGG_KEY if serving == "disagg" else ())
+    best = res.best
     if best is None:
-        report.write_json(out / "sensitivity.json", summary | {"best_at_sla": None})
-        report.plot_sensitivity_frontier(out / "sensitivity_frontier.png", res.records, cols, res.sweep.frontier,
-                                         f"elasticities along the frontier: {title}")
-        print(f"\nNo feasible layout meets the SLA ({_sla_text(exp)}); elasticities along the frontier are in "
+        print(f"\nNo feasible layout meets the SLA ({report.sla_text(exp)}); elasticities along the frontier are in "
               f"{out}/sensitivity.csv and sensitivity_frontier.png.")
         return 0
-    best_row = report.row(cols, best)
+    best_row = res.sweep.row(best)
     at_best = [r for r in res.records if r["row"] == best]
     sw = {(s["kind"], s["name"], s["factor"]): s for s in res.switches}
-    summary["best_at_sla"] = best_row
-    summary["elasticities_at_best"] = {f"{r['kind']}:{r['name']}": {k: r[k] for k in r if k.startswith("elasticity_")}
-                                       for r in at_best}
-    report.write_json(out / "sensitivity.json", summary)
-    report.plot_sensitivity(out / "sensitivity.png", at_best,
-                            f"d log(tokens/s/GPU) / d log(x) at {report.label(best_row)} — {title}")
-    report.plot_sensitivity_frontier(out / "sensitivity_frontier.png", res.records, cols, res.sweep.frontier,
-                                     f"elasticities along the frontier: {title}", best=best)
 
     def table_rows(recs):
-        return [{"input": label_of(r["kind"], r["name"]), "value": report.display_value(r["kind"], r["name"], r["value"]),
+        return [{"input": report.label_of(r["kind"], r["name"]),
+                 "value": report.display_value(r["kind"], r["name"], r["value"]),
                  **{m: f"{r['elasticity_' + m]:+.3f}" for m in ("tokens_per_s_per_gpu", "tokens_per_s_per_user",
                                                                  "ttft_s")},
                  "minus": _switch_text(sw.get((r["kind"], r["name"], 0.9))),
                  "plus": _switch_text(sw.get((r["kind"], r["name"], 1.1)))} for r in recs]
 
-    print(f"\n{title}, {'disaggregated' if serving == 'disagg' else 'aggregated'} serving\n"
-          f"best at SLA ({_sla_text(exp)}): {report.label(best_row)}: "
-          f"{best_row['tokens_per_s_per_gpu']:.1f} tokens/s/GPU, {best_row['tokens_per_s_per_user']:.1f} tokens/s/user, "
-          f"TTFT {best_row['ttft_s']:.2f} s; parameters: {source}")
+    print(f"\n{name}, {'disaggregated' if serving == 'disagg' else 'aggregated'} serving\n"
+          f"best at SLA ({report.sla_text(exp)}): {report.label(best_row)}: "
+          f"{best_row['tokens_per_s_per_gpu']:.1f} tokens/s/GPU, "
+          f"{best_row['tokens_per_s_per_user']:.1f} tokens/s/user, TTFT {best_row['ttft_s']:.2f} s; "
+          f"parameters: {source}")
     print("\nelasticities (% change of the metric per +1% of the input; exact derivatives at this layout"
           + (" and these worker counts" if serving == "disagg" else "") + ") and the "
           "best tokens/s/GPU after a full re-sweep with the input at -10% / +10% (-> the layout it switches to):")
@@ -477,52 +397,25 @@ def cmd_sensitivity(args) -> int:
 # ----------------------------------------------------------------------------- codesign
 
 def cmd_codesign(args) -> int:
-    from . import report
-    from .codesign import hardware_yaml, load_prices, run_codesign
-    from .sensitivity import HARDWARE_NUMBERS
-
     exp, p, source = _load(args)
-    prices_path = Path(args.prices) if args.prices else config_root() / "prices" / "default.yaml"
-    prices = load_prices(prices_path)
+    prices = load_prices(Path(args.prices) if args.prices else config_file("prices", "default"))
     out = Path(args.out or Path("out") / f"{exp.name}-codesign")
-    out.mkdir(parents=True, exist_ok=True)
-    print(f"jaxplan codesign: {_title(exp, parse_scales(args.scale))}; SLA {_sla_text(exp)}; prices: {prices_path}; "
-          f"parameters: {source}", file=sys.stderr)
+    print(f"jaxplan codesign: {report.title(exp, parse_scales(args.scale))}; SLA {report.sla_text(exp)}; "
+          f"prices: {prices.source}; parameters: {source}", file=sys.stderr)
     t0 = time.perf_counter()
     serving = getattr(args, "serving", "agg") or "agg"
     res = run_codesign(exp, p, prices, budget=args.budget, steps=args.steps, lr=args.lr,
                        attention_dp=args.attention_dp, progress=True, serving=serving)
     dt = time.perf_counter() - t0
+    summary = report.write_codesign(res, exp, prices, out, serving=serving, seconds=dt)
     cur = f" {prices.currency}" if prices.currency else ""
-    traj_cols = {"step": [], "tokens_per_s_per_gpu": [], "tokens_per_s_per_user": [], "ttft_s": [], "layout": []}
-    for n in res.names:
-        traj_cols[HARDWARE_NUMBERS[n][1]] = []
-        traj_cols[f"share_{n}"] = []
-        traj_cols[f"elasticity_{n}"] = []
-    for r in res.trajectory:
-        for k in ("step", "tokens_per_s_per_gpu", "tokens_per_s_per_user", "ttft_s", "layout"):
-            traj_cols[k].append(r.get(k))
-        for n in res.names:
-            traj_cols[HARDWARE_NUMBERS[n][1]].append(r["values"][n])
-            traj_cols[f"share_{n}"].append(r["shares"][n])
-            traj_cols[f"elasticity_{n}"].append(r["elasticities"].get(n))
-    report.write_csv(out / "trajectory.csv", traj_cols, list(traj_cols))
-    (out / "codesign_hardware.yaml").write_text(
-        f"# jaxplan codesign of {exp.hardware.name} for {exp.name}: best of {len(res.trajectory)} steps "
-        f"(step {res.best_step}); budget {res.budget:,.0f}{cur} per GPU over {', '.join(res.names)}\n"
-        + hardware_yaml(res.final_hardware, f"jaxplan codesign from {exp.hardware.name}, prices {prices_path}"))
-    report.plot_codesign(out / "codesign.png", res, f"codesign: {_title(exp)}, SLA {_sla_text(exp)}")
-    s, f = res.start, res.final
-    summary = {"experiment": exp.name, "hardware": exp.hardware.name, "serving": serving, "prices": str(prices_path),
-               "budget": res.budget, "currency": prices.currency, "steps": len(res.trajectory),
-               "best_step": res.best_step, "seconds": dt, "start": s, "final": f,
-               "gain": f["tokens_per_s_per_gpu"] / s["tokens_per_s_per_gpu"] if s["tokens_per_s_per_gpu"] else None}
-    report.write_json(out / "codesign.json", summary)
-    rows = [{"number": HARDWARE_NUMBERS[n][2], "price": f"{res.prices[n]:g}{cur} per {report.unit_of(n)}",
-             "start": f"{s['values'][n]:g} {report.unit_of(n)}",
-             "final": f"{f['values'][n]:g} {report.unit_of(n)}",
+    s, f = summary["start"], summary["final"]
+    unit = report.unit_of
+    rows = [{"number": report.label_of("hardware", n), "price": f"{res.prices[n]:g}{cur} per {unit(n)}",
+             "start": f"{s['values'][n]:g} {unit(n)}", "final": f"{f['values'][n]:g} {unit(n)}",
              "share": f"{100 * s['shares'][n]:.0f}% -> {100 * f['shares'][n]:.0f}%",
-             "elasticity": f"{s['elasticities'].get(n, float('nan')):+.3f} -> {f['elasticities'].get(n, float('nan')):+.3f}"}
+             "elasticity": f"{s['elasticities'].get(n, float('nan')):+.3f} -> "
+                           f"{f['elasticities'].get(n, float('nan')):+.3f}"}
             for n in res.names]
     print(f"\nbudget {res.budget:,.0f}{cur} per GPU over the priced numbers; {len(res.trajectory)} steps "
           f"in {dt:.1f} s")
@@ -538,10 +431,104 @@ def cmd_codesign(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- fit, validate, bench
+
+def cmd_fit(args) -> int:
+    from_hw = load_hardware(args.hardware)
+    kernels = Path(args.kernels) if args.kernels else default_kernels_dir(from_hw.name)
+    if not kernels.exists():
+        raise SpecError(f"--kernels: '{kernels}' does not exist (give a folder of kernel tables or a bench CSV)")
+    res = kernel_fit.fit_profile(from_hw.name, kernels, steps=args.steps, seed=args.seed,
+                                 max_rows_per_kind=args.max_rows, return_result=True)
+    print(report.kernel_error_table(res.report))
+    params = res.params
+    meta = kernel_fit.profile_meta(res, from_hw.name, kernels, args.steps, args.seed)
+    if args.serving:
+        if not Path(args.serving).is_file():
+            raise SpecError(f"--serving: '{args.serving}' does not exist")
+        # Per-backend step/layer overheads, fitted on the TPOT of the training system's rows
+        # (why TPOT only: benchmarks/serving_validation.md, "Serving-level fit (issue 3)").
+        params, rep = serving_fit.fit_serving(params, args.serving, from_hw.name, metrics=("tpot",))
+        print(report.serving_fit_text(rep))
+        meta["serving_fit"] = {"source": str(args.serving),
+                               "train": f"{serving_fit.TRAIN_SYSTEM} rows: step/layer overheads on TPOT, request "
+                                        f"overheads on aggregated TTFT, disaggregation overheads on "
+                                        f"disaggregated TTFT",
+                               "keys": sorted(rep["fitted_keys"]),
+                               **{kind: {b: d["status"] for b, d in fits.items()}
+                                  for kind, fits in rep["overhead_fits"].items()}}
+    out = save_params(params, args.out, meta=meta)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    if not args.kernels and not args.serving:
+        raise SpecError("validate needs --kernels FILE (with --hardware) or --serving FILE")
+    if args.kernels:
+        if not args.hardware:
+            raise SpecError("validate --kernels needs --hardware (the GPU the table was measured on)")
+        kv = kernel_fit.validate_kernels(args.kernels, args.hardware, args.params)
+        print(kv.meas.summary())
+        print(f"parameters: {kv.params_source}")
+        print(report.kernel_error_table({k: {"all": v["all"]} for k, v in kv.report.items()}))
+        print(report.kernel_variant_lines(kv.report))
+        if args.out:
+            files = report.write_kernel_validation(kv, args.out)
+            print(f"wrote {' and '.join(str(f) for f in files)}")
+    if args.serving:
+        validate_serving_command(args)
+    return 0
+
+
+def validate_serving_command(args) -> int:
+    path = args.serving
+    override = args.params
+    if override and not Path(override).is_file():
+        raise SpecError(f"params file '{override}' does not exist")
+    out = Path(args.out or "out/validate")
+    t0 = time.perf_counter()
+    cases, unmapped = load_serving(path)
+    print(f"jaxplan validate: {len(cases) + len(unmapped)} rows in {path}: {len(cases)} mapped, "
+          f"{len(unmapped)} unmapped", file=sys.stderr)
+    for reason, n, example in unmapped_counts(unmapped):
+        print(f"  unmapped {n:4d}: {reason}  (e.g. {example})", file=sys.stderr)
+    if not cases:
+        raise SpecError(f"{path}: no row could be mapped; see the reasons above")
+    schedulers = parse_schedulers(getattr(args, "scheduler", None))
+    v = validate(cases, unmapped, None, override, schedulers)
+    for backend, name in sorted(schedulers.items()):
+        print(f"  aggregated {backend} rows: scheduler {name} (default {scheduler_of(backend)})", file=sys.stderr)
+    for hw, src in sorted(v.params_source.items()):
+        print(f"  parameters for {hw}: {src}", file=sys.stderr)
+    files = report.write_validation(v, out)
+    print(report.serving_error_table(v.summary, ("system", "backend", "mode")))
+    print()
+    print(report.serving_error_table(summarize(v.table, ("model",)), ("model",)))
+    print()
+    print(f"unique measurements only ({int(v.table['unique'].sum())} of {len(v.cases)} mapped rows; "
+          f"the file repeats some measurements under several ids):")
+    print(report.serving_error_table(summarize(v.table, ("mode",), mask=v.table["unique"]), ("mode",)))
+    print(f"\nwrote {', '.join(str(p) for p in files.values())} ({time.perf_counter() - t0:.1f} s)",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    kinds = args.kinds.split(",") if args.kinds else None
+    events = bench.measure(quick=args.quick, progress=args.progress, time_budget_s=args.time_budget, kinds=kinds)
+    out = report.write_bench(args.out, events, bench.CSV_COLUMNS)
+    print(f"wrote {out} and {report.bench_meta_path(out)}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- entry point
 
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="jaxplan", description="Plan LLM inference deployments with a JAX cost model.")
+    ap.add_argument("--config-root", metavar="DIR",
+                    help="a folder of your own presets (models/, hardware/, experiments/, profiles/, prices/) "
+                         "searched before ./configs and the packaged presets (also $JAXPLAN_CONFIGS)")
     sub = ap.add_subparsers(dest="command", parser_class=_Parser)
     sp = sub.add_parser("sweep", help="evaluate every layout, draw the Pareto frontier, pick the best at the SLA")
     _add_experiment_args(sp)
@@ -588,12 +575,46 @@ def build_parser() -> argparse.ArgumentParser:
                     help="optimize for aggregated layouts (default) or disaggregated prefill/decode pools")
     cd.add_argument("--out", help="output folder (default: out/<experiment>-codesign)")
     cd.set_defaults(fn=cmd_codesign)
-    from .fit import register as register_fit
-    register_fit(sub)
-    from .bench import add_bench_args, bench_command
+    fp = sub.add_parser("fit", help="fit the cost model's parameters to measured kernel latencies")
+    fp.add_argument("--hardware", required=True, help="hardware preset name or YAML path")
+    fp.add_argument("--kernels", help="folder of kernel tables (*.csv.gz) or a `jaxplan bench` CSV "
+                                      "(default: ../shared/data/kernels/<gpu> beside the repository)")
+    fp.add_argument("--serving", help="serving measurements CSV (silicon_hopper.csv format): after the kernels, fit "
+                                      "the per-backend step/layer, front-end and disaggregation overheads on its "
+                                      "H100 rows (H200 rows: holdout)")
+    fp.add_argument("--out", required=True, metavar="PROFILE.yaml", help="where to write the fitted profile")
+    fp.add_argument("--steps", type=int, default=kernel_fit.DEFAULT_STEPS,
+                    help=f"optimizer steps (default {kernel_fit.DEFAULT_STEPS})")
+    fp.add_argument("--seed", type=int, default=0, help="subsample seed (default 0)")
+    fp.add_argument("--max-rows", dest="max_rows", type=int, default=kernel_fit.DEFAULT_MAX_ROWS_PER_KIND,
+                    help=f"train rows per kind the optimizer sees (stratified subsample; default "
+                         f"{kernel_fit.DEFAULT_MAX_ROWS_PER_KIND})")
+    fp.set_defaults(fn=cmd_fit)
+    vp = sub.add_parser("validate", help="compare predictions with measured kernels or serving rows")
+    vp.add_argument("--kernels", metavar="FILE", help="a kernel table (*.csv.gz) or a `jaxplan bench` CSV")
+    vp.add_argument("--serving", metavar="FILE", help="serving measurements CSV (silicon_hopper.csv format)")
+    vp.add_argument("--hardware", help="hardware preset name or YAML path (required with --kernels)")
+    vp.add_argument("--params", help="parameter profile YAML (default: the hardware's shipped profile)")
+    vp.add_argument("--out", metavar="DIR", help="folder for predictions.csv and the scatter plot")
+    vp.add_argument("--scheduler", action="append", metavar="BACKEND=SCHEDULER",
+                    help="predict a backend's aggregated rows with another scheduler (repeatable), e.g. "
+                         "sglang=prefill_first; schedulers: " + ", ".join(SCHEDULER_NAMES))
+    vp.set_defaults(fn=cmd_validate)
     bp = sub.add_parser("bench", help="measure this machine's devices into the kernel-table format `fit` reads")
-    add_bench_args(bp)
-    bp.set_defaults(fn=bench_command)
+    bp.add_argument("--quick", action="store_true", help="tiny grid that runs in seconds (also on a CPU)")
+    bp.add_argument("--out", default="bench.csv", metavar="FILE.csv",
+                    help="CSV to write (default: bench.csv); metadata goes to FILE.csv.meta.yaml")
+    bp.add_argument("--time-budget", dest="time_budget", type=float, default=None, metavar="SECONDS",
+                    help="cap the measuring time; cases run coarse-to-fine so a cut grid stays even")
+    bp.add_argument("--kinds", default=None,
+                    help="comma-separated kernel tables to measure (default: all of " + ",".join(bench.KERNEL_TABLES)
+                         + ")")
+    g = bp.add_mutually_exclusive_group()
+    g.add_argument("--progress", dest="progress", action="store_true", default=None,
+                   help="always draw the progress bar")
+    g.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="print one line per benchmark kind only")
+    bp.set_defaults(fn=cmd_bench)
     return ap
 
 
@@ -603,6 +624,8 @@ def main(argv=None) -> int:
     if not getattr(args, "fn", None):
         ap.print_help()
         return 2
+    if args.config_root:
+        os.environ["JAXPLAN_CONFIGS"] = args.config_root
     try:
         return args.fn(args)
     except SpecError as e:

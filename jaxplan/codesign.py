@@ -21,19 +21,28 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .sensitivity import HARDWARE_NUMBERS, elasticities, yaml_scale, yaml_value
-from .specs import HARDWARE_KEYS, Experiment, Hardware, SpecError, read_yaml
+from .sensitivity import elasticities, serving_sweep
+from .specs import (
+    CONTINUOUS_HARDWARE,
+    HARDWARE_NUMBERS,
+    Experiment,
+    Hardware,
+    SpecError,
+    hardware_number,
+    read_yaml,
+    yaml_value,
+)
 
 RATES = ("bf16_flops", "fp8_flops", "fp4_flops")
-PRICEABLE = tuple(n for n in HARDWARE_NUMBERS if not n.endswith("_latency"))
+PRICEABLE = tuple(n for n in CONTINUOUS_HARDWARE if not n.endswith("_latency"))
 SHARE_FLOOR = 1e-4          # no priced number gets less than this share of the budget
 DEFAULT_STEPS = 60
 DEFAULT_LR = 0.1
@@ -50,7 +59,6 @@ class Prices:
 def load_prices(path: str | Path) -> Prices:
     """Read a prices YAML: ``prices: {YAML key or number name: price per unit}``, optional
     ``budget``, ``currency`` and ``description``."""
-    from .sensitivity import hardware_number
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"prices file '{path}' does not exist")
@@ -65,11 +73,11 @@ def load_prices(path: str | Path) -> Prices:
                         f"'hbm_bandwidth_tb_s: 2500'")
     prices = {}
     for key, v in raw.items():
-        name = hardware_number(str(key), f"{path} [prices]")
+        name = hardware_number(str(key), f"{path} [prices]").field
         if name not in PRICEABLE:
             raise SpecError(f"{path} [prices]: '{key}' cannot be bought (spending makes a number larger, and a "
                             f"latency should be smaller); priceable: "
-                            + ", ".join(HARDWARE_NUMBERS[n][1] for n in PRICEABLE))
+                            + ", ".join(HARDWARE_NUMBERS[n].key for n in PRICEABLE))
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
             raise SpecError(f"{path} [prices]: price of '{key}' must be a positive number, got {v!r}")
         if name in prices:
@@ -98,7 +106,7 @@ def with_values(hw: Hardware, values: Mapping[str, float]) -> Hardware:
             factor = v / yaml_value(hw, name)
             kw.update({r: float(getattr(hw, r)) * factor for r in RATES})
         else:
-            kw[HARDWARE_NUMBERS[name][0]] = v * yaml_scale(name)
+            kw[name] = v * HARDWARE_NUMBERS[name].scale
     return dataclasses.replace(hw, **kw)
 
 
@@ -199,10 +207,9 @@ def run_codesign(exp: Experiment, p: Mapping, prices: Prices, budget: float | No
                  progress: bool = False, serving: str = "agg") -> CodesignResult:
     """Spend ``budget`` on the priced hardware numbers to maximize tokens/s/GPU at the SLA, for
     aggregated layouts or (``serving="disagg"``) disaggregated prefill/decode pools: each step
-    re-chooses the best deployment with the batched sweep and follows its exact elasticities."""
-    from .report import label
-    from .sensitivity import serving_sweep
-
+    re-chooses the best deployment with the batched sweep and follows its exact elasticities. Each
+    trajectory step names its best deployment as a row of the sweep's columns (``layout``; None
+    where no layout meets the SLA)."""
     sweep = serving_sweep(serving, attention_dp)
 
     names, skipped = usable_names(exp, prices.prices)
@@ -224,35 +231,23 @@ def run_codesign(exp: Experiment, p: Mapping, prices: Prices, budget: float | No
         e2 = dataclasses.replace(exp, hardware=hw)
         res = sweep(e2, p)
         if res.best is None:
-            return None, {}, {"layout": "none meets the SLA", "tokens_per_s_per_gpu": 0.0}
+            return None, {}, {"layout": None, "tokens_per_s_per_gpu": 0.0}
         row = res.row(res.best)
         recs = elasticities(p, hw, exp.model, exp.precision, exp.workload, res.columns, np.asarray([res.best]),
-                            exp.scheduler_key, serving)
+                            exp.scheduler_name, serving)
         el = {r["name"]: r["elasticity_tokens_per_s_per_gpu"] for r in recs if r["kind"] == "hardware"}
         # a priced tensor-core rate moves all three rates: its elasticity is their sum
         e = {n: (sum(el[r] for r in RATES) if n in RATES else el[n]) for n in names}
-        info = {"layout": label(row), "tokens_per_s_per_gpu": row["tokens_per_s_per_gpu"],
+        info = {"layout": row, "tokens_per_s_per_gpu": row["tokens_per_s_per_gpu"],
                 "tokens_per_s_per_user": row["tokens_per_s_per_user"], "ttft_s": row["ttft_s"]}
         return math.log(row["tokens_per_s_per_gpu"]), e, info
 
     def show(step, rec):
         if progress and sys.stderr.isatty():
-            print(f"\r  step {step + 1}/{steps}: {rec['tokens_per_s_per_gpu']:.1f} tokens/s/GPU ({rec['layout']})"
-                  + " " * 10, end="", file=sys.stderr, flush=True)
+            print(f"\r  step {step + 1}/{steps}: {rec['tokens_per_s_per_gpu']:.1f} tokens/s/GPU" + " " * 10,
+                  end="", file=sys.stderr, flush=True)
 
     traj, best = optimize_allocation(objective, names, pr, budget, start_values, steps, lr, show)
     if progress and sys.stderr.isatty():
         print(file=sys.stderr)
     return CodesignResult(names, pr, budget, traj, best, with_values(hw0, traj[best]["values"]))
-
-
-def hardware_yaml(hw: Hardware, base_path_note: str) -> str:
-    """The hardware as a preset YAML (usable with ``--hardware FILE``)."""
-    import yaml
-    body = {"name": f"{hw.name}-codesign", "source": base_path_note}
-    for key, (field, scale) in HARDWARE_KEYS.items():
-        v = float(getattr(hw, field)) / scale
-        if key == "fp4_dense_tflops" and v == 0:
-            continue
-        body[key] = int(round(v)) if key == "scaleup_domain_gpus" else float(f"{v:.6g}")
-    return yaml.safe_dump(body, sort_keys=False)

@@ -4,7 +4,7 @@ Pure functions of ``(params, hardware, model, precision, ...)`` with scalar layo
 to be vmapped over layouts. Each op returns a ``Cost``: time split into compute-bound,
 memory-bound, communication by mesh axis, and fixed overhead. Costs add.
 
-Rank placement (DESIGN.md): TP innermost, then EP, then PP, then DP. A pipeline stage of a
+Rank placement: TP innermost, then EP, then PP, then DP. A pipeline stage of a
 replica spans ``S = tp * ep`` GPUs; a replica ``S * pp``. Routed experts are spread ``ep`` ways and
 each expert is sharded ``tp`` ways. Attention and dense layers run data-parallel over ``adp``
 attention groups (attention-DP, ``adp`` divides ``S``), each sharded ``tp_attn = S / adp`` ways and
@@ -36,16 +36,16 @@ class Cost:
     comm_pp: jax.Array = 0.0
     overhead: jax.Array = 0.0
 
-    def __add__(self, other: "Cost") -> "Cost":
+    def __add__(self, other: Cost) -> Cost:
         return jax.tree_util.tree_map(jnp.add, self, other)
 
-    def scale(self, k) -> "Cost":
+    def scale(self, k) -> Cost:
         return jax.tree_util.tree_map(lambda x: x * k, self)
 
     def total(self) -> jax.Array:
         return self.compute + self.memory + self.comm_tp + self.comm_ep + self.comm_pp + self.overhead
 
-    def where(self, cond) -> "Cost":
+    def where(self, cond) -> Cost:
         """This cost where ``cond`` holds, else zero."""
         return jax.tree_util.tree_map(lambda x: jnp.where(cond, x, 0.0), self)
 
@@ -121,7 +121,8 @@ def gemm(p, hw: Hardware, prec: Precision, m, n, k, *, weight_bytes=None, rate=N
     wave = p[f"gemm_wave_elems_{rate}"]
     waves = mp * npd * batch / wave
     split = jnp.minimum(smooth_max(k / p[f"gemm_splitk_min_k_{rate}"], 1.0, 8.0), jnp.maximum(1.0, 1.0 / waves))
-    t_c = FLOPS_PER_MAC * wave * (kp - k + k / split) * jnp.maximum(1.0, waves * split) / (hw.peak(rate) * p[f"gemm_eff_{rate}"])
+    t_c = FLOPS_PER_MAC * wave * (kp - k + k / split) * jnp.maximum(1.0, waves * split) \
+        / (hw.peak(rate) * p[f"gemm_eff_{rate}"])
     eff = flops / (t_c * hw.peak(rate))
     cost = roofline(p, flops, nbytes, hw.peak(rate), eff, hw.hbm_bandwidth, p["mem_eff"])
     if rate != "bf16":
@@ -169,7 +170,8 @@ def attention_prefill(p, hw, model: Model, prec, q_tokens, ctx, heads, kv_heads)
         return p["attn_prefill_tile_s"] + FLOPS_PER_MAC * 2 * wave * (dim + p["attn_softmax_dim"]) \
             * (keys + p["attn_prefill_k_overhead"]) / (hw.peak(prec.attn_rate) * eff)
     t_c = jnp.maximum(wave_time(ctx) * jnp.maximum(waves, 1.0)
-                      + (wave_time(jnp.maximum(2.0 * ctx - 1.0, ctx)) - wave_time(ctx)) * jnp.clip(1.0 - waves, 0.0, 1.0),
+                      + (wave_time(jnp.maximum(2.0 * ctx - 1.0, ctx)) - wave_time(ctx))
+                      * jnp.clip(1.0 - waves, 0.0, 1.0),
                       TINY)
     cost = roofline(p, flops, kv_read + io, hw.peak(prec.attn_rate), flops / (t_c * hw.peak(prec.attn_rate)),
                     hw.hbm_bandwidth, p["mem_eff"])
@@ -252,7 +254,7 @@ def moe_experts(p, hw, model: Model, prec, tokens, tp, ep) -> Cost:
 
 def _tiers(hw: Hardware, n):
     """Split a group of n GPUs into the part inside one scale-up domain and the number of domains."""
-    inside = jnp.minimum(n, hw.scaleup_domain)
+    inside = jnp.minimum(n, hw.scale_up_domain)
     return inside, n / inside
 
 
@@ -269,37 +271,40 @@ def allreduce(p, hw: Hardware, nbytes, n) -> jax.Array:
     nvls = p["allreduce_nvls_share"]
     # Latency per step = the fabric's link latency (hardware) + the software's share (fitted:
     # kernel launch, flag polling, synchronization), so a what-if on the hardware latency acts.
-    lat_nv, lat_net = hw.scaleup_latency, hw.scaleout_latency
+    lat_nv, lat_net = hw.scale_up_latency, hw.scale_out_latency
     t_in = (lat_nv + p["allreduce_latency_nvlink_s"]) * jnp.log2(jnp.maximum(inside, 1.0)) \
-        + ((1 - nvls) * 2 * (inside - 1) / inside + nvls) * nbytes / (hw.scaleup_bandwidth * p["allreduce_bw_eff_nvlink"])
+        + ((1 - nvls) * 2 * (inside - 1) / inside + nvls) * nbytes \
+        / (hw.scale_up_bandwidth * p["allreduce_bw_eff_nvlink"])
     # One-shot (TensorRT-LLM's custom all-reduce for small buffers): every GPU reads the other n-1
     # buffers over NVLink and reduces locally: one fixed latency, (n-1) x the buffer per GPU. The
     # faster of the two is used (never, at the default one-shot latency of 1 ms).
     t_in = jnp.minimum(t_in, lat_nv + p["allreduce_oneshot_latency_s"]
-                       + (inside - 1) * nbytes / (hw.scaleup_bandwidth * p["allreduce_bw_eff_nvlink"]))
+                       + (inside - 1) * nbytes / (hw.scale_up_bandwidth * p["allreduce_bw_eff_nvlink"]))
     t_out = (lat_net + p["allreduce_latency_net_s"]) * jnp.log2(outside) \
-        + 2 * (outside - 1) / outside * (nbytes / inside) / (hw.scaleout_bandwidth * p["allreduce_bw_eff_net"])
+        + 2 * (outside - 1) / outside * (nbytes / inside) / (hw.scale_out_bandwidth * p["allreduce_bw_eff_net"])
     return jnp.where(n > 1, t_in, 0.0) + jnp.where(outside > 1, t_out, 0.0)
 
 
 def alltoall(p, hw: Hardware, nbytes_per_gpu, n, span):
     """All-to-all among n groups laid out over ``span`` consecutive ranks.
 
-    Each GPU exchanges (n-1)/n of ``nbytes_per_gpu`` with the other groups. Peers in its scale-up domain are reached over
-    NVLink, the rest over the scale-out network; both links run at once, so the slower sets the
+    Each GPU exchanges (n-1)/n of ``nbytes_per_gpu`` with the other groups. Peers in its scale-up
+    domain are reached over NVLink, the rest over the scale-out network; both links run at once, so the slower sets the
     time. The share beyond the domain is 1 - domain/span once span exceeds the domain."""
     leaving = nbytes_per_gpu * (n - 1) / jnp.maximum(n, 1.0)
-    f_out = jnp.clip(1.0 - hw.scaleup_domain / span, 0.0, 1.0)
-    t_nv = hw.scaleup_latency + p["alltoall_latency_nvlink_s"] + leaving * (1 - f_out) / (hw.scaleup_bandwidth * p["alltoall_bw_eff_nvlink"])
-    t_net = hw.scaleout_latency + p["alltoall_latency_net_s"] + leaving * f_out / (hw.scaleout_bandwidth * p["alltoall_bw_eff_net"])
+    f_out = jnp.clip(1.0 - hw.scale_up_domain / span, 0.0, 1.0)
+    t_nv = hw.scale_up_latency + p["alltoall_latency_nvlink_s"] \
+        + leaving * (1 - f_out) / (hw.scale_up_bandwidth * p["alltoall_bw_eff_nvlink"])
+    t_net = hw.scale_out_latency + p["alltoall_latency_net_s"] \
+        + leaving * f_out / (hw.scale_out_bandwidth * p["alltoall_bw_eff_net"])
     t = jnp.where(f_out > 0, jnp.maximum(t_nv, t_net), t_nv)
     return jnp.where(n > 1, t, 0.0)
 
 
 def p2p(p, hw: Hardware, nbytes, cross_network):
     """A pipeline hand-off of ``nbytes`` from one GPU to the next stage's GPU."""
-    bw = jnp.where(cross_network, hw.scaleout_bandwidth, hw.scaleup_bandwidth) * p["p2p_bw_eff"]
-    lat = jnp.where(cross_network, hw.scaleout_latency, hw.scaleup_latency)
+    bw = jnp.where(cross_network, hw.scale_out_bandwidth, hw.scale_up_bandwidth) * p["p2p_bw_eff"]
+    lat = jnp.where(cross_network, hw.scale_out_latency, hw.scale_up_latency)
     return lat + nbytes / bw
 
 
@@ -474,3 +479,17 @@ def memory_per_gpu(p, hw: Hardware, model: Model, prec: Precision, isl, osl, tp,
     total = weights + kv + act + reserve
     return {"weights": weights, "kv_cache": kv, "activations": act, "reserve": reserve, "total": total,
             "capacity": hw.hbm_capacity * p["mem_usable_frac"]}
+
+
+def max_batch_that_fits(p, hw: Hardware, model: Model, prec: Precision, isl, osl, tp, ep, adp, pp, chunk,
+                        draft_layers: int = 0, per=1.0, min_step=1e-9):
+    """How many batches of ``per`` requests fit in HBM beside what a batch of none needs (weights,
+    one iteration's activations, the reserve), unrounded; negative where even that does not fit.
+
+    Memory is affine in the batch (each request adds its KV cache at ``isl + osl`` tokens of
+    context and its activations), so two evaluations give the slope; ``min_step`` bounds the slope
+    from below. Used for the sweep's batch limit (per = 1 request, full context), admission
+    (per = one request per attention group at the mean context) and the serving validator."""
+    m0 = memory_per_gpu(p, hw, model, prec, isl, osl, tp, ep, adp, pp, 0.0, chunk, draft_layers)
+    m1 = memory_per_gpu(p, hw, model, prec, isl, osl, tp, ep, adp, pp, per, chunk, draft_layers)
+    return (m0["capacity"] - m0["total"]) / jnp.maximum(m1["total"] - m0["total"], min_step)

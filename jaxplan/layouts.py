@@ -17,10 +17,28 @@ group (adp = tp * ep, DeepSeek-style attention-DP).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
-from .serving import Layout
 from .specs import Model, SpecError
+
+
+class Layout(NamedTuple):
+    """One deployment of an aggregated replica set (all fields are float arrays so they vmap).
+
+    ``tp``: tensor parallelism of each expert (and of attention when ``adp == ep``); ``ep``: expert
+    parallelism; ``adp``: attention-DP groups per stage (divides ``tp * ep``; attention is sharded
+    ``tp * ep / adp`` ways). ``batch``: requests in flight per replica; ``chunk``: prefill tokens
+    per iteration of each attention group. GPUs used = tp * ep * pp * dp."""
+    tp: object
+    pp: object
+    ep: object
+    dp: object
+    batch: object
+    chunk: object
+    adp: object
+
 
 # Requests in flight per replica: powers of two and the midpoints between them.
 BATCH_GRID = tuple(sorted({2 ** i for i in range(14)} | {3 * 2 ** i for i in range(13)}))

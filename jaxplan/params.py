@@ -13,14 +13,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import jax
 import jax.numpy as jnp
 import yaml
 
-from .specs import SpecError, config_root, read_yaml
+from .specs import BACKENDS, SpecError, config_file, read_yaml
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +44,8 @@ PARAM_SPECS: dict[str, ParamSpec] = {
     "gemm_m_half": _p(48.0, 1.0, 4096.0, "rows (tokens) at which GEMM compute efficiency halves", log=True),
     "gemm_nk_half": _p(256.0, 1.0, 8192.0, "n or k at which GEMM compute efficiency halves", log=True),
     "mem_eff": _p(0.85, 0.3, 1.0, "achievable fraction of HBM bandwidth for streaming kernels"),
-    "roofline_sharpness": _p(3.0, 1.0, 16.0, "p of the smooth max (t_c^p + t_m^p)^(1/p) joining compute and memory time"),
+    "roofline_sharpness": _p(3.0, 1.0, 16.0,
+                             "p of the smooth max (t_c^p + t_m^p)^(1/p) joining compute and memory time"),
     "kernel_latency_s": _p(4e-6, 1e-7, 1e-4, "fixed time of one kernel (launch, prologue, tail)", log=True),
     # --- attention (flash-style kernels)
     "attn_prefill_eff": _p(0.55, 0.02, 1.0, "peak fraction of causal prefill attention (FA3 ~ 0.6 of H100 BF16)"),
@@ -62,16 +63,16 @@ PARAM_SPECS: dict[str, ParamSpec] = {
                                     "busiest GPU's token excess per doubling of EP (routing skew)"),
     # --- collectives, per fabric tier (latency per log2 step; bandwidth fraction)
     "allreduce_latency_nvlink_s": _p(3e-6, 1e-7, 1e-3, "all-reduce software latency per log2(n) step on NVLink "
-                                  "(beyond the hardware's scaleup_latency)", log=True),
+                                  "(beyond the hardware's scale_up_latency)", log=True),
     "allreduce_bw_eff_nvlink": _p(0.70, 0.05, 1.0, "NVLink bandwidth fraction reached by all-reduce"),
     "allreduce_latency_net_s": _p(15e-6, 1e-7, 1e-2, "all-reduce software latency per log2(n) step on the "
-                               "scale-out network (beyond scaleout_latency)", log=True),
+                               "scale-out network (beyond scale_out_latency)", log=True),
     "allreduce_bw_eff_net": _p(0.70, 0.05, 1.0, "network bandwidth fraction reached by all-reduce"),
     "alltoall_latency_nvlink_s": _p(12e-6, 1e-7, 1e-3, "all-to-all software latency on NVLink (beyond "
-                                 "scaleup_latency)", log=True),
+                                 "scale_up_latency)", log=True),
     "alltoall_bw_eff_nvlink": _p(0.55, 0.05, 1.0, "NVLink bandwidth fraction reached by all-to-all"),
     "alltoall_latency_net_s": _p(35e-6, 1e-7, 1e-2, "all-to-all software latency across the network (beyond "
-                              "scaleout_latency)", log=True),
+                              "scale_out_latency)", log=True),
     "alltoall_bw_eff_net": _p(0.60, 0.05, 1.0, "network bandwidth fraction reached by all-to-all"),
     "p2p_bw_eff": _p(0.80, 0.05, 1.0, "bandwidth fraction of a pipeline hand-off"),
     # --- fixed overheads
@@ -87,8 +88,8 @@ PARAM_SPECS: dict[str, ParamSpec] = {
                                             "allocation and transfer handshake (size-independent)", log=True),
     "request_overhead_s": _p(1e-4, 1e-5, 2.0, "per request before its first token outside the GPU work: the "
                                               "serving front end (HTTP, tokenization, hand-off to the engine, "
-                                              "streaming the first token back); adds to TTFT (and to the client's closed-loop "
-                                              "cycle), costs no GPU time",
+                                              "streaming the first token back); adds to TTFT (and to the "
+                                              "client's closed-loop cycle), costs no GPU time",
                              log=True),
     # --- memory
     "mem_usable_frac": _p(0.92, 0.5, 1.0, "share of HBM the runtime may fill (fragmentation, allocator)"),
@@ -98,7 +99,8 @@ PARAM_SPECS: dict[str, ParamSpec] = {
     #     GEMM per rate; the ``_fp8_block`` family (128-block-scaled FP8, DeepGEMM-style kernels)
     #     is fitted on its own rows and stands in for the ``_fp8`` values when mapped onto gemm().
     **{k: v for r in ("bf16", "fp8", "fp4", "fp8_block") for k, v in {
-        f"gemm_k_extra_{r}": _p(1e-4, 1e-4, 8192.0, f"{r} GEMM: k-loop fill/epilogue per tile beyond gemm_nk_half", log=True),
+        f"gemm_k_extra_{r}": _p(1e-4, 1e-4, 8192.0, f"{r} GEMM: k-loop fill/epilogue per tile beyond gemm_nk_half",
+                                log=True),
         f"gemm_wave_elems_{r}": _p(1.0, 1.0, 1e9, f"{r} GEMM: output elements one wave of tiles covers "
                                                    "(tile area x SMs; 1 = no wave model)", log=True),
         f"gemm_splitk_min_k_{r}": _p(1024.0, 16.0, 1e7, f"{r} GEMM: k per CTA below which split-K stops "
@@ -113,16 +115,22 @@ PARAM_SPECS: dict[str, ParamSpec] = {
     "gemm_eff_fp8_block": _p(0.60, 0.05, 1.0, "peak fraction of large 128-block-scaled FP8 GEMMs"),
     # attention kernels (flash-style prefill, XQA-style decode)
     "attn_seq_tile": _p(1.0, 1.0, 1024.0, "prefill query tile: shorter sequences are padded to it", log=True),
-    "attn_softmax_dim": _p(1e-6, 1e-6, 1024.0, "softmax exponential per (query, key) pair, in head-dim units of MMA work", log=True),
-    "attn_prefill_k_overhead": _p(1e-4, 1e-4, 16384.0, "prefill: keys' worth of fill/epilogue per query tile", log=True),
+    "attn_softmax_dim": _p(1e-6, 1e-6, 1024.0,
+                           "softmax exponential per (query, key) pair, in head-dim units of MMA work", log=True),
+    "attn_prefill_k_overhead": _p(1e-4, 1e-4, 16384.0, "prefill: keys' worth of fill/epilogue per query tile",
+                                  log=True),
     "attn_prefill_wave_rows": _p(1.0, 1.0, 1e8, "prefill: query-head rows one wave of CTAs covers (1 = no wave model)",
                                  log=True),
     "attn_prefill_tile_s": _p(3e-18, 3e-18, 1e-4, "prefill: fixed time per wave of tiles", log=True),
-    "attn_prefill_latency_s": _p(1e-12, 1e-12, 1e-3, "prefill attention beyond one kernel: RoPE / KV-cache write kernels", log=True),
-    "mla_prefill_latency_s": _p(1e-12, 1e-12, 1e-3, "MLA prefill beyond one kernel: RoPE / latent-cache write kernels", log=True),
-    "attn_decode_group_pad": _p(1e-6, 1e-6, 256.0, "decode: padding of the query-head group that forms the MMA rows", log=True),
+    "attn_prefill_latency_s": _p(1e-12, 1e-12, 1e-3,
+                                 "prefill attention beyond one kernel: RoPE / KV-cache write kernels", log=True),
+    "mla_prefill_latency_s": _p(1e-12, 1e-12, 1e-3, "MLA prefill beyond one kernel: RoPE / latent-cache write kernels",
+                                log=True),
+    "attn_decode_group_pad": _p(1e-6, 1e-6, 256.0, "decode: padding of the query-head group that forms the MMA rows",
+                                log=True),
     "attn_decode_k_overhead": _p(1e-4, 1e-4, 16384.0, "decode: keys' worth of fill per sequence", log=True),
-    "attn_decode_latency_s": _p(1e-12, 1e-12, 1e-3, "decode attention beyond one kernel: RoPE / KV-append kernels", log=True),
+    "attn_decode_latency_s": _p(1e-12, 1e-12, 1e-3, "decode attention beyond one kernel: RoPE / KV-append kernels",
+                                log=True),
     "mla_decode_latency_s": _p(1e-12, 1e-12, 1e-3, "MLA decode beyond one kernel", log=True),
     "attn_eff_scale_fp8": _p(1.0, 0.05, 1.0, "FP8 prefill attention (FMHA): share of the BF16 efficiency it reaches"),
     # MoE grouped GEMM
@@ -130,8 +138,10 @@ PARAM_SPECS: dict[str, ParamSpec] = {
     "moe_eff_scale_fp4": _p(1.0, 0.05, 1.0, "FP4 expert GEMMs: share of moe_eff they reach"),
     "moe_eff_scale_fp8_block": _p(1.0, 0.05, 1.0, "128-block FP8 expert GEMMs (kernel tables): share of moe_eff"),
     "moe_k_overhead": _p(1e-4, 1e-4, 16384.0, "columns of tile fill per expert slice (inter/tp + this)", log=True),
-    "moe_pair_s": _p(3e-18, 3e-18, 1e-6, "routing, permute and finalize time per routed (token, expert) pair", log=True),
-    "moe_latency_s": _p(1e-12, 1e-12, 1e-3, "MoE layer beyond one kernel: router, permute, activation, finalize", log=True),
+    "moe_pair_s": _p(3e-18, 3e-18, 1e-6, "routing, permute and finalize time per routed (token, expert) pair",
+                     log=True),
+    "moe_latency_s": _p(1e-12, 1e-12, 1e-3, "MoE layer beyond one kernel: router, permute, activation, finalize",
+                        log=True),
     "moe_imbalance_powerlaw_101": _p(0.06, 0.0, 4.0, "busiest-rank excess per log2(EP) under the kernel tables' "
                                                       "power_law_1.01 routing (fit only; sweeps use "
                                                       "moe_imbalance_per_log2_ep)"),
@@ -139,11 +149,11 @@ PARAM_SPECS: dict[str, ParamSpec] = {
     # collectives as NCCL runs them (the kernel tables' nccl_perf; sweeps use the allreduce_* values,
     # fitted on TensorRT-LLM's custom all-reduce)
     "allreduce_oneshot_latency_s": _p(1e-3, 1e-7, 1e-2, "one-shot all-reduce (TensorRT-LLM custom, small "
-                                      "buffers) software latency beyond scaleup_latency; 1 ms = off", log=True),
+                                      "buffers) software latency beyond scale_up_latency; 1 ms = off", log=True),
     "allreduce_nvls_share": _p(1e-6, 1e-6, 1.0, "share of all-reduce traffic done by NVLink SHARP in the switch "
                                "(buffer once per GPU) rather than by a ring (2(n-1)/n)", log=True),
     "nccl_allreduce_latency_s": _p(7e-6, 1e-7, 1e-3, "NCCL all-reduce software latency per log2(n) step on "
-                                   "NVLink (beyond scaleup_latency)",
+                                   "NVLink (beyond scale_up_latency)",
                                    log=True),
     "nccl_allreduce_bw_eff": _p(0.70, 0.05, 1.0, "NVLink bandwidth fraction reached by NCCL all-reduce"),
 }
@@ -155,9 +165,6 @@ def default_params() -> Params:
     return {k: jnp.asarray(s.default, jnp.float32) for k, s in PARAM_SPECS.items()}
 
 
-BACKENDS = ("trtllm", "vllm", "sglang")
-
-
 def for_backend(params: Mapping, backend: str) -> Params:
     """The parameters as one serving backend sees them: its own step, layer, disaggregation and
     request overheads take the place of the generic ``step_overhead_s``, ``layer_overhead_s``,
@@ -167,8 +174,8 @@ def for_backend(params: Mapping, backend: str) -> Params:
     out = dict(params)
     # The kernel tables time FP8/FP4 GEMMs fed a BF16 input, so their fit includes a separate
     # quantization pass; a served model fuses that quantization into the kernel before the GEMM
-    # (norm, activation). Serving neutralizes it: TPOT MAPE on the Hopper serving rows falls
-    # from 33.5% to 27.6% (TensorRT-LLM agg 21.7% -> 17.2%).
+    # (norm, activation), so serving neutralizes it (its effect on the serving rows:
+    # benchmarks/serving_validation.md, "Decisions and their evidence").
     for key, spec in PARAM_SPECS.items():
         if key.startswith("gemm_quant_") and key in out:
             out[key] = jnp.asarray(spec.default, jnp.float32)
@@ -241,16 +248,21 @@ def save_params(params: Mapping, path: str | Path, meta: Mapping | None = None) 
     return path
 
 
-def profile_path(hardware_name: str) -> Path:
-    return config_root() / "profiles" / f"{hardware_name}.yaml"
+def profile_path(hardware_name: str) -> Path | None:
+    """The fitted profile shipped (or in a user's configs folder) for a hardware preset, if any."""
+    return config_file("profiles", hardware_name)
 
 
-def params_for(hardware_name: str, override: str | Path | None = None) -> tuple[Params, str]:
+def params_for(hardware_name: str, override: str | Path | None = None,
+               backend: str | None = None) -> tuple[Params, str]:
     """The parameters a sweep uses: ``override`` if given, else the fitted profile of this
-    hardware if one is shipped, else the defaults. Returns (params, where they came from)."""
+    hardware if one is shipped, else the defaults; as ``backend`` (``trtllm``, ``vllm``,
+    ``sglang``) sees them (:func:`for_backend`) when one is given, which is what the CLI and
+    ``jaxplan.plan`` use. Returns (params, where they came from)."""
     if override:
-        return load_params(override), str(override)
-    prof = profile_path(hardware_name)
-    if prof.is_file():
-        return load_params(prof), str(prof)
-    return default_params(), "defaults (no fitted profile for this hardware)"
+        p, source = load_params(override), str(override)
+    else:
+        prof = profile_path(hardware_name)
+        p, source = (load_params(prof), str(prof)) if prof is not None else \
+            (default_params(), "defaults (no fitted profile for this hardware)")
+    return (for_backend(p, backend) if backend is not None else p), source

@@ -1,18 +1,22 @@
-"""Writing and printing results: CSV, JSON, tables and the frontier plot."""
+"""The app layer's output: every file jaxplan writes (CSV, JSON, YAML, PNG) and the words and
+tables it prints. The library returns numbers, names and rows; this module words them."""
 from __future__ import annotations
 
 import csv
 import json
 import math
+import textwrap
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
+import yaml
 
-LAYOUT_CSV_COLUMNS = ("tp", "pp", "ep", "dp", "adp", "batch", "chunk", "feasible", "ttft_s", "tpot_s",
-                      "tokens_per_s_per_user", "tokens_per_s_per_gpu", "memory_per_gpu_gb", "on_frontier",
-                      "requests_per_s", "decoding_requests", "admitted_requests", "prefill_tokens_per_iter",
-                      "prefill_saturated", "chunk_iter_s", "decode_iter_s")
+from .calibrate.serving_data import unmapped_counts
+from .calibrate.serving_predict import summarize
+from .calibrate.stats import error_stats
+from .specs import HARDWARE_NUMBERS, Experiment, Hardware
+from .sweep import AGG_COLUMNS, DISAGG_COLUMNS, INT_COLUMNS, Plan, row
 
 
 def _fmt(v) -> str:
@@ -60,15 +64,11 @@ DISAGG_TABLE = (("prefill", "prefill worker", ""), ("prefill_workers", "x", "d")
                 ("decode", "decode worker", ""), ("decode_workers", "y", "d"), ("gpus_used", "GPUs", "d"),
                 ("tokens_per_s_per_user", "tok/s/user", ".1f"), ("tokens_per_s_per_gpu", "tok/s/GPU", ".1f"),
                 ("ttft_s", "TTFT s", ".2f"), ("tpot_s", "TPOT ms", ""), ("kv_transfer_s", "KV ms", ""))
-MODE_CSV_COLUMNS = ("mode",) + LAYOUT_CSV_COLUMNS + (
-    "prefill_tp", "prefill_pp", "prefill_ep", "prefill_adp", "prefill_chunk", "prefill_batch", "prefill_workers",
-    "decode_tp", "decode_pp", "decode_ep", "decode_adp", "decode_batch", "decode_workers", "gpus_used",
-    "kv_transfer_s", "prefill_utilization", "prefill_latency_s")
-INT_FIELDS = {"tp", "pp", "ep", "dp", "adp", "batch", "chunk", "prefill_workers", "decode_workers", "gpus_used"}
 
 
 def _parallel_label(r: dict, prefix: str = "") -> str:
-    g = lambda k: int(r[prefix + k])
+    def g(k):
+        return int(r[prefix + k])
     parts = [f"{k.upper()}{g(k)}" for k in ("tp", "pp", "ep") if g(k) > 1]
     if not prefix and g("dp") > 1:
         parts.insert(3, f"DP{g('dp')}")
@@ -101,41 +101,10 @@ def frontier_rows(columns, idx, spec=FRONTIER_TABLE) -> list[dict]:
             out["prefill"] = f"{_parallel_label(r, 'prefill_')} B{int(r['prefill_batch'])} C{int(r['prefill_chunk'])}"
             out["decode"] = f"{_parallel_label(r, 'decode_')} B{int(r['decode_batch'])}"
             out["kv_transfer_s"] = f"{1e3 * float(r['kv_transfer_s']):.1f}"
-        for k in INT_FIELDS & set(out):
+        for k in INT_COLUMNS & set(out):
             out[k] = int(out[k])
         rows.append(out)
     return rows
-
-
-def row(columns: dict, i: int) -> dict:
-    return {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in columns.items()}
-
-
-def merge_results(results: dict) -> tuple[dict, np.ndarray, int | None]:
-    """One table of every mode's layouts (union of columns, None where a column does not apply),
-    each mode's frontier, and the overall SLA pick (the best of the modes' picks)."""
-    n = {m: r.n for m, r in results.items()}
-    total = sum(n.values())
-    keys = []
-    for r in results.values():
-        keys += [k for k in r.columns if k not in keys]
-    cols = {}
-    for k in keys:
-        parts = []
-        for m, r in results.items():
-            v = r.columns.get(k)
-            parts.append(np.asarray(v, dtype=object) if v is not None else np.full(n[m], None, dtype=object))
-        cols[k] = np.concatenate(parts) if parts else np.zeros(0)
-    cols["mode"] = np.concatenate([np.full(n[m], m, dtype=object) for m in results])
-    for k in ("feasible", "on_frontier"):
-        cols[k] = cols[k].astype(bool)
-    for k in ("tokens_per_s_per_user", "tokens_per_s_per_gpu", "ttft_s", "tpot_s", "memory_per_gpu_gb"):
-        cols[k] = cols[k].astype(np.float64)
-    offsets = np.cumsum([0] + list(n.values()))[:-1]
-    front = np.concatenate([r.frontier + o for r, o in zip(results.values(), offsets)]) if total else np.zeros(0, int)
-    picks = [r.best + o for r, o in zip(results.values(), offsets) if r.best is not None]
-    best = max(picks, key=lambda i: cols["tokens_per_s_per_gpu"][i]) if picks else None
-    return cols, front.astype(int), best
 
 
 def plot_frontier(path: Path, columns: dict, frontier_idx, best: int | None, title: str,
@@ -183,7 +152,6 @@ def figure(nrows: int = 1, ncols: int = 1, **kw):
 
 
 def wrap(title: str, width: int = 90) -> str:
-    import textwrap
     return "\n".join(textwrap.wrap(title, width))
 
 
@@ -211,31 +179,60 @@ def to_json(obj) -> str:
     return json.dumps(conv(obj), indent=2) + "\n"
 
 
-# ----------------------------------------------------------------------------- sensitivity
+# ----------------------------------------------------------------------------- names of inputs
 
-UNITS = (("_tflops", "TFLOP/s"), ("_tb_s", "TB/s"), ("_gb_s", "GB/s"), ("_gb", "GB"), ("_us", "us"))
+WORKLOAD_LABELS = {"isl": "input length (ISL)", "osl": "output length (OSL)",
+                   "acceptance": "speculative acceptance rate", "prefix_hit": "prefix-cache hit share"}
+
+
+def label_of(kind: str, name: str) -> str:
+    """How reports name a sensitivity input (hardware number, workload number or parameter)."""
+    if kind == "hardware":
+        return HARDWARE_NUMBERS[name].label
+    if kind == "workload":
+        return WORKLOAD_LABELS[name]
+    return name
 
 
 def display_value(kind: str, name: str, value: float) -> str:
     """A sensitivity input's value in the units of its hardware YAML key (others as they are)."""
     if kind == "hardware":
-        from .sensitivity import yaml_scale
-        return f"{value / yaml_scale(name):g} {unit_of(name)}"
+        return f"{value / HARDWARE_NUMBERS[name].scale:g} {unit_of(name)}"
     return f"{value:g}"
 
 
 def unit_of(name: str) -> str:
     """Unit of a hardware number's YAML key, e.g. 'TB/s' for hbm_bandwidth."""
-    from .sensitivity import HARDWARE_NUMBERS
-    key = HARDWARE_NUMBERS[name][1]
-    return next(u for suffix, u in UNITS if key.endswith(suffix))
+    return HARDWARE_NUMBERS[name].unit
+
+
+def scaled_label(hw_name: str, scales: Mapping[str, float]) -> str:
+    return hw_name + (" (" + ", ".join(f"{k} x{f:g}" for k, f in scales.items()) + ")" if scales else "")
+
+
+def title(exp: Experiment, scales: Mapping[str, float] | None = None) -> str:
+    """One line naming an experiment: model, GPUs, precision, lengths, decoding features."""
+    wl = exp.workload
+    spec = (f", speculative {wl.draft_tokens} draft tokens at {100 * wl.acceptance:.0f}% acceptance "
+            f"({float(wl.tokens_per_step):.2f} tokens/step)" if wl.draft_tokens else "")
+    if wl.prefix_hit:
+        spec += f", {100 * wl.prefix_hit:.0f}% of each prompt cached"
+    return (f"{exp.model.name} on {exp.gpus} × {scaled_label(exp.hardware.name, scales or {})}, "
+            f"{exp.precision.name}, ISL {int(wl.isl)} / OSL {int(wl.osl)}{spec}")
+
+
+def sla_text(exp: Experiment) -> str:
+    return f"≥ {exp.sla.min_tokens_per_user:g} tokens/s/user, TTFT ≤ {exp.sla.max_ttft_s:g} s"
+
+
+def row_label(r: dict | None, none: str = "none meets the SLA") -> str:
+    """:func:`label` of a row, or ``none`` where there is no row."""
+    return none if r is None else label(r)
 
 
 def plot_sensitivity(path: Path, at_best: list[dict], title: str, top_params: int = 12):
     """Bar charts of d log(tokens/s/GPU) / d log(x) at the best layout: hardware and workload on the
     left, the largest fitted-parameter elasticities on the right."""
-    from .sensitivity import label_of
-
     key = "elasticity_tokens_per_s_per_gpu"
     left = sorted([r for r in at_best if r["kind"] != "param"], key=lambda r: abs(r[key]))
     right = sorted([r for r in at_best if r["kind"] == "param"], key=lambda r: abs(r[key]))[-top_params:]
@@ -257,14 +254,12 @@ def plot_sensitivity(path: Path, at_best: list[dict], title: str, top_params: in
 def plot_sensitivity_frontier(path: Path, records: list[dict], columns: dict, frontier_idx, title: str,
                               best: int | None = None):
     """Elasticity of tokens/s/GPU to each hardware number along the frontier, by interactivity."""
-    from .sensitivity import HARDWARE_NUMBERS, label_of
-
     key = "elasticity_tokens_per_s_per_gpu"
     fi = np.asarray(frontier_idx, int)
     u = np.asarray(columns["tokens_per_s_per_user"], float)
     by = {(r["row"], r["name"]): r[key] for r in records if r["kind"] == "hardware"}
     fig, ax = figure(figsize=(8, 5), dpi=120)
-    for name in HARDWARE_NUMBERS:
+    for name in (n for n, h in HARDWARE_NUMBERS.items() if not h.integer):
         e = np.asarray([by.get((int(i), name), 0.0) for i in fi])
         if np.abs(e).max(initial=0.0) < 1e-3:
             continue
@@ -283,9 +278,7 @@ def plot_sensitivity_frontier(path: Path, records: list[dict], columns: dict, fr
 
 def plot_codesign(path: Path, res, title: str):
     """Tokens/s/GPU along the co-design trajectory (layout switches marked) and the budget shares."""
-    from .sensitivity import HARDWARE_NUMBERS
-
-    t = res.trajectory
+    t = [codesign_step(r) for r in res.trajectory]
     steps = [r["step"] for r in t]
     fig, (a1, a2) = figure(1, 2, figsize=(12, 4.5), dpi=120)
     a1.plot(steps, [r["tokens_per_s_per_gpu"] for r in t], "-o", ms=3)
@@ -300,7 +293,7 @@ def plot_codesign(path: Path, res, title: str):
     a1.grid(alpha=0.3)
     a1.legend(fontsize=8)
     for n in res.names:
-        a2.plot(steps, [100 * r["shares"][n] for r in t], "-", label=HARDWARE_NUMBERS[n][2])
+        a2.plot(steps, [100 * r["shares"][n] for r in t], "-", label=HARDWARE_NUMBERS[n].label)
     a2.set_xlabel("step")
     a2.set_ylabel("share of the budget (%)")
     a2.grid(alpha=0.3)
@@ -308,3 +301,429 @@ def plot_codesign(path: Path, res, title: str):
     fig.suptitle(wrap(title, 140), fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
+
+
+# ----------------------------------------------------------------------------- jaxplan sweep
+
+def write_plan(plan: Plan, out: str | Path) -> list[Path]:
+    """The files of ``jaxplan sweep``: ``layouts.csv`` (every evaluated layout), ``frontier.csv``,
+    ``frontier.png`` and ``summary.json``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    exp, cols, front, best = plan.experiment, plan.columns, plan.frontier, plan.best
+    names = AGG_COLUMNS if plan.serving == "agg" else DISAGG_COLUMNS
+    write_csv(out / "layouts.csv", cols, names)
+    write_csv(out / "frontier.csv", cols, names, rows=front)
+    extra = {}
+    if len(plan.results) > 1 or plan.baseline:
+        tag = " (what-if)" if plan.baseline else ""
+        for mode, r in plan.results.items():
+            fi = r.frontier
+            extra[f"{mode} frontier{tag}"] = (r.columns["tokens_per_s_per_user"][fi],
+                                              r.columns["tokens_per_s_per_gpu"][fi])
+        for mode, r in plan.baseline.items():
+            fi = r.frontier
+            extra[f"{mode} frontier, {plan.base_experiment.hardware.name} as shipped"] = (
+                r.columns["tokens_per_s_per_user"][fi], r.columns["tokens_per_s_per_gpu"][fi])
+    plot_frontier(out / "frontier.png", cols, [] if extra else front, best, title(exp, plan.scales),
+                  exp.sla.min_tokens_per_user, extra=extra, max_ttft_s=exp.sla.max_ttft_s)
+    write_json(out / "summary.json", plan.summary())
+    return [out / n for n in ("layouts.csv", "frontier.csv", "summary.json", "frontier.png")]
+
+
+# ----------------------------------------------------------------------------- jaxplan sensitivity
+
+def switch_record(s: dict) -> dict:
+    """A sensitivity re-sweep record as reports show it: the new layout by its label."""
+    return {**s, "new_layout": row_label(s["new_layout"])}
+
+
+def write_sensitivity(res, exp: Experiment, out: str | Path, *, serving: str, scales: Mapping, params_source: str,
+                      seconds: float, disagg_key: Sequence[str] = ()) -> Path:
+    """``sensitivity.csv`` (elasticities at every frontier point and the best), ``sensitivity.json``,
+    ``sensitivity.png`` (at the best) and ``sensitivity_frontier.png``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cols, best = res.sweep.columns, res.best
+    on_front = set(int(i) for i in res.sweep.frontier)
+    rows_csv = []
+    for r in res.records:
+        i = r["row"]
+        rows_csv.append({"layout": label(row(cols, i)), "is_best_at_sla": int(i == best),
+                         "on_frontier": int(i in on_front),
+                         **{k: cols[k][i] for k in ("tp", "pp", "ep", "dp", "adp", "batch", "chunk") + tuple(disagg_key)
+                            + ("tokens_per_s_per_user", "tokens_per_s_per_gpu", "ttft_s")},
+                         **{k: r[k] for k in ("kind", "name", "value")},
+                         **{k: r[k] for k in r if k.startswith("elasticity_")}})
+    names = list(rows_csv[0]) if rows_csv else ["layout"]
+    write_csv(out / "sensitivity.csv", {k: [x[k] for x in rows_csv] for k in names}, names)
+    name = title(exp, scales)
+    summary = {"experiment": exp.name, "hardware": exp.hardware.name, "hardware_scales": dict(scales),
+               "serving": serving, "params_source": params_source,
+               "sla": {"min_tokens_per_s_per_user": exp.sla.min_tokens_per_user, "max_ttft_s": exp.sla.max_ttft_s},
+               "frontier_points": len(res.sweep.frontier), "seconds": seconds,
+               "switches_at_plus_minus_10pct": [switch_record(s) for s in res.switches]}
+    if best is None:
+        write_json(out / "sensitivity.json", summary | {"best_at_sla": None})
+        plot_sensitivity_frontier(out / "sensitivity_frontier.png", res.records, cols, res.sweep.frontier,
+                                  f"elasticities along the frontier: {name}")
+        return out
+    best_row = row(cols, best)
+    at_best = [r for r in res.records if r["row"] == best]
+    summary["best_at_sla"] = best_row
+    summary["elasticities_at_best"] = {f"{r['kind']}:{r['name']}": {k: r[k] for k in r if k.startswith("elasticity_")}
+                                       for r in at_best}
+    write_json(out / "sensitivity.json", summary)
+    plot_sensitivity(out / "sensitivity.png", at_best,
+                     f"d log(tokens/s/GPU) / d log(x) at {label(best_row)} — {name}")
+    plot_sensitivity_frontier(out / "sensitivity_frontier.png", res.records, cols, res.sweep.frontier,
+                              f"elasticities along the frontier: {name}", best=best)
+    return out
+
+
+# ----------------------------------------------------------------------------- jaxplan codesign
+
+def hardware_yaml(hw: Hardware, source_note: str) -> str:
+    """The hardware as a preset YAML (usable with ``--hardware FILE``)."""
+    body = {"name": f"{hw.name}-codesign", "source": source_note}
+    for h in HARDWARE_NUMBERS.values():
+        v = float(getattr(hw, h.field)) / h.scale
+        if h.optional and v == 0:
+            continue
+        body[h.key] = int(round(v)) if h.integer else float(f"{v:.6g}")
+    return yaml.safe_dump(body, sort_keys=False)
+
+
+def codesign_step(rec: dict) -> dict:
+    """A co-design trajectory step as reports show it: the layout by its label."""
+    return {**rec, "layout": row_label(rec.get("layout"))}
+
+
+def write_codesign(res, exp: Experiment, prices, out: str | Path, *, serving: str, seconds: float) -> dict:
+    """``trajectory.csv``, ``codesign_hardware.yaml``, ``codesign.png`` and ``codesign.json``;
+    returns the summary written to the JSON."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cur = f" {prices.currency}" if prices.currency else ""
+    traj_cols = {"step": [], "tokens_per_s_per_gpu": [], "tokens_per_s_per_user": [], "ttft_s": [], "layout": []}
+    for n in res.names:
+        traj_cols[HARDWARE_NUMBERS[n].key] = []
+        traj_cols[f"share_{n}"] = []
+        traj_cols[f"elasticity_{n}"] = []
+    for r in map(codesign_step, res.trajectory):
+        for k in ("step", "tokens_per_s_per_gpu", "tokens_per_s_per_user", "ttft_s", "layout"):
+            traj_cols[k].append(r.get(k))
+        for n in res.names:
+            traj_cols[HARDWARE_NUMBERS[n].key].append(r["values"][n])
+            traj_cols[f"share_{n}"].append(r["shares"][n])
+            traj_cols[f"elasticity_{n}"].append(r["elasticities"].get(n))
+    write_csv(out / "trajectory.csv", traj_cols, list(traj_cols))
+    (out / "codesign_hardware.yaml").write_text(
+        f"# jaxplan codesign of {exp.hardware.name} for {exp.name}: best of {len(res.trajectory)} steps "
+        f"(step {res.best_step}); budget {res.budget:,.0f}{cur} per GPU over {', '.join(res.names)}\n"
+        + hardware_yaml(res.final_hardware, f"jaxplan codesign from {exp.hardware.name}, prices {prices.source}"))
+    plot_codesign(out / "codesign.png", res, f"codesign: {title(exp)}, SLA {sla_text(exp)}")
+    s, f = codesign_step(res.start), codesign_step(res.final)
+    summary = {"experiment": exp.name, "hardware": exp.hardware.name, "serving": serving, "prices": prices.source,
+               "budget": res.budget, "currency": prices.currency, "steps": len(res.trajectory),
+               "best_step": res.best_step, "seconds": seconds, "start": s, "final": f,
+               "gain": f["tokens_per_s_per_gpu"] / s["tokens_per_s_per_gpu"] if s["tokens_per_s_per_gpu"] else None}
+    write_json(out / "codesign.json", summary)
+    return summary
+
+
+# ----------------------------------------------------------------------------- jaxplan validate --serving
+
+def serving_error_table(rows: list[dict], by: Sequence[str]) -> str:
+    """Plain-text table of TTFT and TPOT error statistics per group (percentages)."""
+    def pct(v):
+        return "-" if not math.isfinite(v) else f"{100 * v:.1f}"
+    out = []
+    for r in rows:
+        d = {k: str(r[k]) for k in by}
+        d["n"] = str(r["n"])
+        for m in ("ttft", "tpot"):
+            for s in ("mape", "median", "within10", "within25"):
+                d[f"{m}_{s}"] = pct(r[f"{m}_{s}"])
+        out.append(d)
+    cols = [(k, k, "") for k in by] + [("n", "n", "")] + [
+        (f"{m}_{s}", f"{m.upper()} {h}", "") for m in ("ttft", "tpot")
+        for s, h in (("mape", "MAPE%"), ("median", "med%"), ("within10", "≤10%"), ("within25", "≤25%"))]
+    return table(out, cols)
+
+
+def serving_error_markdown(rows: list[dict], by: Sequence[str]) -> str:
+    """The same statistics as a Markdown table (whole percentages)."""
+    def pct(v):
+        return "–" if not math.isfinite(v) else f"{100 * v:.0f}"
+    head = list(by) + ["n", "TTFT MAPE %", "TTFT med %", "TTFT ≤10 %", "TTFT ≤25 %",
+                       "TPOT MAPE %", "TPOT med %", "TPOT ≤10 %", "TPOT ≤25 %"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        vals = [str(r[k]) for k in by] + [str(r["n"])] + [pct(r[f"{m}_{s}"]) for m in ("ttft", "tpot")
+                                                         for s in ("mape", "median", "within10", "within25")]
+        lines.append("| " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def _validation_layout_columns(cases, pred) -> dict[str, np.ndarray]:
+    out: dict[str, list] = {}
+    for c in cases:
+        a = c.layout if c.mode == "agg" else None
+        for f in ("tp", "pp", "ep", "adp", "batch", "chunk"):
+            out.setdefault(f, []).append(float(getattr(a, f)) if a is not None else math.nan)
+        out.setdefault("replicas", []).append(c.replicas if a is not None else math.nan)
+        for pool, lay, w in (("prefill", c.prefill, c.prefill_workers), ("decode", c.decode, c.decode_workers)):
+            for f in ("tp", "pp", "ep", "adp"):
+                out.setdefault(f"{pool}_{f}", []).append(float(getattr(lay, f)) if lay is not None else math.nan)
+            out.setdefault(f"{pool}_workers", []).append(w if lay is not None else math.nan)
+        out.setdefault("prefill_chunk", []).append(float(c.prefill.chunk) if c.prefill is not None else math.nan)
+        out.setdefault("cross_network", []).append(float(c.cross_network))
+        out.setdefault("gpus", []).append(float(c.gpus))
+        out.setdefault("note", []).append(c.note)
+    res = {k: np.asarray(v, object if k == "note" else np.float64) for k, v in out.items()}
+    res["predicted_decode_batch"] = np.asarray(pred["decode_batch"])
+    res["predicted_requests_per_s"] = np.asarray(pred["requests_per_s"])
+    return res
+
+
+VALIDATION_CSV_COLUMNS = (
+    "id", "model", "system", "backend", "mode", "isl", "osl", "concurrency", "replicas", "gpus",
+    "tp", "pp", "ep", "adp", "batch", "chunk",
+    "prefill_workers", "prefill_tp", "prefill_pp", "prefill_ep", "prefill_adp", "prefill_chunk",
+    "decode_workers", "decode_tp", "decode_pp", "decode_ep", "decode_adp", "cross_network",
+    "measured_ttft_ms", "predicted_ttft_ms", "ttft_ape", "measured_tpot_ms", "predicted_tpot_ms",
+    "tpot_ape", "predicted_decode_batch", "predicted_requests_per_s", "note")
+
+
+def write_serving_predictions(path, v) -> Path:
+    """``predictions.csv`` of a serving validation: each mapped row, its layout, measured and predicted."""
+    path = Path(path)
+    cols = {**v.table, **_validation_layout_columns(v.cases, v.pred)}
+
+    def fmt(x):
+        if isinstance(x, str):
+            return x
+        x = float(x)
+        if math.isnan(x):
+            return ""
+        return str(int(x)) if x.is_integer() and abs(x) < 1e15 else f"{x:.6g}"
+
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(VALIDATION_CSV_COLUMNS)
+        for i in range(len(v.cases)):
+            w.writerow([fmt(cols[k][i]) for k in VALIDATION_CSV_COLUMNS])
+    return path
+
+
+def write_unmapped(path, unmapped) -> Path:
+    path = Path(path)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(("id", "model_path", "system", "backend", "mode", "reason", "detail"))
+        for u in unmapped:
+            w.writerow((u.id, u.model_path, u.system, u.backend, u.mode, u.reason, u.detail))
+    return path
+
+
+def plot_serving_scatter(path, tab: Mapping[str, np.ndarray], color_by: str = "mode", name: str = "") -> Path:
+    """Log-log predicted vs measured, TTFT and TPOT panels, with y = x and the ±25% band."""
+    from matplotlib import rcParams
+    fig, axes = figure(1, 2, figsize=(12, 5.5), dpi=110)
+    cats = sorted(set(tab[color_by].tolist()))
+    colors = rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, m, what in ((axes[0], "ttft", "TTFT (ms)"), (axes[1], "tpot", "TPOT (ms)")):
+        meas, pred = np.asarray(tab[f"measured_{m}_ms"], float), np.asarray(tab[f"predicted_{m}_ms"], float)
+        ok = np.isfinite(meas) & np.isfinite(pred) & (meas > 0) & (pred > 0)
+        for j, c in enumerate(cats):
+            sel = ok & (tab[color_by] == c)
+            st = error_stats(pred[sel], meas[sel])
+            ax.scatter(meas[sel], pred[sel], s=9, alpha=0.55, color=colors[j % len(colors)],
+                       label=f"{c} (n={st['n']}, MAPE {100 * st['mape']:.0f}%)")
+        if ok.any():
+            lo = min(meas[ok].min(), pred[ok].min()) / 1.5
+            hi = max(meas[ok].max(), pred[ok].max()) * 1.5
+            xs = np.geomspace(lo, hi, 50)
+            ax.plot(xs, xs, "k-", lw=1, label="y = x")
+            ax.fill_between(xs, xs * 0.75, xs * 1.25, color="k", alpha=0.08, label="±25%")
+            ax.set_xlim(lo, hi)
+            ax.set_ylim(lo, hi)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"measured {what}")
+        ax.set_ylabel(f"predicted {what}")
+        st = error_stats(pred[ok], meas[ok])
+        ax.set_title(f"{m.upper()}: MAPE {100 * st['mape']:.0f}%, median {100 * st['median']:.0f}%, "
+                     f"within 25%: {100 * st['within25']:.0f}%", fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, loc="upper left")
+    if name:
+        fig.suptitle(name, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    return Path(path)
+
+
+def validation_markdown(v) -> str:
+    """The error tables as Markdown: per (system, backend, mode), per model, per (mode, how the
+    worker counts are known), and over unique measurements; then the unmapped rows by reason."""
+    t = v.table
+    parts = ["## Per system, backend and mode", serving_error_markdown(v.summary, ("system", "backend", "mode")),
+             "## Per model", serving_error_markdown(summarize(t, ("model",)), ("model",)),
+             "## Disaggregated worker counts: given in the CSV or derived (blank -> 1)",
+             serving_error_markdown(summarize(t, ("mode", "described")), ("mode", "described")),
+             f"## Unique measurements only ({int(t['unique'].sum())} of {len(t['id'])} rows)",
+             serving_error_markdown(summarize(t, ("system", "backend", "mode"), mask=t["unique"]),
+                                    ("system", "backend", "mode")),
+             "## Unmapped rows",
+             "\n".join(["| reason | rows | example |", "|---|---|---|"]
+                       + [f"| {r} | {n} | {ex.replace('|', '/')} |" for r, n, ex in unmapped_counts(v.unmapped)])]
+    parts.append("\nParameters: " + "; ".join(f"{k}: {s}" for k, s in sorted(v.params_source.items())))
+    return "\n\n".join(parts) + "\n"
+
+
+def write_validation(v, out_dir) -> dict[str, Path]:
+    """The files of ``jaxplan validate --serving``: predictions.csv, unmapped.csv, the scatter plots
+    by mode and by backend, and summary.md."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"predictions": write_serving_predictions(out / "predictions.csv", v),
+             "unmapped": write_unmapped(out / "unmapped.csv", v.unmapped),
+             "scatter": plot_serving_scatter(out / "serving_scatter.png", v.table, "mode",
+                                             "jaxplan serving validation: " + "; ".join(
+                                                 f"{k}: {Path(s).name if '/' in s else s}"
+                                                 for k, s in sorted(v.params_source.items())))}
+    plot_serving_scatter(out / "serving_scatter_by_backend.png", v.table, "backend")
+    files["scatter_by_backend"] = out / "serving_scatter_by_backend.png"
+    files["summary"] = out / "summary.md"
+    files["summary"].write_text(validation_markdown(v))
+    return files
+
+
+def serving_fit_text(rep: Mapping) -> str:
+    """What ``jaxplan fit --serving`` prints: the fitted overheads and the train and holdout errors
+    before and after."""
+    info = rep["fit"]
+    lines = [f"serving fit ({' + '.join(m.upper() for m in info['metrics'])}) on {rep['train_rows']} "
+             f"{rep['train_system']} rows"
+             + (f" (the fit saw a subsample of {info['n_cases']})" if info["subsampled"] else "")
+             + f", {rep['holdout_system']} holdout {rep['holdout_rows']} rows; {info['seconds']:.1f} s",
+             "fitted: " + ", ".join(f"{k} = {1e3 * v:.3g} ms" for k, v in info["fitted"].items())]
+    for kind, per_backend in rep.get("overhead_fits", {}).items():
+        for b, d in per_backend.items():
+            loss = f"; loss {d['loss_before']:.3f} -> {d['loss_after']:.3f}" if "loss_after" in d else ""
+            lines.append(f"{kind}_overhead_{b}_s on {d['rows']} {d['mode']} TTFT rows: {d['status']}{loss}")
+    for which in ("train", "holdout"):
+        if f"{which}_before" not in rep:
+            continue
+        b, a = rep[f"{which}_before"], rep[f"{which}_after"]
+        lines.append(f"\n{which}: loss (mean squared log ratio) {b['loss']:.4f} -> {a['loss']:.4f}")
+        for when, r in (("before", b), ("after", a)):
+            lines.append(f"  {when}:")
+            lines.append("  " + serving_error_table(r["summary"], ("backend", "mode")).replace("\n", "\n  "))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- kernels: fit, validate, bench
+
+def kernel_error_table(report: Mapping) -> str:
+    """Kernel-fit figures per kind and set (train / holdout / all), in percent."""
+    lines = [f"{'kind':<22} {'set':<8} {'rows':>8} {'MAPE%':>7} {'median%':>8} {'p90%':>7}"]
+    for kind, sets in report.items():
+        for name in ("train", "holdout", "all"):
+            if name not in sets:
+                continue
+            s = sets[name]
+            if not s["n"]:
+                lines.append(f"{kind:<22} {name:<8} {0:>8} {'-':>7} {'-':>8} {'-':>7}")
+                continue
+            lines.append(f"{kind:<22} {name:<8} {s['n']:>8,} {100 * s['mape']:>7.1f} {100 * s['median']:>8.1f} "
+                         f"{100 * s['p90']:>7.1f}")
+    return "\n".join(lines)
+
+
+def kernel_variant_lines(report: Mapping) -> str:
+    """Kernel-validation figures per kind and variant (dtype, routing, ...), in percent."""
+    return "\n".join(f"    {kind:<20} {var:<34} {st['n']:>8,} {100 * st['mape']:>7.1f} {100 * st['median']:>8.1f} "
+                     f"{100 * st['p90']:>7.1f}"
+                     for kind, v in report.items() for var, st in v["by_variant"].items())
+
+
+def write_kernel_predictions(path, meas, pred: Mapping) -> Path:
+    """One row per mapped kernel measurement: its features, measured and predicted ms, APE %."""
+    path = Path(path)
+    feat = sorted({k for kind in pred for k in meas.kinds[kind].x})
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["kind", "table", "variant", "group", *feat, "measured_ms", "predicted_ms", "ape_pct"])
+        for kind, pr in pred.items():
+            rows = meas.kinds[kind]
+            cols = [rows.x.get(k, np.full(len(rows), np.nan)) for k in feat]
+            for i in range(len(rows)):
+                w.writerow([kind, rows.table[i], rows.variant[i], rows.group[i],
+                            *(f"{c[i]:.6g}" if c[i] == c[i] else "" for c in cols),
+                            f"{rows.seconds[i] * 1e3:.6g}", f"{pr[i] * 1e3:.6g}",
+                            f"{abs(pr[i] / rows.seconds[i] - 1) * 100:.3g}"])
+    return path
+
+
+def plot_kernel_predictions(path, meas, pred: Mapping, name: str = "", max_points: int = 20000, axes=None):
+    """Log-log scatter of predicted vs measured time per kind with the y = x line (on ``axes`` if
+    given, e.g. in a notebook, else written to ``path``)."""
+    fig = None
+    if axes is None:
+        fig, axes = figure(figsize=(7, 6))
+    lo, hi = np.inf, 0.0
+    for i, (kind, pr) in enumerate(pred.items()):
+        meas_s = meas.kinds[kind].seconds
+        idx = np.arange(len(meas_s))
+        if len(idx) > max_points:        # even thinning for a readable plot (deterministic)
+            idx = idx[:: int(np.ceil(len(idx) / max_points))]
+        axes.scatter(meas_s[idx] * 1e3, pr[idx] * 1e3, s=2, alpha=0.35, label=kind, color=f"C{i % 10}")
+        lo, hi = min(lo, meas_s.min(), pr.min()), max(hi, meas_s.max(), pr.max())
+    axes.plot([lo * 1e3, hi * 1e3], [lo * 1e3, hi * 1e3], "k-", lw=1, label="y = x")
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel("measured (ms)")
+    axes.set_ylabel("predicted (ms)")
+    axes.set_title(name)
+    axes.legend(markerscale=4, fontsize=8)
+    if fig is not None:
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    return path
+
+
+def write_kernel_validation(kv, out) -> list[Path]:
+    """``predictions.csv`` and ``predicted_vs_measured.png`` of a kernel validation."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_kernel_predictions(out / "predictions.csv", kv.meas, kv.pred)
+    plot_kernel_predictions(out / "predicted_vs_measured.png", kv.meas, kv.pred,
+                            name=f"{Path(kv.file).name} on {kv.hardware.name}")
+    return [out / "predictions.csv", out / "predicted_vs_measured.png"]
+
+
+def bench_meta_path(out: Path) -> Path:
+    return out.with_name(out.name + ".meta.yaml")
+
+
+def write_bench(out: str | Path, events, columns: Sequence[str]) -> Path:
+    """Write ``jaxplan bench``'s measurements as they come (``calibrate.bench.measure`` events): the
+    CSV row by row, flushed, and ``<out>.meta.yaml`` after every table, so a killed run leaves its
+    finished rows and says how far it got."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta_file = bench_meta_path(out)
+    with out.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="raise")
+        writer.writeheader()
+        fh.flush()
+        for kind, obj in events:
+            if kind == "row":
+                writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in obj.items()})
+                fh.flush()
+            else:
+                meta_file.write_text(yaml.safe_dump(obj, sort_keys=False))
+    return out

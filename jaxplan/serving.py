@@ -23,43 +23,26 @@ The model of one replica (all quantities per replica):
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .cost import Cost, draft_costs, memory_per_gpu, p2p, stage_costs, sum_costs
-from .specs import SCHEDULER_NAMES, Hardware, Model, Precision, Workload
+from .cost import Cost, draft_costs, max_batch_that_fits, memory_per_gpu, p2p, stage_costs, sum_costs
+from .layouts import Layout
+from .specs import Hardware, Model, Precision, SpecError, Workload, scheduler_for
 
 FIXED_POINT_STEPS = 8
 # XLA:CPU compile options that skip the LLVM backend's expensive passes: the serving validator's
-# graphs compile twice as fast for no measurable run-time loss (3.7 -> 1.9 s per function, run 2-4 ms
-# either way), and a Jacobian with the speculative draft head compiles at all (DeepSeek-V3: over
-# 14 GB at full optimization, 3 GB with these; its run is 2.7x slower, 51 against 19 ms per 128 rows).
+# graphs compile about twice as fast at no run-time cost, and a Jacobian with the speculative draft
+# head compiles within memory at all (measurements: benchmarks/sensitivity_speed.md).
 CHEAP_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 # Layers of the speculative draft head, each shaped like one of the model's own: DeepSeek-V3's
 # multi-token-prediction module is one transformer layer sharing the embedding and LM head
 # (DeepSeek-V3 technical report, section 2.2); EAGLE-style heads are one layer too.
 DRAFT_LAYERS = 1
-
-
-class Layout(NamedTuple):
-    """One deployment of an aggregated replica set (all fields are float arrays so they vmap).
-
-    ``tp``: tensor parallelism of each expert (and of attention when ``adp == ep``); ``ep``: expert
-    parallelism; ``adp``: attention-DP groups per stage (divides ``tp * ep``; attention is sharded
-    ``tp * ep / adp`` ways). ``batch``: requests in flight per replica; ``chunk``: prefill tokens
-    per iteration of each attention group. GPUs used = tp * ep * pp * dp."""
-    tp: object
-    pp: object
-    ep: object
-    dp: object
-    batch: object
-    chunk: object
-    adp: object
 
 
 def pp_handoff(p, hw: Hardware, model: Model, prec: Precision, tokens, tp, ep, pp):
@@ -70,7 +53,7 @@ def pp_handoff(p, hw: Hardware, model: Model, prec: Precision, tokens, tp, ep, p
     ``s = tp*ep`` GPUs, about ``pp*s/domain - 1`` of the ``pp - 1`` boundaries do."""
     s = tp * ep
     nbytes = tokens * model.hidden_size * prec.act_bytes / s
-    crossings = jnp.clip(pp * s / hw.scaleup_domain - 1.0, 0.0, pp - 1.0)
+    crossings = jnp.clip(pp * s / hw.scale_up_domain - 1.0, 0.0, pp - 1.0)
     return crossings * p2p(p, hw, nbytes, True) + (pp - 1.0 - crossings) * p2p(p, hw, nbytes, False)
 
 
@@ -117,125 +100,156 @@ def round_time(p, hw, model, prec, wl, lay, dec, pre):
     return sum_costs(round_costs(p, hw, model, prec, wl, lay, dec, pre).values()).total()
 
 
-SCHEDULERS = {"trtllm": "mixed", "vllm": "mixed", "sglang": "wave"}
-
-
 def admitted_batch(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: Layout):
     """Requests per attention group the KV cache can hold while they run: paged engines allocate
-    the context a request has, on average ``isl + osl/2`` tokens over its life. Memory is affine
-    in the batch, so two evaluations give the slope."""
-    ctx_osl = wl.osl / 2.0
-    m0, m1 = (memory_per_gpu(p, hw, model, prec, wl.isl, ctx_osl, lay.tp, lay.ep, lay.adp, lay.pp, b, lay.chunk,
-                             draft_layers(wl)) for b in (0.0, lay.adp))
-    return jnp.maximum((m0["capacity"] - m0["total"]) / jnp.maximum(m1["total"] - m0["total"], 1.0), 1.0)
+    the context a request has, on average ``isl + osl/2`` tokens over its life."""
+    return jnp.maximum(max_batch_that_fits(p, hw, model, prec, wl.isl, wl.osl / 2.0, lay.tp, lay.ep, lay.adp, lay.pp,
+                                           lay.chunk, draft_layers(wl), per=lay.adp, min_step=1.0), 1.0)
+
+
+class Steady(NamedTuple):
+    """What a scheduling policy solves for one attention group in steady state: ``d`` decoding
+    requests, ``c`` prompt tokens per prompt-carrying iteration, that iteration's time ``t_chunk``
+    and a decode-only iteration's ``t_plain``, the completion rate ``x_g`` (requests/s), a decode
+    step's TPOT as a request sees it (a step, before dividing by tokens per step), the unqueued
+    TTFT ``ttft0`` and whether the prompt rate caps the decoders (``saturated``)."""
+    d: jax.Array
+    c: jax.Array
+    t_chunk: jax.Array
+    t_plain: jax.Array
+    x_g: jax.Array
+    tpot: jax.Array
+    ttft0: jax.Array
+    saturated: jax.Array
+
+
+def wave(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: Layout, Br, isl, osl) -> Steady:
+    """Lock-step waves (SGLang under one OSL for all): requests that start together finish together
+    and return together, so the batch runs ``k = max(B * isl / chunk, 1)`` prefill iterations, then
+    ``osl`` decode iterations. TTFT is (k + 1)/2 prefill iterations; a request whose prompt ran early
+    waits for the rest of the wave before decoding, which its TPOT absorbs."""
+    g, o_req = lay.adp, p["request_overhead_s"]
+    zero = jnp.zeros_like(Br)
+    c = jnp.minimum(lay.chunk, Br * isl)
+    k = jnp.maximum(Br * isl / lay.chunk, 1.0)
+    t_chunk = round_time(p, hw, model, prec, wl, lay, zero, g * c)
+    t_plain = round_time(p, hw, model, prec, wl, lay, g * Br, 0.0)
+    tpot = t_plain + (k - 1.0) / 2.0 * t_chunk / osl
+    ttft0 = (k + 1.0) / 2.0 * t_chunk + o_req
+    x_g = Br / (k * t_chunk + osl * t_plain + o_req)
+    return Steady(Br, c, t_chunk, t_plain, x_g, tpot, ttft0, jnp.zeros_like(Br, dtype=bool))
+
+
+def _staggered(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: Layout, Br, isl, osl,
+               mixed: bool) -> Steady:
+    """Steady state of staggered arrivals (the closed loop's fixed point, see the module docstring),
+    prompts mixed into decode iterations (``mixed``) or run alone before them."""
+    g, o_req = lay.adp, p["request_overhead_s"]
+    zero = jnp.zeros_like(Br)
+    scheduler = "mixed" if mixed else "prefill_first"
+    m_max = jnp.clip(jnp.floor(lay.chunk / isl), 1.0, jnp.maximum(Br, 1.0))
+    n_iter = jnp.maximum(isl / lay.chunk, 1.0)
+    # mixed: at most one chunk per iteration, so the prompt rate caps the decoders (prefill
+    # fully packed); prefill-first: prompts always run first, so they never wait on decode
+    d_sat = osl * jnp.minimum(lay.chunk, m_max * isl) / isl if mixed else Br
+    d0 = jnp.minimum(Br * osl / (osl + n_iter), d_sat)
+
+    def times(d):
+        # Steady state: completions are staggered, so prompts arrive one at a time and a chunk
+        # iteration packs the prompt plus those that arrived during the iteration before it:
+        # d / osl per iteration (the completion rate), up to what the chunk holds.
+        m = jnp.clip(1.0 + d / osl, 1.0, m_max)
+        c = jnp.minimum(lay.chunk, m * isl)
+        t_plain = round_time(p, hw, model, prec, wl, lay, g * d, 0.0)
+        t_chunk = round_time(p, hw, model, prec, wl, lay, prompt_iteration_decoders(scheduler, g * d), g * c)
+        own = 1.0 - jnp.minimum(m / jnp.maximum(Br, 1.0), 1.0)   # a request never waits on its own prompt
+        if mixed:
+            f = jnp.clip(d * isl / (osl * c), 0.0, 1.0)      # share of iterations with a chunk
+            t_dec = f * t_chunk + (1 - f) * t_plain          # time per decode step
+            t_iter = t_dec                                   # mean iteration
+            tpot = f * own * t_chunk + (1 - f * own) * t_plain
+        else:
+            # prefill iterations carry prompt tokens only and the decoders wait them out:
+            # r = d * isl / (osl * c) of them per decode step
+            r = d * isl / (osl * c)
+            t_dec = t_plain + r * t_chunk
+            t_iter = t_dec / (1.0 + r)
+            tpot = t_plain + r * own * t_chunk
+        # A new request arrives when another completes, at an iteration's end; the engine has
+        # already started the next iteration for the others, so the prompt waits about one
+        # mean iteration (not when it is alone: nothing runs without it).
+        residual = (1.0 - 1.0 / jnp.maximum(Br, 1.0)) * t_iter
+        return c, t_chunk, t_plain, t_dec, tpot, o_req + residual + n_iter * t_chunk
+
+    def step(_, carry):
+        d = carry[0]
+        t = times(d)
+        _, _, _, t_dec, tpot, ttft0 = t
+        return (jnp.minimum(Br * osl * t_dec / (ttft0 + osl * tpot), d_sat), d) + t
+
+    # The cost model is traced once (inside the loop body); the outputs are those of the last
+    # iterate d, which the loop carries beside its successor.
+    carry = jax.lax.fori_loop(0, FIXED_POINT_STEPS, step, (d0, d0, zero, zero, zero, zero, zero, zero))
+    d, c, t_chunk, t_plain, t_dec, tpot, ttft0 = carry[1:]
+    x_g = d / (osl * t_dec)
+    saturated = (d >= d_sat * (1 - 1e-4)) & mixed
+    return Steady(d, c, t_chunk, t_plain, x_g, tpot, ttft0, saturated)
+
+
+def mixed(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: Layout, Br, isl, osl) -> Steady:
+    """TensorRT-LLM and vLLM: prompt chunks ride along with decode tokens. In steady state
+    completions, and so arrivals, are staggered; an iteration packs the waiting prompts, ``m = 1 +
+    d / osl`` of them on average (the prompt and the arrivals of one iteration), at most
+    ``floor(chunk / isl)``; a prompt needs ``max(isl / chunk, 1)`` such iterations after waiting for
+    the iteration in flight to end. The share of iterations that carry prompts and the number of
+    decoding requests follow from the closed loop; at most one chunk per iteration, so the prompt
+    rate caps the decoders (``saturated``). :func:`cold_start_ttft` prices a first wave instead."""
+    return _staggered(p, hw, model, prec, wl, lay, Br, isl, osl, mixed=True)
+
+
+def prefill_first(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: Layout, Br, isl,
+                  osl) -> Steady:
+    """SGLang's policy under staggered arrivals: whenever prompts wait, the engine runs a prefill
+    iteration of prompt tokens only, and the decoders wait it out (SGLang
+    ``Scheduler.get_next_batch_to_run``: "run prefill first if possible"; mixed chunks off by
+    default, ``enable_mixed_chunk=False``). Per decode step, ``r = d * isl / (osl * c)`` prefill
+    iterations run; TPOT is a decode iteration plus the others' prefill iterations; the prompts
+    never queue behind decode, so prefill never saturates (decode slows instead)."""
+    return _staggered(p, hw, model, prec, wl, lay, Br, isl, osl, mixed=False)
+
+
+# The aggregated scheduling policies by name (``specs.SCHEDULER_NAMES``; each backend's default
+# is ``specs.DEFAULT_SCHEDULER``).
+SCHEDULERS = {"mixed": mixed, "prefill_first": prefill_first, "wave": wave}
 
 
 def evaluate(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: Layout,
              scheduler: str = "mixed") -> dict:
-    """All serving metrics of one aggregated layout (scalars; vmap over layouts).
+    """All serving metrics of one aggregated layout (scalars; vmap over layouts), under the
+    scheduling policy ``scheduler`` (a name in :data:`SCHEDULERS`: :func:`mixed`,
+    :func:`prefill_first`, :func:`wave`).
 
     With attention-DP each of the ``adp`` attention groups of a replica schedules its own requests
     (``batch / adp`` of them) and its own prefill tokens; the groups meet in every MoE layer, so
-    they share the round time. Everything below is per group.
+    they share the round time. The policy solves one group.
 
     Admission: only the requests whose KV cache fits run (``admitted_batch``); the others wait,
     and Little's law puts the wait into TTFT.
 
     Front end: every request spends ``request_overhead_s`` outside the GPU before its first token
     reaches the client (HTTP, tokenization, hand-off, streaming); it adds to the unqueued TTFT and
-    to the client's cycle, so the engine runs a little fewer of the ``batch`` requests at once.
-
-    ``scheduler="mixed"`` (TensorRT-LLM, vLLM: prompt chunks ride along with decode tokens): in
-    steady state completions, and so arrivals, are staggered; an iteration packs the waiting
-    prompts, ``m = 1 + d / osl`` of them on average (the prompt and the arrivals of one iteration),
-    at most ``floor(chunk / isl)``; a prompt needs ``max(isl / chunk, 1)`` such iterations after
-    waiting for the iteration in flight to end. The share of iterations that carry prompts and the
-    number of decoding requests follow from the closed loop (fixed point, see the module
-    docstring). :func:`cold_start_ttft` prices a first wave instead, all requests arriving at once.
-
-    ``scheduler="prefill_first"`` (SGLang's policy, staggered arrivals): whenever prompts wait,
-    the engine runs a prefill iteration of prompt tokens only, and the decoders wait it out
-    (SGLang ``Scheduler.get_next_batch_to_run``: "run prefill first if possible"; mixed chunks
-    off by default, ``enable_mixed_chunk=False``). Per decode step, ``r = d * isl / (osl * c)``
-    prefill iterations run; TPOT is a decode iteration plus the others' prefill iterations; the
-    prompts never queue behind decode, so prefill never saturates (decode slows instead).
-
-    ``scheduler="wave"`` (SGLang's policy, lock-step): with one OSL for all, requests that start
-    together finish together and return together, so the batch runs in lock-step waves: ``k =
-    max(B * isl / chunk, 1)`` prefill iterations, then ``osl`` decode iterations. TTFT is (k + 1)/2
-    prefill iterations; a request whose prompt ran early waits for the rest of the wave before
-    decoding, which its TPOT absorbs. SGLang's default here: its only training campaign (H100,
-    Qwen3-32B) ran in lock-step; the H200 SGLang rows follow ``prefill_first`` better
-    (``benchmarks/serving_validation.md``)."""
-    if scheduler not in SCHEDULER_NAMES:
-        raise ValueError(f"scheduler '{scheduler}'; allowed: {', '.join(SCHEDULER_NAMES)}")
+    to the client's cycle, so the engine runs a little fewer of the ``batch`` requests at once."""
+    if scheduler not in SCHEDULERS:
+        raise SpecError(f"scheduler '{scheduler}' is unknown; allowed: {', '.join(SCHEDULERS)}")
     # With speculative decoding a decode step yields ``tokens_per_step`` tokens, so a request needs
     # osl / that many steps: below, ``osl`` counts steps and ``tpot`` is a step until the end.
     per_step = wl.tokens_per_step
     # Prefill volume: the prompt tokens not already in the prefix cache.
     isl, osl, g = wl.prompt_tokens, wl.osl / per_step, lay.adp
-    o_req = p["request_overhead_s"]           # front end, before the engine sees the request
     B = lay.batch / g
     Br = jnp.minimum(B, admitted_batch(p, hw, model, prec, wl, lay))
-    zero = jnp.zeros_like(B)
-    if scheduler == "wave":
-        c = jnp.minimum(lay.chunk, Br * isl)
-        k = jnp.maximum(Br * isl / lay.chunk, 1.0)
-        t_chunk = round_time(p, hw, model, prec, wl, lay, zero, g * c)
-        t_plain = round_time(p, hw, model, prec, wl, lay, g * Br, 0.0)
-        tpot = t_plain + (k - 1.0) / 2.0 * t_chunk / osl
-        ttft0 = (k + 1.0) / 2.0 * t_chunk + o_req
-        x_g = Br / (k * t_chunk + osl * t_plain + o_req)
-        d = Br
-        saturated = jnp.zeros_like(B, dtype=bool)
-    else:
-        mixed = scheduler == "mixed"
-        m_max = jnp.clip(jnp.floor(lay.chunk / isl), 1.0, jnp.maximum(Br, 1.0))
-        n_iter = jnp.maximum(isl / lay.chunk, 1.0)
-        # mixed: at most one chunk per iteration, so the prompt rate caps the decoders (prefill
-        # fully packed); prefill-first: prompts always run first, so they never wait on decode
-        d_sat = osl * jnp.minimum(lay.chunk, m_max * isl) / isl if mixed else Br
-        d0 = jnp.minimum(Br * osl / (osl + n_iter), d_sat)
-
-        def times(d):
-            # Steady state: completions are staggered, so prompts arrive one at a time and a chunk
-            # iteration packs the prompt plus those that arrived during the iteration before it:
-            # d / osl per iteration (the completion rate), up to what the chunk holds.
-            m = jnp.clip(1.0 + d / osl, 1.0, m_max)
-            c = jnp.minimum(lay.chunk, m * isl)
-            t_plain = round_time(p, hw, model, prec, wl, lay, g * d, 0.0)
-            t_chunk = round_time(p, hw, model, prec, wl, lay, prompt_iteration_decoders(scheduler, g * d), g * c)
-            own = 1.0 - jnp.minimum(m / jnp.maximum(Br, 1.0), 1.0)   # a request never waits on its own prompt
-            if mixed:
-                f = jnp.clip(d * isl / (osl * c), 0.0, 1.0)      # share of iterations with a chunk
-                t_dec = f * t_chunk + (1 - f) * t_plain          # time per decode step
-                t_iter = t_dec                                   # mean iteration
-                tpot = f * own * t_chunk + (1 - f * own) * t_plain
-            else:
-                # prefill iterations carry prompt tokens only and the decoders wait them out:
-                # r = d * isl / (osl * c) of them per decode step
-                r = d * isl / (osl * c)
-                t_dec = t_plain + r * t_chunk
-                t_iter = t_dec / (1.0 + r)
-                tpot = t_plain + r * own * t_chunk
-            # A new request arrives when another completes, at an iteration's end; the engine has
-            # already started the next iteration for the others, so the prompt waits about one
-            # mean iteration (not when it is alone: nothing runs without it).
-            residual = (1.0 - 1.0 / jnp.maximum(Br, 1.0)) * t_iter
-            return c, t_chunk, t_plain, t_dec, tpot, o_req + residual + n_iter * t_chunk
-
-        def step(_, carry):
-            d = carry[0]
-            t = times(d)
-            _, _, _, t_dec, tpot, ttft0 = t
-            return (jnp.minimum(Br * osl * t_dec / (ttft0 + osl * tpot), d_sat), d) + t
-
-        # The cost model is traced once (inside the loop body); the outputs are those of the last
-        # iterate d, which the loop carries beside its successor.
-        carry = jax.lax.fori_loop(0, FIXED_POINT_STEPS, step, (d0, d0, zero, zero, zero, zero, zero, zero))
-        d, c, t_chunk, t_plain, t_dec, tpot, ttft0 = carry[1:]
-        x_g = d / (osl * t_dec)
-        saturated = (d >= d_sat * (1 - 1e-4)) & mixed
+    d, c, t_chunk, t_plain, x_g, tpot, ttft0, saturated = SCHEDULERS[scheduler](p, hw, model, prec, wl, lay, Br,
+                                                                                 isl, osl)
     x = g * x_g                                            # completed requests/s per replica
     ttft = jnp.maximum(lay.batch / x - osl * tpot, ttft0)
     gpus_per_replica = lay.tp * lay.ep * lay.pp
@@ -279,19 +293,13 @@ def cold_start_ttft(p, hw: Hardware, model: Model, prec: Precision, wl: Workload
     return jnp.maximum(p["request_overhead_s"] + (k + 1.0) / 2.0 * t_wave, m["ttft_s"])
 
 
-EVALUATORS = {"mixed": evaluate, "prefill_first": functools.partial(evaluate, scheduler="prefill_first"),
-              "wave": functools.partial(evaluate, scheduler="wave")}
-
-
-def scheduler_name(name: str) -> str:
-    """``name`` if it is a scheduler (``SCHEDULER_NAMES``), else the default scheduler of the
-    serving backend it names (``SCHEDULERS``; mixed for any other)."""
-    return name if name in SCHEDULER_NAMES else SCHEDULERS.get(name, "mixed")
-
-
-def evaluator_for(name: str):
-    """The aggregated evaluator of a scheduler, or of a serving backend's default scheduler."""
-    return EVALUATORS[scheduler_name(name)]
+@functools.cache
+def evaluator(name: str):
+    """:func:`evaluate` under the scheduling policy ``name``, or under the default policy of the
+    backend ``name`` (``specs.scheduler_for``), as ``f(p, hw, model, prec, wl, lay)``. One object
+    per policy, so compiled functions cached on it are shared."""
+    scheduler = scheduler_for(name)
+    return evaluate if scheduler == "mixed" else functools.partial(evaluate, scheduler=scheduler)
 
 
 def explain(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: Layout,
@@ -442,8 +450,9 @@ def evaluate_disagg(p, hw: Hardware, model: Model, prec: Precision, wl: Workload
     match: completions X = min(y * decode rate, x * prefill rate). Decode workers admit only the
     requests whose KV cache fits. TTFT = prefill queueing (M/D/1 at the prefill utilization) +
     prefill compute + the KV-cache transfer + fixed per-request overheads (the disaggregation
-    protocol: routing, KV-receiver allocation, handshake; the serving front end), and, once the prefill pool saturates or decode
-    memory is full, whatever wait Little's law N = X * (TTFT + osl * TPOT) leaves."""
+    protocol: routing, KV-receiver allocation, handshake; the serving front end), and, once the
+    prefill pool saturates or decode memory is full, whatever wait Little's law N = X * (TTFT + osl
+    * TPOT) leaves."""
     per_step = wl.tokens_per_step        # speculative decoding: ``osl`` counts steps, ``tpot`` is a step
     osl = wl.osl / per_step
     pw = prefill_worker(p, hw, model, prec, wl, pre)

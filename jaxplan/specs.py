@@ -14,8 +14,9 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,25 +33,56 @@ class SpecError(ValueError):
 
 # ----------------------------------------------------------------------------- config lookup
 
-def config_root() -> Path:
-    """Folder holding ``models/``, ``hardware/`` and ``experiments/``.
+CONFIG_KINDS = ("models", "hardware", "experiments", "profiles", "prices", "measurements")
 
-    ``$JAXPLAN_CONFIGS`` wins; then ``configs/`` beside the package (source or editable
-    install); then ``./configs``.
-    """
-    env = os.environ.get("JAXPLAN_CONFIGS")
-    candidates = [Path(env)] if env else []
-    candidates += [Path(__file__).resolve().parent.parent / "configs", Path.cwd() / "configs"]
-    for c in candidates:
+
+def packaged_config_root() -> Path:
+    """The presets shipped with jaxplan: ``jaxplan/configs`` in an installed wheel (the repository's
+    ``configs/`` is packaged there, see pyproject.toml), else ``configs/`` beside the package (a
+    source checkout or an editable install)."""
+    here = Path(__file__).resolve().parent
+    for c in (here / "configs", here.parent / "configs"):
         if (c / "models").is_dir():
             return c
-    raise SpecError(
-        "cannot find the configs folder (looked in: " + ", ".join(map(str, candidates))
-        + "); set JAXPLAN_CONFIGS to the folder holding models/ and hardware/")
+    raise SpecError(f"jaxplan's packaged presets are missing (looked in {here / 'configs'} and "
+                    f"{here.parent / 'configs'}): reinstall jaxplan")
+
+
+def config_roots() -> list[Path]:
+    """Folders searched for presets, first match wins: ``$JAXPLAN_CONFIGS`` (the CLI's
+    ``--config-root``), then ``./configs`` (a user's own presets), then the packaged presets. A
+    user's folder needs only the kinds and files it overrides."""
+    env = os.environ.get("JAXPLAN_CONFIGS")
+    roots = []
+    if env:
+        if not Path(env).is_dir():
+            raise SpecError(f"JAXPLAN_CONFIGS / --config-root '{env}' is not a folder")
+        roots.append(Path(env))
+    roots += [Path.cwd() / "configs", packaged_config_root()]
+    out = []
+    for r in roots:
+        if r.is_dir() and r.resolve() not in [o.resolve() for o in out]:
+            out.append(r)
+    return out
+
+
+def config_root() -> Path:
+    """The packaged presets' folder (``models/``, ``hardware/``, ``experiments/``, ``profiles/``,
+    ``prices/``); :func:`config_file` looks in a user's folders first."""
+    return packaged_config_root()
+
+
+def config_file(kind: str, name: str, suffix: str = ".yaml") -> Path | None:
+    """``<root>/<kind>/<name><suffix>`` in the first of :func:`config_roots` that has it, else None."""
+    for root in config_roots():
+        f = root / kind / f"{name}{suffix}"
+        if f.is_file():
+            return f
+    return None
 
 
 def preset_names(kind: str) -> list[str]:
-    return sorted(p.stem for p in (config_root() / kind).glob("*.yaml"))
+    return sorted({p.stem for root in config_roots() for p in (root / kind).glob("*.yaml")})
 
 
 def _resolve(name_or_path: str | os.PathLike, kind: str) -> Path:
@@ -60,8 +92,8 @@ def _resolve(name_or_path: str | os.PathLike, kind: str) -> Path:
         if not p.is_file():
             raise SpecError(f"{noun} file '{p}' does not exist")
         return p
-    preset = config_root() / kind / f"{name_or_path}.yaml"
-    if not preset.is_file():
+    preset = config_file(kind, str(name_or_path))
+    if preset is None:
         raise SpecError(f"unknown {noun} '{name_or_path}'; "
                         f"presets are: {', '.join(preset_names(kind))} (or give a file path)")
     return preset
@@ -280,7 +312,7 @@ class Model:
             return float(self.kv_lora_rank + self.qk_rope_head_dim)   # compressed latent + shared RoPE key
         return float(2 * self.num_kv_heads * self.head_dim)
 
-    def validate(self, where: str) -> "Model":
+    def validate(self, where: str) -> Model:
         if self.attention not in ("gqa", "mla"):
             raise SpecError(f"{where}: key 'attention' is '{self.attention}'; allowed: gqa, mla")
         if self.attention == "gqa" and self.num_heads % self.num_kv_heads:
@@ -425,9 +457,9 @@ def _pytree_dataclass(meta: tuple[str, ...]):
 class Hardware:
     """One GPU and the fabrics around it, in SI units (FLOP/s, bytes, bytes/s, s).
 
-    Bandwidths are per GPU and per direction. ``scaleup_domain`` is the number of GPUs that
+    Bandwidths are per GPU and per direction. ``scale_up_domain`` is the number of GPUs that
     share the NVLink fabric (8 on HGX, 72 on NVL72); groups larger than that cross the
-    scale-out network.
+    scale-out network. The numbers, their YAML keys and units are :data:`HARDWARE_NUMBERS`.
     """
     name: str
     rates: tuple[str, ...]          # precisions with a tensor-core rate, e.g. ("bf16", "fp8")
@@ -436,42 +468,83 @@ class Hardware:
     fp4_flops: float                # 0 when the chip has no FP4 tensor cores
     hbm_bandwidth: float
     hbm_capacity: float
-    scaleup_domain: float
-    scaleup_bandwidth: float
-    scaleup_latency: float
-    scaleout_bandwidth: float
-    scaleout_latency: float
+    scale_up_domain: float
+    scale_up_bandwidth: float
+    scale_up_latency: float
+    scale_out_bandwidth: float
+    scale_out_latency: float
     source: str = ""
 
     def peak(self, rate: str):
         return {"bf16": self.bf16_flops, "fp8": self.fp8_flops, "fp4": self.fp4_flops}[rate]
 
-    def replace(self, **kw) -> "Hardware":
+    def replace(self, **kw) -> Hardware:
         return dataclasses.replace(self, **kw)
 
 
-HARDWARE_KEYS = {  # yaml key -> (field, scale to SI)
-    "bf16_dense_tflops": ("bf16_flops", FLOPS_PER_TFLOP),
-    "fp8_dense_tflops": ("fp8_flops", FLOPS_PER_TFLOP),
-    "fp4_dense_tflops": ("fp4_flops", FLOPS_PER_TFLOP),
-    "hbm_bandwidth_tb_s": ("hbm_bandwidth", 1e12),
-    "hbm_capacity_gb": ("hbm_capacity", BYTES_PER_GB),
-    "scaleup_domain_gpus": ("scaleup_domain", 1.0),
-    "scaleup_bandwidth_gb_s": ("scaleup_bandwidth", BYTES_PER_GB),
-    "scaleup_latency_us": ("scaleup_latency", SECONDS_PER_US),
-    "scaleout_bandwidth_gb_s": ("scaleout_bandwidth", BYTES_PER_GB),
-    "scaleout_latency_us": ("scaleout_latency", SECONDS_PER_US),
-}
+@dataclasses.dataclass(frozen=True)
+class HardwareNumber:
+    """One number of :class:`Hardware`: its field (also the name ``--scale`` takes), its YAML key
+    (the unit is in the key), SI units per YAML unit, and how reports name it."""
+    field: str
+    key: str
+    scale: float
+    label: str
+    unit: str
+    integer: bool = False       # a count (the scale-up domain): not scaled or differentiated
+    optional: bool = False      # may be absent from a preset (0: the chip lacks it)
+
+
+HARDWARE_NUMBERS: dict[str, HardwareNumber] = {n.field: n for n in (
+    HardwareNumber("bf16_flops", "bf16_dense_tflops", FLOPS_PER_TFLOP, "BF16 FLOP/s", "TFLOP/s"),
+    HardwareNumber("fp8_flops", "fp8_dense_tflops", FLOPS_PER_TFLOP, "FP8 FLOP/s", "TFLOP/s"),
+    HardwareNumber("fp4_flops", "fp4_dense_tflops", FLOPS_PER_TFLOP, "FP4 FLOP/s", "TFLOP/s", optional=True),
+    HardwareNumber("hbm_bandwidth", "hbm_bandwidth_tb_s", 1e12, "HBM bandwidth", "TB/s"),
+    HardwareNumber("hbm_capacity", "hbm_capacity_gb", BYTES_PER_GB, "HBM capacity", "GB"),
+    HardwareNumber("scale_up_domain", "scaleup_domain_gpus", 1.0, "scale-up (NVLink) domain", "GPUs",
+                   integer=True),
+    HardwareNumber("scale_up_bandwidth", "scaleup_bandwidth_gb_s", BYTES_PER_GB, "scale-up (NVLink) bandwidth",
+                   "GB/s"),
+    HardwareNumber("scale_up_latency", "scaleup_latency_us", SECONDS_PER_US, "scale-up (NVLink) latency", "us"),
+    HardwareNumber("scale_out_bandwidth", "scaleout_bandwidth_gb_s", BYTES_PER_GB, "scale-out bandwidth", "GB/s"),
+    HardwareNumber("scale_out_latency", "scaleout_latency_us", SECONDS_PER_US, "scale-out latency", "us"),
+)}
+# The continuous numbers: what ``--scale``, sensitivity and codesign act on.
+CONTINUOUS_HARDWARE = tuple(n for n, h in HARDWARE_NUMBERS.items() if not h.integer)
+HARDWARE_BY_KEY = {h.key: h for h in HARDWARE_NUMBERS.values()}
+
+
+def hardware_number(name: str, where: str = "--scale") -> HardwareNumber:
+    """A continuous hardware number named by its field (``hbm_bandwidth``) or YAML key
+    (``hbm_bandwidth_tb_s``)."""
+    h = HARDWARE_NUMBERS.get(name) or HARDWARE_BY_KEY.get(name)
+    if h is None or h.integer:
+        raise SpecError(f"{where}: unknown hardware number '{name}'; allowed: {', '.join(CONTINUOUS_HARDWARE)}"
+                        f" (or their hardware YAML keys, e.g. hbm_bandwidth_tb_s)")
+    return h
+
+
+def yaml_value(hw: Hardware, name: str) -> float:
+    """A hardware number in the units of its YAML key (e.g. TB/s for ``hbm_bandwidth``)."""
+    return float(getattr(hw, name)) / HARDWARE_NUMBERS[name].scale
+
+
+def scale_hardware(hw: Hardware, scales: Mapping[str, float]) -> Hardware:
+    """The hardware with each named continuous number (:data:`CONTINUOUS_HARDWARE`) multiplied by
+    its factor."""
+    if not scales:
+        return hw
+    # name, rates and source are static (pytree metadata): leaving them unchanged lets the
+    # compiled sweep run the scaled hardware without recompiling.
+    return dataclasses.replace(hw, **{k: getattr(hw, k) * float(f) for k, f in scales.items()})
 
 
 def hardware_from_dict(data: Mapping, where: str) -> Hardware:
     r = _Reader(data, where)
     kw: dict[str, Any] = dict(name=r.str("name"), source=r.str("source", ""))
-    for key, (field, scale) in HARDWARE_KEYS.items():
-        optional = key == "fp4_dense_tflops"
-        v = r.num(key, 0.0 if optional else None, positive=not optional, min_value=0,
-                  integer=key == "scaleup_domain_gpus")
-        kw[field] = float(v) * scale
+    for h in HARDWARE_NUMBERS.values():
+        v = r.num(h.key, 0.0 if h.optional else None, positive=not h.optional, min_value=0, integer=h.integer)
+        kw[h.field] = float(v) * h.scale
     r.finish()
     kw["rates"] = tuple(p for p in ("bf16", "fp8", "fp4") if kw[f"{p}_flops"] > 0)
     return Hardware(**kw)
@@ -481,9 +554,9 @@ def apply_hardware_overrides(hw: Hardware, overrides: Mapping, where: str) -> Ha
     r = _Reader(overrides, where)
     kw = {}
     for key in overrides:
-        if key in HARDWARE_KEYS:
-            field, scale = HARDWARE_KEYS[key]
-            kw[field] = r.num(key, integer=key == "scaleup_domain_gpus") * scale
+        if key in HARDWARE_BY_KEY:
+            h = HARDWARE_BY_KEY[key]
+            kw[h.field] = r.num(key, integer=h.integer) * h.scale
     r.finish()
     return hw.replace(**kw)
 
@@ -549,10 +622,33 @@ class SLA:
 
 DEFAULT_CHUNKS = (256, 512, 1024, 2048, 4096, 8192)
 MAX_DRAFT_TOKENS = 16
-# Aggregated scheduling policies ``serving.evaluate`` models (``serving.SCHEDULERS`` gives each
-# backend's default): prompt chunks inside decode iterations, prompts alone before decode
-# (staggered arrivals), or lock-step waves of identical requests.
+DEFAULT_EXPERIMENT = "gpt-1.8t-moe-64gpu"
+
+# Serving engines whose fitted overheads profiles carry (``params.for_backend``).
+BACKENDS = ("trtllm", "vllm", "sglang")
+# Aggregated scheduling policies (one function each in ``serving.SCHEDULERS``): prompt chunks
+# inside decode iterations, prompts alone before decode (staggered arrivals), or lock-step waves
+# of identical requests.
 SCHEDULER_NAMES = ("mixed", "prefill_first", "wave")
+# Each backend's default policy: TensorRT-LLM and vLLM mix prompt chunks into decode iterations;
+# SGLang runs prefill first, in lock-step waves under the benchmarks' fixed lengths (why wave and
+# not prefill_first: benchmarks/serving_validation.md, "SGLang: lock-step waves or staggered
+# prefill-first").
+DEFAULT_SCHEDULER = {"trtllm": "mixed", "vllm": "mixed", "sglang": "wave"}
+
+
+def scheduler_for(name: str, where: str = "scheduler") -> str:
+    """The scheduling policy ``name`` is, or the default policy of the backend it names."""
+    if name in SCHEDULER_NAMES:
+        return name
+    if name in DEFAULT_SCHEDULER:
+        return DEFAULT_SCHEDULER[name]
+    raise SpecError(f"{where}: '{name}' is neither a scheduler ({', '.join(SCHEDULER_NAMES)}) nor a backend "
+                    f"({', '.join(BACKENDS)})")
+
+
+# The measured data's system names (kernel tables and serving CSVs) -> hardware presets.
+SYSTEMS = {"h100_sxm": "h100-sxm", "h200_sxm": "h200-sxm", "b200_sxm": "b200", "gb200": "gb200-nvl72"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -568,13 +664,12 @@ class Experiment:
     max_batch: int = 4096
     backend: str = "trtllm"
     params_file: str | None = None
-    scheduler: str | None = None          # None: the backend's default (serving.SCHEDULERS)
+    scheduler: str | None = None          # None: the backend's default (DEFAULT_SCHEDULER)
 
     @property
-    def scheduler_key(self) -> str:
-        """What ``serving.evaluator_for`` takes: the chosen scheduler, else the backend (whose
-        default scheduler applies)."""
-        return self.scheduler or self.backend
+    def scheduler_name(self) -> str:
+        """The aggregated scheduling policy: the chosen one, else the backend's default."""
+        return self.scheduler or DEFAULT_SCHEDULER[self.backend]
 
 
 def _check_gpus(gpus, where):
@@ -583,18 +678,75 @@ def _check_gpus(gpus, where):
     return gpus
 
 
-def load_experiment(path: str | os.PathLike, **overrides) -> Experiment:
-    """Read an experiment YAML; keyword overrides (from the CLI) replace its values."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"experiment file '{path}' does not exist")
-    where = str(path)
-    r = _Reader(read_yaml(path), where)
-    model_name = overrides.get("model") or r.str("model")
-    hw_name = overrides.get("hardware") or r.str("hardware")
+def experiment_path(name_or_path: str | os.PathLike | None = None) -> Path:
+    """An experiment YAML: a file, else a preset name (default: :data:`DEFAULT_EXPERIMENT`)."""
+    if name_or_path is None:
+        name_or_path = DEFAULT_EXPERIMENT
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise SpecError(f"experiment file '{p}' does not exist")
+        return p
+    preset = config_file("experiments", str(name_or_path))
+    if preset is None:
+        raise SpecError(f"experiment '{name_or_path}' is neither a file nor a preset; presets: "
+                        f"{', '.join(preset_names('experiments'))}")
+    return preset
+
+
+def load_experiment(path: str | os.PathLike | None = None, **overrides) -> Experiment:
+    """Read an experiment: a YAML file or a preset name (default: the GPT-1.8T-MoE study).
+    Keyword overrides (the CLI's flags: model, hardware, gpus, isl, osl, precision,
+    min_tokens_per_user, max_ttft, scheduler, draft_tokens, acceptance, prefix_hit) replace its
+    values; ``None`` leaves a value as the file has it."""
+    path = experiment_path(path)
+    return experiment_from_dict(read_yaml(path), str(path), path.stem, **overrides)
+
+
+def experiment(model: str | os.PathLike | Model, hardware: str | os.PathLike | Hardware, gpus: int, *,
+               precision: str = "bf16", isl: int = 1024, osl: int = 1024, min_tokens_per_user: float = 0.0,
+               max_ttft: float = math.inf, backend: str = "trtllm", scheduler: str | None = None,
+               chunk_sizes=DEFAULT_CHUNKS, max_batch: int = 4096, draft_tokens: int = 0,
+               acceptance: float = 0.0, prefix_hit: float = 0.0, params: str | None = None,
+               hardware_overrides: Mapping | None = None, name: str = "experiment") -> Experiment:
+    """An experiment built in code, checked exactly as an experiment YAML is: ``model`` and
+    ``hardware`` are preset names, files (a model may be a Hugging Face ``config.json``) or loaded
+    specs; lengths are tokens; the SLA is ``min_tokens_per_user`` tokens/s per user and a
+    ``max_ttft`` in seconds."""
+    data: dict[str, Any] = {"name": name, "gpus": gpus, "precision": precision, "backend": backend,
+                            "workload": {"isl_tokens": isl, "osl_tokens": osl, "prefix_hit": prefix_hit},
+                            "search": {"chunk_sizes": list(chunk_sizes), "max_batch": max_batch}}
+    if min_tokens_per_user or math.isfinite(max_ttft):
+        data["sla"] = {"min_tokens_per_s_per_user": min_tokens_per_user}
+        if math.isfinite(max_ttft):
+            data["sla"]["max_ttft_s"] = max_ttft
+    if draft_tokens or acceptance:
+        data["speculative"] = {"draft_tokens": draft_tokens, "acceptance": acceptance}
+    if scheduler is not None:
+        data["scheduler"] = scheduler
+    if params is not None:
+        data["params"] = str(params)
+    if hardware_overrides:
+        data["hardware_overrides"] = dict(hardware_overrides)
+    loaded = {}
+    for key, value, cls in (("model", model, Model), ("hardware", hardware, Hardware)):
+        if isinstance(value, cls):
+            loaded[key] = value
+        else:
+            data[key] = str(value)
+    return experiment_from_dict(data, "experiment()", name, **{f"{k}_spec": v for k, v in loaded.items()})
+
+
+def experiment_from_dict(data: Mapping, where: str, default_name: str, *, model_spec: Model | None = None,
+                         hardware_spec: Hardware | None = None, **overrides) -> Experiment:
+    """An experiment from its YAML mapping (see :func:`load_experiment`); ``model_spec`` and
+    ``hardware_spec`` stand in for the ``model`` and ``hardware`` keys."""
+    r = _Reader(data, where)
+    model_name = overrides.get("model") or (None if model_spec is not None else r.str("model"))
+    hw_name = overrides.get("hardware") or (None if hardware_spec is not None else r.str("hardware"))
     r.used.update({"model", "hardware"})
-    model = load_model(model_name)
-    hw = load_hardware(hw_name)
+    model = load_model(model_name) if model_name else model_spec
+    hw = load_hardware(hw_name) if hw_name else hardware_spec
     hw_over = r.sub("hardware_overrides")
     if hw_over is not None and not overrides.get("hardware"):
         hw = apply_hardware_overrides(hw, hw_over.data, f"{where} [hardware_overrides]")
@@ -657,15 +809,15 @@ def load_experiment(path: str | os.PathLike, **overrides) -> Experiment:
         chunks = tuple(sorted(set(raw)))
         max_batch = search.num("max_batch", 4096, integer=True)
         search.finish()
-    backend = r.str("backend", "trtllm", allowed=("trtllm", "vllm", "sglang"))
+    backend = r.str("backend", "trtllm", allowed=BACKENDS)
     scheduler = r.str("scheduler", allowed=SCHEDULER_NAMES) if "scheduler" in r.data else None
     scheduler = overrides.get("scheduler") or scheduler
     if scheduler not in (None, *SCHEDULER_NAMES):
         raise SpecError(f"--scheduler '{scheduler}'; allowed: {', '.join(SCHEDULER_NAMES)}")
     params_file = r._get("params", None, False)
     r.finish(also_allowed=("description", "name"))
-    return Experiment(name=r.data.get("name", path.stem) if isinstance(r.data.get("name"), str) else path.stem,
-                      model=model, hardware=hw, gpus=gpus, precision=prec,
+    name = r.data.get("name") if isinstance(r.data.get("name"), str) else default_name
+    return Experiment(name=name, model=model, hardware=hw, gpus=gpus, precision=prec,
                       workload=Workload(float(isl), float(osl), float(accept), int(draft), float(hit)), sla=sla,
                       chunk_sizes=chunks,
                       max_batch=max_batch, backend=backend, params_file=params_file, scheduler=scheduler)

@@ -7,7 +7,7 @@ import functools
 import math
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -15,14 +15,43 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from . import layouts as L
-from .cost import memory_per_gpu
-from .serving import Layout, draft_layers, evaluate, evaluator_for
-from .specs import Experiment, Hardware, Model, Precision, Workload
+from .cost import max_batch_that_fits
+from .layouts import Layout
+from .params import params_for
+from .serving import (
+    decode_worker,
+    disagg_pair,
+    draft_layers,
+    evaluate,
+    evaluator,
+    kv_transfer_time,
+    prefill_worker,
+    prefill_workers_needed,
+)
+from .specs import Experiment, Hardware, Model, Precision, SpecError, Workload, scale_hardware
 
 DEFAULT_CHUNK = 4096
 
+# ----------------------------------------------------------------------------- the result schema
+# Every sweep returns columns (one entry per evaluated layout or deployment) by these names;
+# layouts.csv and frontier.csv write them in this order.
+METRIC_COLUMNS = ("feasible", "ttft_s", "tpot_s", "tokens_per_s_per_user", "tokens_per_s_per_gpu",
+                  "memory_per_gpu_gb", "on_frontier", "requests_per_s", "decoding_requests", "admitted_requests",
+                  "prefill_tokens_per_iter", "prefill_saturated", "chunk_iter_s", "decode_iter_s")
+AGG_COLUMNS = ("tp", "pp", "ep", "dp", "adp", "batch", "chunk") + METRIC_COLUMNS
+# A disaggregated deployment: its two worker layouts (Layout field -> column) and their counts.
+PREFILL_COLUMNS = {"tp": "prefill_tp", "pp": "prefill_pp", "ep": "prefill_ep", "adp": "prefill_adp",
+                   "chunk": "prefill_chunk", "batch": "prefill_batch"}
+DECODE_COLUMNS = {"tp": "decode_tp", "pp": "decode_pp", "ep": "decode_ep", "adp": "decode_adp",
+                  "batch": "decode_batch"}
+DISAGG_KEY = (*PREFILL_COLUMNS.values(), *DECODE_COLUMNS.values(), "prefill_workers", "decode_workers")
+DISAGG_COLUMNS = ("mode",) + AGG_COLUMNS + (*PREFILL_COLUMNS.values(), "prefill_workers", *DECODE_COLUMNS.values(),
+                                             "decode_workers", "gpus_used", "kv_transfer_s", "prefill_utilization",
+                                             "prefill_latency_s")
+INT_COLUMNS = frozenset(Layout._fields) | frozenset(DISAGG_KEY) | {"gpus_used"}
 
-@functools.lru_cache(maxsize=None)
+
+@functools.cache
 def batched_evaluator(model: Model, prec: Precision, metric_fn: Callable = evaluate):
     """``f(params, hardware, workload, layouts) -> dict of arrays``, compiled once per array shape.
 
@@ -52,7 +81,7 @@ def evaluate_layouts(p, hw: Hardware, model: Model, prec: Precision, wl: Workloa
     out: dict[str, list] = {}
     starts = range(0, n, chunk)
     t0 = time.perf_counter()
-    for i, s in enumerate(starts):
+    for s in starts:
         idx = np.minimum(np.arange(s, s + chunk), n - 1)
         lay = Layout(*(jnp.asarray(cols[f][idx]) for f in Layout._fields))
         if sharding is not None:
@@ -73,19 +102,11 @@ def evaluate_layouts(p, hw: Hardware, model: Model, prec: Precision, wl: Workloa
 
 def max_batch(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, configs: np.ndarray,
               chunk: float, cap: int) -> np.ndarray:
-    """Largest batch per (tp, pp, ep, dp) whose memory fits: memory is affine in the batch, so two
-    evaluations give the slope. Returns 0 where even the weights do not fit."""
+    """Largest batch per (tp, pp, ep, dp) whose memory fits at full context
+    (``cost.max_batch_that_fits``), at most ``cap``; 0 where even the weights do not fit."""
     tp, pp, ep, adp = (jnp.asarray(configs[:, i], jnp.float32) for i in (0, 1, 2, 4))
-
-    def mem(b):
-        m = memory_per_gpu(p, hw, model, prec, wl.isl, wl.osl, tp, ep, adp, pp, b, chunk, draft_layers(wl))
-        return np.asarray(m["total"]), float(m["capacity"])
-
-    m0, cap_bytes = mem(0.0)
-    m1, _ = mem(1.0)
-    slope = np.maximum(m1 - m0, 1e-9)
-    b = np.floor((cap_bytes - m0) / slope)
-    return np.clip(b, 0, cap).astype(np.int64)
+    b = max_batch_that_fits(p, hw, model, prec, wl.isl, wl.osl, tp, ep, adp, pp, chunk, draft_layers(wl))
+    return np.clip(np.floor(np.asarray(b)), 0, cap).astype(np.int64)
 
 
 # ----------------------------------------------------------------------------- frontier and SLA
@@ -140,8 +161,19 @@ class SweepResult:
         return {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in self.columns.items()}
 
 
-def run_sweep(exp: Experiment, p, params_source: str = "", chunk: int = DEFAULT_CHUNK,
+def experiment_params(exp: Experiment, p=None, params_source: str | None = None):
+    """``(params, source)``: ``p`` as given, else the experiment's (its ``params`` file, else its
+    hardware's fitted profile, else the defaults) as its backend sees them: what the CLI uses."""
+    if p is not None:
+        return p, params_source or ""
+    return params_for(exp.hardware.name, exp.params_file, exp.backend)
+
+
+def run_sweep(exp: Experiment, p=None, params_source: str = "", chunk: int = DEFAULT_CHUNK,
               progress: bool = False, attention_dp: str = "ep") -> SweepResult:
+    """Every aggregated layout of ``exp``: parallel configs x batches up to memory x chunk sizes.
+    ``p``: parameters (default: :func:`experiment_params`, as the CLI)."""
+    p, params_source = experiment_params(exp, p, params_source)
     model, hw, prec, wl = exp.model, exp.hardware, exp.precision, exp.workload
     configs = L.parallel_configs(model, exp.gpus, attention_dp)
     if len(configs) == 0:
@@ -155,7 +187,7 @@ def run_sweep(exp: Experiment, p, params_source: str = "", chunk: int = DEFAULT_
     # Compile on one chunk first so the compile and evaluate times are reported apart.
     size = max(1, min(chunk, n))
     t0 = time.perf_counter()
-    fn = evaluator_for(exp.scheduler_key)
+    fn = evaluator(exp.scheduler_name)
     evaluate_layouts(p, hw, model, prec, wl, {k: v[:size] for k, v in cols.items()}, chunk=size, metric_fn=fn)
     t1 = time.perf_counter()
     res = evaluate_layouts(p, hw, model, prec, wl, cols, chunk=size, progress=progress, metric_fn=fn)
@@ -221,16 +253,16 @@ def _pareto_by_size(a: np.ndarray, b: np.ndarray, size: np.ndarray) -> np.ndarra
     return np.flatnonzero(keep)
 
 
-def run_disagg_sweep(exp: Experiment, p, params_source: str = "", progress: bool = False) -> SweepResult:
+def run_disagg_sweep(exp: Experiment, p=None, params_source: str = "", progress: bool = False) -> SweepResult:
     """Search prefill-pool and decode-pool layouts and their worker counts x:y within the budget.
 
     Each pool is evaluated on its own (vmapped); only Pareto-optimal workers go on to pairing
     (prefill: request rate per GPU vs prompt latency; decode: tokens/s/GPU vs tokens/s/user), which
     is exact for rate matching. For each pair and each decode worker count y, the prefill pool is
     sized to a target utilization, x = ceil(y * decode rate / (rho * prefill rate)), and kept if
-    x and y workers fit the budget. Throughput per GPU counts the GPUs the deployment uses."""
-    from .serving import decode_worker, disagg_pair, kv_transfer_time, prefill_worker, prefill_workers_needed
-
+    x and y workers fit the budget. Throughput per GPU counts the GPUs the deployment uses.
+    ``p``: parameters (default: :func:`experiment_params`, as the CLI)."""
+    p, params_source = experiment_params(exp, p, params_source)
     model, hw, prec, wl, G = exp.model, exp.hardware, exp.precision, exp.workload, exp.gpus
     t0 = time.perf_counter()
     cfg = _worker_configs(model, G)
@@ -258,18 +290,18 @@ def run_disagg_sweep(exp: Experiment, p, params_source: str = "", progress: bool
         print(f"jaxplan: disaggregated: {len(pc['tp']):,} prefill and {len(dc['tp']):,} decode worker layouts; "
               f"pairing {len(keep_p)} x {len(keep_d)} Pareto-optimal workers", file=sys.stderr)
     # all pairs (i, j)
-    I, J = np.meshgrid(keep_p, keep_d, indexing="ij")
-    I, J = I.ravel(), J.ravel()
-    pre_lay = Layout(*(jnp.asarray(pc[f][I]) for f in Layout._fields))
-    dec_lay = Layout(*(jnp.asarray(dc[f][J]) for f in Layout._fields))
+    pi, pj = np.meshgrid(keep_p, keep_d, indexing="ij")
+    pi, pj = pi.ravel(), pj.ravel()
+    pre_lay = Layout(*(jnp.asarray(pc[f][pi]) for f in Layout._fields))
+    dec_lay = Layout(*(jnp.asarray(dc[f][pj]) for f in Layout._fields))
     kv = jax.jit(jax.vmap(lambda a, b, cross: kv_transfer_time(p, hw, model, prec, wl.isl, a, b, cross),
                           in_axes=(0, 0, None)))
     t_kv_nv, t_kv_net = np.asarray(kv(pre_lay, dec_lay, False)), np.asarray(kv(pre_lay, dec_lay, True))
-    r_p, r_d = pres["rate"][I], dres["rate"][J]
-    g_p, g_d = gp[I], gd[J]
+    r_p, r_d = pres["rate"][pi], dres["rate"][pj]
+    g_p, g_d = gp[pi], gd[pj]
     ys = np.arange(1, G + 1, dtype=np.float32)
     rhos = np.asarray(PREFILL_UTILIZATIONS, np.float32)
-    pair, yy, rr = np.meshgrid(np.arange(len(I)), ys, rhos, indexing="ij")
+    pair, yy, rr = np.meshgrid(np.arange(len(pi)), ys, rhos, indexing="ij")
     pair, yy, rr = pair.ravel(), yy.ravel(), rr.ravel()
     xx = prefill_workers_needed(yy, r_d[pair], r_p[pair], rr)
     used = xx * g_p[pair] + yy * g_d[pair]
@@ -279,28 +311,23 @@ def run_disagg_sweep(exp: Experiment, p, params_source: str = "", progress: bool
     uniq = np.unique(np.stack([pair, xx, yy], 1), axis=0)
     pair, xx, yy = uniq[:, 0].astype(np.int64), uniq[:, 1], uniq[:, 2]
     used = xx * g_p[pair] + yy * g_d[pair]
-    cross = used > hw.scaleup_domain
+    cross = used > hw.scale_up_domain
     t_kv = np.where(cross, t_kv_net[pair], t_kv_nv[pair])
-    i_p, i_d = I[pair], J[pair]
+    i_p, i_d = pi[pair], pj[pair]
     m = {k: np.asarray(v) for k, v in disagg_pair(p, wl.osl, r_p[pair], pres["latency_s"][i_p], r_d[pair],
                                                    dres["tpot_s"][i_d], xx, yy, t_kv, used).items()}
     X, rho, ttft, tpot = m["requests_per_s"], m["prefill_utilization"], m["ttft_s"], m["tpot_s"]
     cols = {"mode": np.full(len(pair), "disagg", dtype=object),
             "tp": dc["tp"][i_d], "pp": dc["pp"][i_d], "ep": dc["ep"][i_d], "dp": yy, "adp": dc["adp"][i_d],
             "batch": dc["batch"][i_d], "chunk": pc["chunk"][i_p],
-            "prefill_tp": pc["tp"][i_p], "prefill_pp": pc["pp"][i_p], "prefill_ep": pc["ep"][i_p],
-            "prefill_adp": pc["adp"][i_p], "prefill_chunk": pc["chunk"][i_p], "prefill_batch": pc["batch"][i_p],
-            "prefill_workers": xx,
-            "decode_tp": dc["tp"][i_d], "decode_pp": dc["pp"][i_d], "decode_ep": dc["ep"][i_d],
-            "decode_adp": dc["adp"][i_d], "decode_batch": dc["batch"][i_d], "decode_workers": yy,
+            **{col: pc[f][i_p] for f, col in PREFILL_COLUMNS.items()}, "prefill_workers": xx,
+            **{col: dc[f][i_d] for f, col in DECODE_COLUMNS.items()}, "decode_workers": yy,
             "gpus_used": used, "feasible": np.ones(len(pair), bool),
             "ttft_s": ttft, "tpot_s": tpot, "tokens_per_s_per_user": 1.0 / tpot,
             "tokens_per_s_per_gpu": m["tokens_per_s_per_gpu"], "requests_per_s": X,
             "memory_per_gpu_gb": np.maximum(pres["memory_per_gpu_gb"][i_p], dres["memory_per_gpu_gb"][i_d]),
             "kv_transfer_s": t_kv, "prefill_utilization": rho, "prefill_latency_s": pres["latency_s"][i_p]}
-    for k in ("tp", "pp", "ep", "dp", "adp", "batch", "chunk", "prefill_tp", "prefill_pp", "prefill_ep",
-              "prefill_adp", "prefill_chunk", "prefill_batch", "prefill_workers", "decode_tp", "decode_pp", "decode_ep",
-              "decode_adp", "decode_batch", "decode_workers", "gpus_used"):
+    for k in INT_COLUMNS & set(cols):
         cols[k] = np.asarray(cols[k]).astype(np.int64)
     on = pareto_mask(cols["tokens_per_s_per_user"], cols["tokens_per_s_per_gpu"], cols["feasible"])
     cols["on_frontier"] = on
@@ -309,3 +336,126 @@ def run_disagg_sweep(exp: Experiment, p, params_source: str = "", progress: bool
     best = sla_pick(cols, exp.sla.min_tokens_per_user, exp.sla.max_ttft_s)
     t2 = time.perf_counter()
     return SweepResult(cols, front, best, len(cfg), 0.0, (t1 - t0) + (t2 - t1), params_source)
+
+
+# ----------------------------------------------------------------------------- a plan: what `jaxplan sweep` does
+
+SERVING_MODES = ("agg", "disagg", "both")
+
+
+def merge_results(results: dict) -> tuple[dict, np.ndarray, int | None]:
+    """One table of every mode's layouts (union of columns, None where a column does not apply),
+    each mode's frontier, and the overall SLA pick (the best of the modes' picks)."""
+    n = {m: r.n for m, r in results.items()}
+    total = sum(n.values())
+    keys = []
+    for r in results.values():
+        keys += [k for k in r.columns if k not in keys]
+    cols = {}
+    for k in keys:
+        parts = []
+        for m, r in results.items():
+            v = r.columns.get(k)
+            parts.append(np.asarray(v, dtype=object) if v is not None else np.full(n[m], None, dtype=object))
+        cols[k] = np.concatenate(parts) if parts else np.zeros(0)
+    cols["mode"] = np.concatenate([np.full(n[m], m, dtype=object) for m in results])
+    for k in ("feasible", "on_frontier"):
+        cols[k] = cols[k].astype(bool)
+    for k in ("tokens_per_s_per_user", "tokens_per_s_per_gpu", "ttft_s", "tpot_s", "memory_per_gpu_gb"):
+        cols[k] = cols[k].astype(np.float64)
+    offsets = np.cumsum([0] + list(n.values()))[:-1]
+    front = np.concatenate([r.frontier + o for r, o in zip(results.values(), offsets)]) if total else np.zeros(0, int)
+    picks = [r.best + o for r, o in zip(results.values(), offsets) if r.best is not None]
+    best = max(picks, key=lambda i: cols["tokens_per_s_per_gpu"][i]) if picks else None
+    return cols, front.astype(int), best
+
+
+def row(columns: dict, i: int) -> dict:
+    """Row ``i`` of a sweep's columns as plain Python values."""
+    return {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in columns.items()}
+
+
+@dataclasses.dataclass
+class Plan:
+    """What ``jaxplan sweep`` computes: the sweeps of each serving mode, their merged table, the
+    frontier and the SLA pick, and (with a what-if) the hardware as shipped for comparison."""
+    experiment: Experiment                   # with any hardware scales applied
+    base_experiment: Experiment              # as loaded
+    serving: str
+    params_source: str
+    scales: dict[str, float]
+    results: dict[str, SweepResult]          # by mode: "agg", "disagg"
+    baseline: dict[str, SweepResult]         # the same sweeps on the unscaled hardware (compare)
+
+    def __post_init__(self):
+        self.columns, self.frontier, self.best = merge_results(self.results)
+
+    @property
+    def best_row(self) -> dict | None:
+        return row(self.columns, self.best) if self.best is not None else None
+
+    def summary(self) -> dict:
+        """``summary.json``: the experiment, the SLA, counts, the pick, timings, per-mode picks."""
+        exp, results, cols = self.experiment, self.results, self.columns
+        wl = exp.workload
+        evaluate_s = sum(r.evaluate_s for r in results.values())
+        out = {
+            "experiment": exp.name, "model": exp.model.name, "hardware": exp.hardware.name, "gpus": exp.gpus,
+            "precision": exp.precision.name, "backend": exp.backend, "scheduler": exp.scheduler_name,
+            "speculative": {"draft_tokens": wl.draft_tokens, "acceptance": wl.acceptance},
+            "prefix_hit": wl.prefix_hit, "isl": wl.isl, "osl": wl.osl,
+            "serving": self.serving, "hardware_scales": self.scales,
+            "sla": {"min_tokens_per_s_per_user": exp.sla.min_tokens_per_user, "max_ttft_s": exp.sla.max_ttft_s},
+            "params_source": self.params_source,
+            "counts": {"layouts": int(len(cols["tokens_per_s_per_gpu"])), "feasible": int(cols["feasible"].sum()),
+                       "frontier": int(len(self.frontier)),
+                       "meeting_sla": int(meets_sla(cols, exp.sla.min_tokens_per_user, exp.sla.max_ttft_s).sum())},
+            "best_at_sla": self.best_row,
+            "seconds": {"compile": sum(r.compile_s for r in results.values()), "evaluate": evaluate_s},
+            "layouts_per_second": sum(r.n for r in results.values()) / max(evaluate_s, 1e-9),
+            "by_mode": {m: {"layouts": r.n, "parallel_layouts": r.num_parallel_configs,
+                            "best_at_sla": r.row(r.best) if r.best is not None else None,
+                            "seconds": {"compile": r.compile_s, "evaluate": r.evaluate_s}}
+                        for m, r in results.items()},
+        }
+        if "agg" in results:
+            out["counts"]["parallel_layouts"] = results["agg"].num_parallel_configs
+        if len(results) == 2 and all(r.best is not None for r in results.values()):
+            out["disagg_over_agg_at_sla"] = (results["disagg"].row(results["disagg"].best)["tokens_per_s_per_gpu"]
+                                             / results["agg"].row(results["agg"].best)["tokens_per_s_per_gpu"])
+        if self.baseline:
+            bcols, _, base_best = merge_results(self.baseline)
+            out["baseline_best_at_sla"] = row(bcols, base_best) if base_best is not None else None
+            if base_best is not None and self.best is not None:
+                out["whatif_over_baseline_at_sla"] = (self.best_row["tokens_per_s_per_gpu"]
+                                                      / float(bcols["tokens_per_s_per_gpu"][base_best]))
+        return out
+
+
+def plan(exp: Experiment, p=None, params_source: str | None = None, *, serving: str = "agg",
+         attention_dp: str = "ep", scales: dict[str, float] | None = None, compare: bool = False,
+         progress: bool = False) -> Plan:
+    """``jaxplan sweep`` as a library call: sweep ``exp`` in the serving mode(s) ``serving`` ("agg",
+    "disagg" or "both") with its hardware numbers scaled by ``scales`` (a what-if), and, with
+    ``compare``, also as shipped. ``p``: parameters (default: the hardware's fitted profile for the
+    experiment's backend, as the CLI uses)."""
+    if serving not in SERVING_MODES:
+        raise SpecError(f"serving mode '{serving}' is unknown; allowed: {', '.join(SERVING_MODES)}")
+    scales = dict(scales or {})
+    if compare and not scales:
+        raise SpecError("--compare draws the baseline and the what-if frontiers: give at least one "
+                        "--scale NAME=FACTOR, e.g. --scale hbm_bandwidth=2")
+    p, params_source = experiment_params(exp, p, params_source)
+    scaled = dataclasses.replace(exp, hardware=scale_hardware(exp.hardware, scales)) if scales else exp
+
+    def sweeps(e):
+        r = {}
+        if serving in ("agg", "both"):
+            r["agg"] = run_sweep(e, p, params_source=params_source, progress=progress, attention_dp=attention_dp)
+        if serving in ("disagg", "both"):
+            r["disagg"] = run_disagg_sweep(e, p, params_source=params_source, progress=progress)
+        return r
+
+    results = sweeps(scaled)
+    baseline = sweeps(exp) if compare else {}
+    return Plan(scaled, exp, serving, params_source, scales, results, baseline)

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import functools
 
-import pytest
-
 import jax
 import jax.numpy as jnp
+import pytest
 
+from jaxplan.layouts import Layout
 from jaxplan.params import default_params
-from jaxplan.serving import Layout, evaluate
+from jaxplan.serving import evaluate
 from jaxplan.specs import get_precision, load_hardware, load_model
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model(name):
     return load_model(name)
 

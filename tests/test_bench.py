@@ -1,7 +1,6 @@
 """The benchmark harness: one quick run on 4 simulated CPU devices, checked for layout and sense."""
 from __future__ import annotations
 
-import argparse
 import csv
 import gzip
 import math
@@ -13,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jaxplan import bench
+from jaxplan import cli
+from jaxplan.calibrate import bench
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_KERNELS = REPO.parent / "shared" / "data" / "kernels" / "h100_sxm"
@@ -28,8 +28,7 @@ def quick_run(tmp_path_factory):
                         f" --xla_force_host_platform_device_count={N_DEVICES}").strip()
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
-    code = f"from jaxplan.bench import run_bench; run_bench(quick=True, out={str(out)!r})"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-m", "jaxplan.cli", "bench", "--quick", "--out", str(out)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:]
     with out.open(newline="") as fh:
@@ -172,10 +171,8 @@ def test_coarse_to_fine_order_spans_the_range_first():
 
 
 def test_cli_args_and_bad_kind(tmp_path, capsys):
-    parser = bench.add_bench_args(argparse.ArgumentParser())
-    args = parser.parse_args(["--quick", "--out", str(tmp_path / "x.csv")])
+    args = cli.build_parser().parse_args(["bench", "--quick", "--out", str(tmp_path / "x.csv")])
     assert args.quick and args.out.endswith("x.csv") and args.progress is None
-    args.kinds = "no_such_table"
-    assert bench.bench_command(args) == 2
+    assert cli.main(["bench", "--quick", "--kinds", "no_such_table", "--out", str(tmp_path / "x.csv")]) == 2
     assert "unknown kernel tables" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()

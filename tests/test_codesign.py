@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from jaxplan import codesign as C
+from jaxplan.report import hardware_yaml, label
 from jaxplan.specs import SpecError, load_experiment
 from jaxplan.sweep import run_sweep
 
@@ -56,7 +57,7 @@ def test_codesign_moves_the_budget_to_the_only_limiting_number(exp, p, tmp_path_
     prices = C.load_prices(path)
     res = C.run_codesign(exp, p, prices, steps=60, lr=0.1)
     hw = exp.hardware
-    budget = 2000 * hw.hbm_bandwidth / 1e12 + 40 * hw.scaleout_bandwidth / 1e9
+    budget = 2000 * hw.hbm_bandwidth / 1e12 + 40 * hw.scale_out_bandwidth / 1e9
     assert res.budget == pytest.approx(budget, rel=1e-6)
     assert all(r["elasticities"]["scale_out_bandwidth"] == 0.0 for r in res.trajectory)
     assert res.final["shares"]["hbm_bandwidth"] > 0.99
@@ -72,7 +73,7 @@ def test_codesign_moves_the_budget_to_the_only_limiting_number(exp, p, tmp_path_
     assert got == pytest.approx(best_possible, rel=0.005)
     assert got <= best_possible * (1 + 1e-5)
     # the final hardware is a usable preset
-    text = C.hardware_yaml(res.final_hardware, "test")
+    text = hardware_yaml(res.final_hardware, "test")
     assert "hbm_bandwidth_tb_s" in text and "scaleup_domain_gpus: 8" in text
 
 
@@ -86,7 +87,7 @@ def test_disagg_codesign_also_puts_everything_on_hbm(exp, p, tmp_path_factory):
     path.write_text("prices:\n  hbm_bandwidth_tb_s: 2000\n  scaleout_bandwidth_gb_s: 40\n")
     res = C.run_codesign(exp, p, C.load_prices(path), steps=40, lr=0.1, serving="disagg")
     assert all(r["elasticities"]["scale_out_bandwidth"] == 0.0 for r in res.trajectory)
-    assert all(r["layout"].startswith("prefill ") for r in res.trajectory)
+    assert all(r["layout"]["mode"] == "disagg" and label(r["layout"]).startswith("prefill ") for r in res.trajectory)
     assert res.final["shares"]["hbm_bandwidth"] > 0.99
     hw = exp.hardware
     all_in = dataclasses.replace(exp, hardware=C.with_values(hw, {

@@ -59,8 +59,8 @@ def pv(p, name):
 def test_h100_preset_is_the_datasheet(h100):
     assert h100.bf16_flops == H100_BF16 and h100.fp8_flops == H100_FP8
     assert h100.hbm_bandwidth == H100_HBM and h100.hbm_capacity == H100_HBM_CAP
-    assert h100.scaleup_domain == H100_DOMAIN
-    assert h100.scaleup_bandwidth == H100_NVLINK and h100.scaleout_bandwidth == H100_IB
+    assert h100.scale_up_domain == H100_DOMAIN
+    assert h100.scale_up_bandwidth == H100_NVLINK and h100.scale_out_bandwidth == H100_IB
 
 
 # ----------------------------------------------------------------------------- Cost pytree
@@ -267,7 +267,8 @@ def test_attention_prefill_causal_flops(p, h100, fp8, models):
 def test_round_prefill_attention_is_causal_over_the_whole_prompt(p, h100, fp8, models):
     """A whole prompt as one chunk (no decoders, pp 1): the 'attention' op of the round is
     num_layers causal prefills of the prompt."""
-    from jaxplan.serving import Layout, round_costs
+    from jaxplan.layouts import Layout
+    from jaxplan.serving import round_costs
     from jaxplan.specs import Workload
     m = models("llama-3.1-70b")
     isl, tp = 4096.0, 8
@@ -342,14 +343,14 @@ def test_moe_one_decode_token_is_weight_bandwidth_bound(p, h100, fp8, models, na
 def test_allreduce_ring_volume_and_latency(p, h100):
     nbytes = 64e6
     bw = H100_NVLINK * pv(p, "allreduce_bw_eff_nvlink")
-    lat = f(h100.scaleup_latency) + pv(p, "allreduce_latency_nvlink_s")   # link + software, per step
+    lat = f(h100.scale_up_latency) + pv(p, "allreduce_latency_nvlink_s")   # link + software, per step
     assert f(C.allreduce(p, h100, nbytes, 1.0)) == 0.0
     for n in (2, 4, 8):
         expect = lat * math.log2(n) + 2 * (n - 1) / n * nbytes / bw
         assert f(C.allreduce(p, h100, nbytes, float(n))) == pytest.approx(expect, rel=REL)
     # with the latency removed, the time is exactly the ring volume 2(n-1)/n over the link
     p0 = dict(p, allreduce_latency_nvlink_s=jnp.float32(0.0))
-    h0 = h100.replace(scaleup_latency=0.0)
+    h0 = h100.replace(scale_up_latency=0.0)
     for n in (2, 4, 8):
         assert f(C.allreduce(p0, h0, nbytes, float(n))) * bw / nbytes == pytest.approx(2 * (n - 1) / n, rel=REL)
 
@@ -418,8 +419,8 @@ def test_moe_layer_alltoall_jumps_when_tp_times_ep_exceeds_domain(p, h100, fp8, 
 
 def test_p2p_uses_the_right_fabric(p, h100):
     nbytes = 1e6
-    nv = h100.scaleup_latency + nbytes / (H100_NVLINK * pv(p, "p2p_bw_eff"))
-    ib = h100.scaleout_latency + nbytes / (H100_IB * pv(p, "p2p_bw_eff"))
+    nv = h100.scale_up_latency + nbytes / (H100_NVLINK * pv(p, "p2p_bw_eff"))
+    ib = h100.scale_out_latency + nbytes / (H100_IB * pv(p, "p2p_bw_eff"))
     assert f(C.p2p(p, h100, nbytes, False)) == pytest.approx(nv, rel=REL)
     assert f(C.p2p(p, h100, nbytes, True)) == pytest.approx(ib, rel=REL)
 

@@ -6,10 +6,18 @@ import numpy as np
 import pytest
 
 from jaxplan.cost import alltoall, layer_costs
+from jaxplan.layouts import Layout
 from jaxplan.params import default_params
-from jaxplan.serving import (Layout, disagg_cold_start_ttft, evaluate_disagg, kv_cache_bytes, kv_transfer_time,
-                             prefill_wait, prefill_worker, prefill_workers_needed)
-from jaxplan.specs import Workload, get_precision, load_experiment, load_hardware, load_model, config_root
+from jaxplan.serving import (
+    disagg_cold_start_ttft,
+    evaluate_disagg,
+    kv_cache_bytes,
+    kv_transfer_time,
+    prefill_wait,
+    prefill_worker,
+    prefill_workers_needed,
+)
+from jaxplan.specs import Workload, config_root, get_precision, load_experiment, load_hardware, load_model
 from jaxplan.sweep import run_disagg_sweep
 
 FP8_KV_BYTES = 1.0
@@ -47,8 +55,8 @@ def test_kv_transfer_time_from_named_quantities(p):
     pre, dec = lay(tp=8), lay(tp=4)
     # 8 KV heads: a TP8 prefill worker holds 8 shards, a TP4 decode worker 4: 4 links in parallel.
     nbytes = ISL * 2 * 8 * 128 * 80 / 4
-    for cross, bw, lat in ((True, hw.scaleout_bandwidth, hw.scaleout_latency),
-                           (False, hw.scaleup_bandwidth, hw.scaleup_latency)):
+    for cross, bw, lat in ((True, hw.scale_out_bandwidth, hw.scale_out_latency),
+                           (False, hw.scale_up_bandwidth, hw.scale_up_latency)):
         want = lat + nbytes / (bw * float(p["p2p_bw_eff"]))
         assert float(kv_transfer_time(p, hw, m, prec, ISL, pre, dec, cross)) == pytest.approx(want, rel=1e-5)
     # Over InfiniBand (50 GB/s) a 1.3 GB prompt cache takes ~10 ms even on 4 links; NVLink ~9x less.
@@ -122,13 +130,13 @@ def test_alltoall_jumps_when_ep_leaves_the_nvlink_domain(p):
     def expected(ep):
         hit = 1 - (1 - 1 / ep) ** k                 # share of EP ranks a token's k experts hit
         per_gpu = tokens * hit * d * (ep - 1) / ep  # elements each GPU exchanges
-        f_out = max(0.0, 1 - hw.scaleup_domain / ep)
+        f_out = max(0.0, 1 - hw.scale_up_domain / ep)
         t = 0.0
         for nbytes in (prec.qact_bytes, prec.act_bytes):   # dispatch, combine
-            t_nv = hw.scaleup_latency + float(p["alltoall_latency_nvlink_s"]) + per_gpu * nbytes * (1 - f_out) / (
-                hw.scaleup_bandwidth * float(p["alltoall_bw_eff_nvlink"]))
-            t_net = hw.scaleout_latency + float(p["alltoall_latency_net_s"]) + per_gpu * nbytes * f_out / (
-                hw.scaleout_bandwidth * float(p["alltoall_bw_eff_net"]))
+            t_nv = hw.scale_up_latency + float(p["alltoall_latency_nvlink_s"]) + per_gpu * nbytes * (1 - f_out) / (
+                hw.scale_up_bandwidth * float(p["alltoall_bw_eff_nvlink"]))
+            t_net = hw.scale_out_latency + float(p["alltoall_latency_net_s"]) + per_gpu * nbytes * f_out / (
+                hw.scale_out_bandwidth * float(p["alltoall_bw_eff_net"]))
             t += max(t_nv, t_net) if f_out > 0 else t_nv
         return t
 

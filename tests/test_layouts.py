@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from jaxplan import layouts as L
-from jaxplan.serving import Layout
+from jaxplan.layouts import Layout
 from jaxplan.specs import SpecError
 
 
@@ -154,7 +154,7 @@ def test_expand_crosses_batches_up_to_the_memory_limit_and_chunks():
     assert set(cols["chunk"]) == {512.0, 4096.0, 8192.0}
     rows = set(zip(*(cols[k] for k in ("tp", "ep", "adp", "batch", "chunk"))))
     expect = set()
-    for i, (tp, pp, ep, dp, adp) in enumerate(configs):
+    for i, (tp, _pp, ep, _dp, adp) in enumerate(configs):
         for b in per[i]:
             for c in (512, 4096, 8192):
                 expect.add((tp, ep, adp, b, c))

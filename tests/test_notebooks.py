@@ -120,7 +120,7 @@ def test_hardware_sensitivity_notebook():
 
 def test_fit_to_benchmarks_notebook():
     """Fits one GPU's kernel tables on a small subsample (the notebook reads JAXPLAN_NB_SMALL)."""
-    from jaxplan.measurements import default_kernels_dir
+    from jaxplan.calibrate.kernels import default_kernels_dir
     tables = default_kernels_dir("h100-sxm")
     if not (tables / "gemm_perf.csv.gz").is_file():
         pytest.skip(f"shared kernel tables absent ({tables}): ../shared/data is not checked out")

@@ -17,8 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxplan import layouts as L
-from jaxplan.serving import Layout, evaluate
-from jaxplan.specs import Workload
+from jaxplan.layouts import Layout
+from jaxplan.serving import evaluate
+from jaxplan.specs import SpecError, Workload
 from jaxplan.sweep import batched_evaluator
 
 N = 16                                   # rows per evaluation: one compile per model
@@ -124,7 +125,7 @@ def test_saturation_occurs_in_the_drawn_space(run, tables, h100):
 
 # ----------------------------------------------------------------------------- physical laws
 
-HW_FIELDS = ("hbm_bandwidth", "scaleup_bandwidth", "scaleout_bandwidth", "fp8_flops", "bf16_flops")
+HW_FIELDS = ("hbm_bandwidth", "scale_up_bandwidth", "scale_out_bandwidth", "fp8_flops", "bf16_flops")
 
 
 @settings(max_examples=25, deadline=None)
@@ -265,8 +266,8 @@ def test_gradients_exist_and_are_finite_everywhere(jac, p):
 
 
 FD_LEAVES = [("hw", "hbm_bandwidth"), ("p", "gemm_eff_fp8"), ("p", "step_overhead_s"), ("wl", "isl"),
-             ("wl", "osl"), ("hw", "scaleup_bandwidth"), ("p", "moe_mem_eff"), ("p", "kernel_latency_s"),
-             ("hw", "scaleout_bandwidth")]
+             ("wl", "osl"), ("hw", "scale_up_bandwidth"), ("p", "moe_mem_eff"), ("p", "kernel_latency_s"),
+             ("hw", "scale_out_bandwidth")]
 
 
 @pytest.mark.parametrize("kind,name", FD_LEAVES, ids=[n for _, n in FD_LEAVES])
@@ -344,7 +345,7 @@ def test_request_overhead_adds_to_ttft_only(p, h100, fp8, models):
 
 
 def test_benchmark_ttft_mixes_one_cold_wave_into_the_steady_state():
-    from jaxplan.validate_serving import benchmark_ttft
+    from jaxplan.calibrate.serving_predict import benchmark_ttft
     m = {"ttft_s": jnp.asarray([0.1, 0.1]), "cold_start_ttft_s": jnp.asarray([0.5, 0.5]),
          "prefill_saturated": jnp.asarray([False, True])}
     # 4 requests per client: one cold (0.5 s) and three steady (0.1 s)
@@ -410,13 +411,16 @@ def test_wave_queues_the_whole_batch_and_prefill_first_about_one_iteration(p, h1
     prompts, k = 64 * 4096 / 8192 = 32 full chunk iterations, mean TTFT the front end plus (k + 1)
     / 2 = 16.5 of them; staggered prefill-first arrivals wait about one iteration, then their own
     prefill. SGLang's default is the wave, any scheduler can be named instead."""
-    from jaxplan.serving import evaluator_for, round_time, scheduler_name
-    assert scheduler_name("sglang") == "wave" and scheduler_name("trtllm") == "mixed"
-    assert scheduler_name("prefill_first") == "prefill_first"
+    from jaxplan.serving import evaluator, round_time
+    from jaxplan.specs import scheduler_for
+    assert scheduler_for("sglang") == "wave" and scheduler_for("trtllm") == "mixed"
+    assert scheduler_for("prefill_first") == "prefill_first"
+    with pytest.raises(SpecError, match="neither a scheduler"):
+        scheduler_for("fastest")
     model, wl = models("llama-3.1-8b"), Workload(4096.0, 256.0)
     lay = Layout(*(jnp.float32(v) for v in (1, 1, 1, 1, 64, 8192, 1)))
     pp = {**p, "request_overhead_s": jnp.float32(0.1)}
-    wave = jax.jit(evaluator_for("sglang"), static_argnums=(2, 3))(pp, h100, model, fp8, wl, lay)
+    wave = jax.jit(evaluator("sglang"), static_argnums=(2, 3))(pp, h100, model, fp8, wl, lay)
     t_chunk = float(round_time(pp, h100, model, fp8, wl, lay, jnp.float32(0.0), jnp.float32(8192.0)))
     assert float(wave["ttft_s"]) == pytest.approx(0.1 + 16.5 * t_chunk, rel=1e-4)
     m, _, t_pre, _ = prefill_first(64.0, wl)

@@ -13,8 +13,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jaxplan.specs import (HARDWARE_KEYS, SpecError, load_hardware, load_model, model_from_dict,
-                           model_from_hf_config, preset_names)
+from jaxplan.specs import (
+    HARDWARE_BY_KEY,
+    SpecError,
+    load_hardware,
+    load_model,
+    model_from_dict,
+    model_from_hf_config,
+    preset_names,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -226,30 +233,30 @@ def test_hardware_si_units():
     assert h100.hbm_capacity == 80e9
     assert h100.bf16_flops == 989e12 and h100.fp8_flops == 1979e12
     assert h100.fp4_flops == 0 and h100.rates == ("bf16", "fp8")
-    assert h100.scaleup_domain == 8
-    assert h100.scaleup_bandwidth == 450e9 and h100.scaleout_bandwidth == 50e9
-    assert h100.scaleup_latency == pytest.approx(3e-6) and h100.scaleout_latency == pytest.approx(5e-6)
+    assert h100.scale_up_domain == 8
+    assert h100.scale_up_bandwidth == 450e9 and h100.scale_out_bandwidth == 50e9
+    assert h100.scale_up_latency == pytest.approx(3e-6) and h100.scale_out_latency == pytest.approx(5e-6)
 
     h200 = load_hardware("h200-sxm")
     assert (h200.hbm_bandwidth, h200.hbm_capacity, h200.fp8_flops) == (4.8e12, 141e9, 1979e12)
 
     b200 = load_hardware("b200")
     assert (b200.bf16_flops, b200.fp8_flops, b200.fp4_flops) == (2250e12, 4500e12, 9000e12)
-    assert (b200.hbm_bandwidth, b200.hbm_capacity, b200.scaleup_bandwidth) == (8e12, 180e9, 900e9)
-    assert b200.rates == ("bf16", "fp8", "fp4") and b200.scaleup_domain == 8
+    assert (b200.hbm_bandwidth, b200.hbm_capacity, b200.scale_up_bandwidth) == (8e12, 180e9, 900e9)
+    assert b200.rates == ("bf16", "fp8", "fp4") and b200.scale_up_domain == 8
 
     gb200 = load_hardware("gb200-nvl72")
     assert (gb200.bf16_flops, gb200.fp8_flops, gb200.fp4_flops) == (2500e12, 5000e12, 10000e12)
     assert (gb200.hbm_bandwidth, gb200.hbm_capacity) == (8e12, 192e9)
-    assert (gb200.scaleup_domain, gb200.scaleup_bandwidth, gb200.scaleout_bandwidth) == (72, 900e9, 100e9)
+    assert (gb200.scale_up_domain, gb200.scale_up_bandwidth, gb200.scale_out_bandwidth) == (72, 900e9, 100e9)
 
 
 def test_hardware_keys_cover_presets():
-    """Presets use only HARDWARE_KEYS plus name/source, and give every required one."""
+    """Presets use only the hardware numbers' YAML keys plus name/source, and give every required one."""
     for name in HARDWARE_PRESETS:
         data = yaml.safe_load((CONFIGS / "hardware" / f"{name}.yaml").read_text())
-        assert set(data) - {"name", "source"} <= set(HARDWARE_KEYS)
-        assert set(HARDWARE_KEYS) - {"fp4_dense_tflops"} <= set(data)
+        assert set(data) - {"name", "source"} <= set(HARDWARE_BY_KEY)
+        assert {k for k, h in HARDWARE_BY_KEY.items() if not h.optional} <= set(data)
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -293,7 +300,7 @@ def test_hardware_unknown_key(tmp_path):
     p = _write(tmp_path, data)
     msg = _error(load_hardware, p)
     assert str(p) in msg and "hbm_bandwidth_gb_s" in msg
-    assert "allowed keys" in msg and all(k in msg for k in HARDWARE_KEYS)
+    assert "allowed keys" in msg and all(k in msg for k in HARDWARE_BY_KEY)
 
 
 def test_model_missing_key(tmp_path):

@@ -158,7 +158,7 @@ def test_compiles_once_per_shape(exp, p, cols200):
     hw, wl = exp.hardware, exp.workload
     r1 = S.evaluate_layouts(p, hw, exp.model, exp.precision, wl, cols200, chunk=64, metric_fn=once)
     p2 = dict(p, step_overhead_s=jnp.float32(5e-3), mem_eff=jnp.float32(0.7))
-    hw2 = hw.replace(hbm_bandwidth=2 * hw.hbm_bandwidth, scaleup_bandwidth=900e9)
+    hw2 = hw.replace(hbm_bandwidth=2 * hw.hbm_bandwidth, scale_up_bandwidth=900e9)
     wl2 = Workload(4096.0, 1024.0)
     other = {k: v[::-1][:150].copy() for k, v in cols200.items()}        # 150 rows: padded chunks
     r2 = S.evaluate_layouts(p2, hw2, exp.model, exp.precision, wl2, other, chunk=64, metric_fn=once)

@@ -13,11 +13,14 @@ import math
 import numpy as np
 import pytest
 
-from jaxplan import validate_serving as vs
+from jaxplan import cli
+from jaxplan.calibrate import serving_data as sd
+from jaxplan.calibrate import serving_fit as sf
+from jaxplan.calibrate import serving_predict as sp
 from jaxplan.params import default_params
 from jaxplan.specs import SpecError
 
-SERVING = vs.default_data_dir() / "serving" / "silicon_hopper.csv"
+SERVING = sd.default_data_dir() / "serving" / "silicon_hopper.csv"
 pytestmark = pytest.mark.skipif(not SERVING.is_file(),
                                 reason=f"shared serving data not found at {SERVING} (../shared/data is absent)")
 
@@ -27,7 +30,7 @@ QWEN35_ROWS = 45           # Qwen/Qwen3.5-397B-A17B: hybrid linear attention, re
 
 @pytest.fixture(scope="module")
 def loaded():
-    return vs.load_serving(SERVING)
+    return sd.load_serving(SERVING)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +41,7 @@ def by_id(loaded):
 @pytest.fixture(scope="module")
 def validation(loaded):
     cases, unmapped = loaded
-    return vs.validate(cases, unmapped, params=default_params())
+    return sp.validate(cases, unmapped, params=default_params())
 
 
 def _lay(c):
@@ -59,7 +62,7 @@ def test_unmapped_reasons(loaded):
     qwen35 = [u for u in unmapped if "Qwen3.5" in u.model_path]
     assert len(qwen35) == QWEN35_ROWS
     assert all(u.reason == "model rejected by the loader" and "linear_attention" in u.detail for u in qwen35)
-    counts = {r: n for r, n, _ in vs.unmapped_counts(unmapped)}
+    counts = {r: n for r, n, _ in sd.unmapped_counts(unmapped)}
     assert counts["model rejected by the loader"] == QWEN35_ROWS
     # vLLM Qwen3-235B rows with tp_size 1 but moe_tp_size 2: 1 GPU of attention vs 2 of experts
     row = "qwen_qwen3_235b_a22b_fp8_qwen_qwen3_235b_a22b_fp8_h200_sxm_vllm_agg_1000x100_c8_tp1_epnone_2"
@@ -71,7 +74,7 @@ def test_dense_row_bf16(by_id):
     # Llama-3.1-8B-Instruct, trtllm, precision blank, tp 1, batch 8, concurrency 8
     c = by_id["meta_llama_llama_3_1_8b_instruct_meta_llama_llama_3_1_8b_instruct_h100_sxm_trtllm_agg_1024x128_c8_tp1_epnone_1"]
     assert c.model.name == "llama-3.1-8b" and c.precision.name == "bf16" and c.hardware.name == "h100-sxm"
-    assert _lay(c) == dict(tp=1, pp=1, ep=1, adp=1, batch=8, chunk=vs.CHUNK["trtllm"])
+    assert _lay(c) == dict(tp=1, pp=1, ep=1, adp=1, batch=8, chunk=sd.CHUNK["trtllm"])
     assert c.concurrency == 8 and c.replicas == 1 and (c.isl, c.osl) == (1024, 128)
 
 
@@ -79,25 +82,25 @@ def test_moe_attention_tp_row(by_id):
     # DeepSeek-V3, sglang, tp 8, adp 1, moe_tp 8, moe_ep 1, batch 4: experts TP8, attention TP8
     c = by_id["dsr1_h200_sglang_fp8_agg_1024x1024_c4_cfg81"]
     assert c.model.name == "deepseek-v3" and c.precision.name == "fp8" and c.hardware.name == "h200-sxm"
-    assert _lay(c) == dict(tp=8, pp=1, ep=1, adp=1, batch=4, chunk=vs.CHUNK["sglang"])
+    assert _lay(c) == dict(tp=8, pp=1, ep=1, adp=1, batch=4, chunk=sd.CHUNK["sglang"])
 
 
 def test_attention_dp_row_batch_is_per_rank(by_id):
     # DeepSeek-R1 trtllm: tp 1, adp 8, moe_tp 1, moe_ep 8, batch_size 32, concurrency 256 = 32 * 8
     c = by_id["2026_03_25_deepseek_r1_h200_sxm_trtllm_fp8_agg_1024x8192_c256_tp8_0_ep8_0_1238"]
     assert c.model.name == "DeepSeek-R1"
-    assert _lay(c) == dict(tp=1, pp=1, ep=8, adp=8, batch=256, chunk=vs.CHUNK["trtllm"])
+    assert _lay(c) == dict(tp=1, pp=1, ep=8, adp=8, batch=256, chunk=sd.CHUNK["trtllm"])
     assert c.concurrency == 256 and c.replicas == 1
     # MiniMax-M2.5 vllm: tp 4, adp 4 (16 GPUs), moe_tp 1, moe_ep 16, batch 8, concurrency 32
     c = by_id["2026_04_06_minimax_m2_5_h100_sxm_vllm_fp8_agg_8192x1024_c32_tp4_ep4_1322"]
-    assert _lay(c) == dict(tp=1, pp=1, ep=16, adp=4, batch=32, chunk=vs.CHUNK["vllm"])
+    assert _lay(c) == dict(tp=1, pp=1, ep=16, adp=4, batch=32, chunk=sd.CHUNK["vllm"])
 
 
 def test_weight_only_fp4_and_replicas(by_id):
     # gpt-oss-120b "fp4" on Hopper -> MXFP4 weights on BF16 tensor cores
     c = by_id["2026_03_25_gpt_oss_120b_h100_sxm_vllm_fp4_agg_1024x1024_c64_tp4_0_ep1_0_185"]
     assert c.precision.name == "mxfp4"
-    assert _lay(c) == dict(tp=4, pp=1, ep=1, adp=1, batch=64, chunk=vs.CHUNK["vllm"])
+    assert _lay(c) == dict(tp=4, pp=1, ep=1, adp=1, batch=64, chunk=sd.CHUNK["vllm"])
     # concurrency 192 on batch_size 48: four identical replicas of TP4
     c = by_id["openai_gpt_oss_120b_openai_gpt_oss_120b_h100_sxm_trtllm_agg_4000x1000_c192_tp4_epnone_1"]
     assert c.precision.name == "fp8" and c.replicas == 4 and float(c.layout.batch) == 48
@@ -109,7 +112,7 @@ def test_disagg_rows(by_id):
     c = by_id["dsr1_h200_trtllm_fp8_disagg_8192x1024_c192_cfg325"]
     assert c.mode == "disagg" and (c.prefill_workers, c.decode_workers) == (2, 3) and c.concurrency == 192
     pre = {f: float(getattr(c.prefill, f)) for f in ("tp", "pp", "ep", "adp", "chunk")}
-    assert pre == dict(tp=1, pp=1, ep=8, adp=8, chunk=vs.CHUNK["trtllm"])
+    assert pre == dict(tp=1, pp=1, ep=8, adp=8, chunk=sd.CHUNK["trtllm"])
     assert (float(c.decode.tp), float(c.decode.ep), float(c.decode.adp)) == (1, 8, 8)
     assert c.gpus == 40 and c.cross_network             # 5 workers x 8 GPUs > one 8-GPU NVLink domain
     # blank worker counts -> 0, derived in evaluate_disagg; tp 16 = moe_ep 16 in each pool
@@ -125,14 +128,14 @@ def test_disagg_rows(by_id):
 
 def test_user_errors_name_the_problem(tmp_path):
     with pytest.raises(SpecError, match="does not exist"):
-        vs.load_serving(tmp_path / "nope.csv")
+        sd.load_serving(tmp_path / "nope.csv")
     bad = tmp_path / "bad.csv"
     bad.write_text("id,model_path,system,backend\nx,a/b,h100_sxm,trtllm\n")
     with pytest.raises(SpecError, match="silicon_ttft_ms"):
-        vs.load_serving(bad)
+        sd.load_serving(bad)
     args = argparse.Namespace(serving=str(tmp_path / "nope.csv"), params=None, out=str(tmp_path))
     with pytest.raises(SpecError, match="does not exist"):
-        vs.validate_serving_command(args)
+        cli.validate_serving_command(args)
 
 
 # ----------------------------------------------------------------------------- predictions
@@ -195,13 +198,13 @@ def test_overheads_enter_as_one_scalar(loaded, validation):
     p = default_params()
     a = {**p, **{f"step_overhead_{b}_s": np.float32(1e-3) for b in ("trtllm", "vllm", "sglang")},
          **{f"layer_overhead_{b}_s": np.float32(2e-5) for b in ("trtllm", "vllm", "sglang")}}
-    base = vs.predict(cases, a)
+    base = sp.predict(cases, a)
     # the same o = 1e-3 + L * 2e-5, all of it in the step term, for the models of L layers
     for layers in (32, 61):
         sel = [i for i, c in enumerate(cases) if c.model.num_layers == layers]
         b = {**p, **{f"step_overhead_{k}_s": np.float32(1e-3 + layers * 2e-5) for k in ("trtllm", "vllm", "sglang")},
              **{f"layer_overhead_{k}_s": np.float32(0.0) for k in ("trtllm", "vllm", "sglang")}}
-        other = vs.predict(cases, b)
+        other = sp.predict(cases, b)
         np.testing.assert_allclose(other["ttft_s"][sel], base["ttft_s"][sel], rtol=2e-4)
         np.testing.assert_allclose(other["tpot_s"][sel], base["tpot_s"][sel], rtol=2e-4)
 
@@ -210,15 +213,15 @@ def test_overheads_enter_as_one_scalar(loaded, validation):
 
 def test_serving_fit_lowers_the_loss(loaded):
     cases, _ = loaded
-    pool = [c for c in cases if c.system == vs.TRAIN_SYSTEM and c.model.name == "llama-3.1-8b"
+    pool = [c for c in cases if c.system == sf.TRAIN_SYSTEM and c.model.name == "llama-3.1-8b"
             and c.backend == "trtllm"]
-    sub = vs.subsample(pool, 24, seed=0)
-    assert sub == vs.subsample(pool, 24, seed=0) and len(sub) == 24       # deterministic
+    sub = sf.subsample(pool, 24, seed=0)
+    assert sub == sf.subsample(pool, 24, seed=0) and len(sub) == 24       # deterministic
     p = default_params()
-    fitted, info = vs.fit_serving(p, sub, ("step_overhead_trtllm_s", "layer_overhead_trtllm_s"), steps=40)
+    fitted, info = sf.fit_step_overheads(p, sub, ("step_overhead_trtllm_s", "layer_overhead_trtllm_s"), steps=40)
     assert info["loss_after"] < info["loss_before"]
-    before = vs.serving_loss(sub, vs.predict(sub, p))
-    after = vs.serving_loss(sub, vs.predict(sub, fitted))
+    before = sf.serving_loss(sub, sp.predict(sub, p))
+    after = sf.serving_loss(sub, sp.predict(sub, fitted))
     assert math.isclose(before, info["loss_before"], rel_tol=1e-3)         # the tabulation is the model
     assert after < before
     assert fitted["step_overhead_trtllm_s"] != p["step_overhead_trtllm_s"]
@@ -226,7 +229,7 @@ def test_serving_fit_lowers_the_loss(loaded):
         if k not in ("step_overhead_trtllm_s", "layer_overhead_trtllm_s"):
             assert float(fitted[k]) == pytest.approx(float(p[k]), rel=1e-5), k
     with pytest.raises(SpecError, match="serving-level"):
-        vs.fit_serving(p, sub, ("gemm_eff_bf16",), steps=1)
+        sf.fit_step_overheads(p, sub, ("gemm_eff_bf16",), steps=1)
 
 
 def test_disagg_overhead_fit_recovers_a_known_overhead(loaded):
@@ -235,19 +238,19 @@ def test_disagg_overhead_fit_recovers_a_known_overhead(loaded):
     prediction) end at the bound and keep the start value; too few rows keep it too."""
     import dataclasses
     cases, _ = loaded
-    pool = [c for c in cases if c.mode == "disagg" and c.backend == "sglang" and c.system == vs.TRAIN_SYSTEM
+    pool = [c for c in cases if c.mode == "disagg" and c.backend == "sglang" and c.system == sf.TRAIN_SYSTEM
             and c.model.name == "DeepSeek-R1"]
-    sub = vs.subsample(pool, 12, seed=0)
+    sub = sf.subsample(pool, 12, seed=0)
     assert len(sub) == 12
     p = default_params()
-    truth = vs.predict(sub, {**p, "disagg_overhead_sglang_s": np.float32(0.3)})["ttft_s"]
+    truth = sp.predict(sub, {**p, "disagg_overhead_sglang_s": np.float32(0.3)})["ttft_s"]
     synth = [dataclasses.replace(c, ttft_ms=float(t) * 1e3) for c, t in zip(sub, truth)]
-    fitted, rep = vs.fit_ttft_overheads(p, synth, "disagg")
+    fitted, rep = sf.fit_ttft_overheads(p, synth, "disagg")
     assert float(fitted["disagg_overhead_sglang_s"]) == pytest.approx(0.3, rel=0.03)
     assert rep["sglang"]["loss_after"] < rep["sglang"]["loss_before"]
     assert rep["trtllm"]["rows"] == 0 and "kept" in rep["trtllm"]["status"]
     stalls = [dataclasses.replace(c, ttft_ms=float(t) * 5e4) for c, t in zip(sub, truth)]
-    fitted, rep = vs.fit_ttft_overheads(p, stalls, "disagg")
+    fitted, rep = sf.fit_ttft_overheads(p, stalls, "disagg")
     assert "disagg_overhead_sglang_s" not in fitted and "bound" in rep["sglang"]["status"]
 
 
@@ -255,7 +258,7 @@ def test_disagg_overhead_fit_recovers_a_known_overhead(loaded):
 
 def test_command_writes_predictions_and_plot(loaded, validation, tmp_path, capsys):
     args = argparse.Namespace(serving=str(SERVING), params=None, out=str(tmp_path / "val"))
-    assert vs.validate_serving_command(args) == 0
+    assert cli.validate_serving_command(args) == 0
     out = tmp_path / "val"
     with open(out / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -275,14 +278,14 @@ def test_command_writes_predictions_and_plot(loaded, validation, tmp_path, capsy
 
 def test_duplicate_measurements_keep_the_described_row(loaded):
     cases, _ = loaded
-    mask = vs.unique_mask(cases)
+    mask = sd.unique_mask(cases)
     ids = {c.id: i for i, c in enumerate(cases)}
     # one measurement, three ids: the DeepSeek-V3 cfg434 row gives the worker counts, the two
     # DeepSeek-R1 exports leave them blank
     full = "dsr1_h200_sglang_fp8_disagg_8192x1024_c256_cfg434"
     dups = ["2026_03_25_deepseek_r1_h200_sxm_sglang_fp8_disagg_8192x1024_c256_tp8_0_ep1_0_921",
             "2026_04_06_deepseek_r1_h200_sxm_sglang_fp8_disagg_8192x1024_c256_tp8_ep1_1447"]
-    keys = {vs.measurement_key(cases[ids[i]]) for i in [full] + dups}
+    keys = {sd.measurement_key(cases[ids[i]]) for i in [full] + dups}
     assert len(keys) == 1
     assert mask[ids[full]] and not any(mask[ids[i]] for i in dups)
 
@@ -294,7 +297,7 @@ def test_memory_cap_flags_overfull_replicas(by_id):
     small = by_id["meta_llama_llama_3_1_8b_instruct_meta_llama_llama_3_1_8b_instruct_h100_sxm_trtllm_agg_1024x128_c8_tp1_epnone_1"]
     assert big.precision.name == "bf16" and float(big.layout.tp) == 1 and float(big.layout.batch) == 16
     cases = [small, big]
-    cap = vs.memory_batch_cap(cases, default_params())
+    cap = sp.memory_batch_cap(cases, default_params())
     assert cap[0] >= float(small.layout.batch)        # 8 short requests beside 16 GB of Llama-8B
     assert 0 < cap[1] < float(big.layout.batch)
 
@@ -306,17 +309,17 @@ def test_request_overhead_fit_recovers_a_known_front_end_latency(loaded):
     some of the N requests and fewer decode at once."""
     import dataclasses
     cases, _ = loaded
-    pool = [c for c in cases if c.mode == "agg" and c.backend == "trtllm" and c.system == vs.TRAIN_SYSTEM
+    pool = [c for c in cases if c.mode == "agg" and c.backend == "trtllm" and c.system == sf.TRAIN_SYSTEM
             and c.model.name == "llama-3.1-8b"]
-    sub = vs.subsample(pool, 16, seed=1)
+    sub = sf.subsample(pool, 16, seed=1)
     p = default_params()
-    base = vs.predict(sub, p)
-    with_o = vs.predict(sub, {**p, "request_overhead_trtllm_s": np.float32(0.12)})
+    base = sp.predict(sub, p)
+    with_o = sp.predict(sub, {**p, "request_overhead_trtllm_s": np.float32(0.12)})
     assert np.all(with_o["tpot_s"] <= base["tpot_s"] * (1 + 1e-6))
     assert np.all(with_o["decode_batch"] <= base["decode_batch"] * (1 + 1e-6))
     assert np.all(with_o["ttft_s"] > base["ttft_s"])
     synth = [dataclasses.replace(c, ttft_ms=float(t) * 1e3) for c, t in zip(sub, with_o["ttft_s"])]
-    fitted, rep = vs.fit_ttft_overheads(p, synth, "request")
+    fitted, rep = sf.fit_ttft_overheads(p, synth, "request")
     assert float(fitted["request_overhead_trtllm_s"]) == pytest.approx(0.12, rel=0.03)
     assert set(fitted) == {"request_overhead_trtllm_s"}
     assert "rows < 8" in rep["vllm"]["status"]
@@ -331,7 +334,7 @@ def test_scheduler_override_reprices_only_that_backends_aggregated_rows(loaded, 
     sel = [i for i, c in enumerate(cases) if c.system == "h200_sxm" and c.model.name.startswith("DeepSeek")
            and c.mode == "agg" and c.backend in ("sglang", "trtllm")][:48]
     sub = [cases[i] for i in sel]
-    pred = vs.predict(sub, default_params(), schedulers=vs.parse_schedulers(["sglang=prefill_first"]))
+    pred = sp.predict(sub, default_params(), schedulers=cli.parse_schedulers(["sglang=prefill_first"]))
     sg = np.asarray([c.backend == "sglang" for c in sub])
     assert sg.any() and (~sg).any()
     base = {k: v[sel] for k, v in validation.pred.items()}
@@ -341,4 +344,4 @@ def test_scheduler_override_reprices_only_that_backends_aggregated_rows(loaded, 
     assert np.all(pred["ttft_s"][sg][k > 4] < base["ttft_s"][sg][k > 4])
     for bad in (["sglang"], ["sgl=wave"], ["sglang=lockstep"]):
         with pytest.raises(SpecError, match="prefill_first"):
-            vs.parse_schedulers(bad)
+            cli.parse_schedulers(bad)

@@ -22,14 +22,18 @@ import dataclasses
 import datetime as _dt
 import sys
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
-from .measurements import (KINDS, KindRows, Measurements, default_kernels_dir,
-                           holdout_groups, load_kernels, predict_seconds)
-from .specs import SpecError
+from ..params import default_params, from_raw, load_params, params_for, to_raw
+from ..specs import Hardware, SpecError, load_hardware
+from .kernels import KINDS, KindRows, Measurements, default_kernels_dir, holdout_groups, load_kernels, predict_seconds
+from .stats import error_stats
 
 DEFAULT_STEPS = 1500
 DEFAULT_LR = 0.05
@@ -121,7 +125,6 @@ def stratified_subsample(idx: np.ndarray, keys: np.ndarray, cap: int, seed: int,
 
 def _bucket_arrays(rows: KindRows, idx: np.ndarray, weight: float):
     """[(kind, static, x, log_measured, weight)] for the rows idx, one entry per static bucket."""
-    import jax.numpy as jnp
     sub = rows.take(idx)
     out = []
     for static, b in sub.buckets():
@@ -133,7 +136,6 @@ def _bucket_arrays(rows: KindRows, idx: np.ndarray, weight: float):
 
 
 def _predict_buckets(p, hw, statics, xs):
-    import jax.numpy as jnp
     outs = []
     for (kind, static), x in zip(statics, xs):
         t = predict_seconds(kind, p, hw, x, dict(static))
@@ -143,8 +145,6 @@ def _predict_buckets(p, hw, statics, xs):
 
 def predict_measurements(params, hw, meas: Measurements, kinds=None) -> dict:
     """Predicted seconds (numpy) of every mapped row: kind -> array aligned with meas.kinds[kind]."""
-    import jax
-    import jax.numpy as jnp
     kinds = [k for k in meas.kinds if kinds is None or k in kinds]
     statics, xs, index = [], [], []
     for kind in kinds:
@@ -162,32 +162,6 @@ def predict_measurements(params, hw, meas: Measurements, kinds=None) -> dict:
     return out
 
 
-# ----------------------------------------------------------------------------- metrics
-
-def error_stats(pred: np.ndarray, meas: np.ndarray) -> dict:
-    """MAPE, median and p90 absolute percentage error (in %), and the count."""
-    if len(meas) == 0:
-        return {"n": 0, "mape": float("nan"), "median_ape": float("nan"), "p90_ape": float("nan")}
-    ape = np.abs(pred / meas - 1.0) * 100.0
-    return {"n": int(len(meas)), "mape": float(ape.mean()), "median_ape": float(np.median(ape)),
-            "p90_ape": float(np.percentile(ape, 90))}
-
-
-def format_report(report: Mapping) -> str:
-    lines = [f"{'kind':<22} {'set':<8} {'rows':>8} {'MAPE%':>7} {'median%':>8} {'p90%':>7}"]
-    for kind, sets in report.items():
-        for name in ("train", "holdout", "all"):
-            if name not in sets:
-                continue
-            s = sets[name]
-            if not s["n"]:
-                lines.append(f"{kind:<22} {name:<8} {0:>8} {'-':>7} {'-':>8} {'-':>7}")
-                continue
-            lines.append(f"{kind:<22} {name:<8} {s['n']:>8,} {s['mape']:>7.1f} {s['median_ape']:>8.1f} "
-                         f"{s['p90_ape']:>7.1f}")
-    return "\n".join(lines)
-
-
 # ----------------------------------------------------------------------------- the fit
 
 @dataclasses.dataclass
@@ -203,21 +177,16 @@ class FitResult:
     meas: Measurements
 
 
-# The kernel tables carry one-off spikes (an MoE row at 482 us between neighbours at ~100 us, the
-# same shape measured 2x apart), and a squared loss lets them drag the bulk: with it the median
-# MoE row on H100 sat 13% over its measurement while a spiky tail sat far under. A Huber loss on
-# the log ratio (quadratic within HUBER_DELTA ~ 10%, linear beyond) bounds a row's pull. Chosen on
-# H100 (delta 0 / 0.05 / 0.1 / 0.2: MoE holdout MAPE 26.3 / 17.3 / 17.6 / 18.4%, GEMM 7.9 / 7.0 /
-# 7.1 / 7.4%); with 0.1 the holdout MAPE of H200, B200 and GB200 improves for every kind except
-# the batched MLA matmuls (weight 1/20) and, on three of four GPUs, the NCCL all-to-all
-# (benchmarks/fit_report.md).
+# The kernel tables carry one-off spikes (the same shape measured 2x apart, an isolated row at 5x
+# its neighbours), and a squared loss lets them drag the bulk. A Huber loss on the log ratio
+# (quadratic within HUBER_DELTA ~ 10%, linear beyond) bounds a row's pull; how delta was chosen and
+# what it did on each GPU: benchmarks/fit_report.md.
 HUBER_DELTA = 0.1
 
 
 def residual_loss(x):
     """Huber loss of a log ratio ``x``: ``x**2`` within :data:`HUBER_DELTA`, then linear with the
     same slope (``delta * (2|x| - delta)``), so it equals the squared loss for small errors."""
-    import jax.numpy as jnp
     a = jnp.abs(x)
     return jnp.where(a <= HUBER_DELTA, x ** 2, HUBER_DELTA * (2 * a - HUBER_DELTA))
 
@@ -226,12 +195,6 @@ def fit_measurements(meas: Measurements, hw, *, steps: int = DEFAULT_STEPS, seed
                      max_rows_per_kind: int | None = DEFAULT_MAX_ROWS_PER_KIND, init=None,
                      kinds=None, equal_kind_weights: bool = True, log=print) -> FitResult:
     """Fit params to already-loaded measurements on hardware ``hw``. Deterministic for a given seed."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    from .params import default_params, from_raw, to_raw
-
     t0 = time.perf_counter()
     kinds = [k for k in KINDS if k in meas.kinds and (kinds is None or k in kinds)]
     if not kinds:
@@ -302,6 +265,7 @@ def fit_measurements(meas: Measurements, hw, *, steps: int = DEFAULT_STEPS, seed
 
 
 def evaluate_report(params, hw, meas: Measurements, splits=None, kinds=None) -> dict:
+    """kind -> {"train": stats, "holdout": stats} (or {"all": stats} without ``splits``)."""
     pred = predict_measurements(params, hw, meas, kinds)
     report = {}
     for kind, pr in pred.items():
@@ -318,10 +282,9 @@ def evaluate_report(params, hw, meas: Measurements, splits=None, kinds=None) -> 
 def fit_profile(hardware_name: str, kernels_dir=None, steps: int = DEFAULT_STEPS, seed: int = 0, *,
                 max_rows_per_kind: int | None = DEFAULT_MAX_ROWS_PER_KIND, lr: float = DEFAULT_LR,
                 log=print, return_result: bool = False):
-    """Load one GPU's kernel tables (or a bench CSV), fit, and return ``(params, report)``.
-
-    ``kernels_dir`` defaults to ``../shared/data/kernels/<gpu>`` beside the repository."""
-    from .specs import load_hardware
+    """Load one GPU's kernel tables (or a bench CSV), fit, and return ``(params, report)`` (or the
+    whole :class:`FitResult` with ``return_result``). ``kernels_dir`` defaults to the shared tables
+    of the hardware (``kernels.default_kernels_dir``); ``log`` receives progress lines."""
     hw = load_hardware(hardware_name)
     path = Path(kernels_dir) if kernels_dir is not None else default_kernels_dir(hw.name)
     t0 = time.perf_counter()
@@ -334,35 +297,34 @@ def fit_profile(hardware_name: str, kernels_dir=None, steps: int = DEFAULT_STEPS
     if log:
         subs = [f"{k} {a:,} of {b:,}" for k, (a, b) in res.subsample.items() if a < b]
         if subs:
-            log("subsampled (stratified by holdout group, seed %d) train rows: %s" % (seed, "; ".join(subs)))
+            log(f"subsampled (stratified by holdout group, seed {seed}) train rows: {'; '.join(subs)}")
         log(f"fitted {len(res.fitted)} params ({', '.join(res.fitted)}); frozen {len(res.frozen)}")
         log(f"loss {res.losses[0]:.4f} -> {res.losses[-1]:.4f} in {steps} steps; seconds: {res.seconds}")
-        log(format_report(res.report))
     return res if return_result else (res.params, res.report)
 
 
 # ----------------------------------------------------------------------------- profile metadata
 
+def _pct(v) -> float | None:
+    """A fraction as a percentage rounded to 0.01 (None for NaN), as profiles record figures."""
+    return None if v != v else round(100.0 * float(v), 2)
+
+
 def profile_meta(res: FitResult, hw_name: str, source, steps: int, seed: int) -> dict:
     """What a fitted profile records about its fit: tables, date, steps, per-kind figures."""
-    import jax
     try:
-        from importlib.metadata import version
         __version__ = version("jaxplan")
-    except Exception:  # noqa: BLE001 - not installed: read the package attribute
-        __version__ = getattr(sys.modules.get(__package__), "__version__", "unknown")
-
-    def r(v):
-        return None if v != v else round(float(v), 2)
-    figures = {kind: {s: {"rows": st["n"], "mape_pct": r(st["mape"]), "median_ape_pct": r(st["median_ape"]),
-                          "p90_ape_pct": r(st["p90_ape"])} for s, st in sets.items()}
+    except PackageNotFoundError:          # not installed: read the package attribute
+        __version__ = getattr(sys.modules.get("jaxplan"), "__version__", "unknown")
+    figures = {kind: {s: {"rows": st["n"], "mape_pct": _pct(st["mape"]), "median_ape_pct": _pct(st["median"]),
+                          "p90_ape_pct": _pct(st["p90"])} for s, st in sets.items()}
                for kind, sets in res.report.items()}
     tables = sorted({Path(f).name for f in res.meas.sources})
     manifest = _manifest_versions(source)
     tables = [f"{t} (collected with {manifest[t]})" if t in manifest else t for t in tables]
     # relative to the repository (a committed measurement) or to the folder beside it (../shared)
     src = Path(source).resolve()
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     if src.is_relative_to(repo):
         src_label = str(src.relative_to(repo))
     elif src.is_relative_to(repo.parent):
@@ -378,7 +340,7 @@ def profile_meta(res: FitResult, hw_name: str, source, steps: int, seed: int) ->
         "loss": f"Huber loss (delta {HUBER_DELTA}) of the log ratio of predicted to measured time, each kernel "
                 f"kind weighted equally"
                 + (f" (weights {KIND_WEIGHTS})" if KIND_WEIGHTS else ""),
-        "optimizer": f"optax.adam, cosine decay from lr {DEFAULT_LR}; init: defaults + fit.FIT_INIT",
+        "optimizer": f"optax.adam, cosine decay from lr {DEFAULT_LR}; init: defaults + kernel_fit.FIT_INIT",
         "steps": steps, "seed": seed,
         "holdout": f"whole shape groups, ~{int(HOLDOUT_FRAC * 100)}% by hash of the group key",
         "subsample": {k: {"optimized_rows": a, "train_rows": b} for k, (a, b) in res.subsample.items()},
@@ -406,7 +368,6 @@ def _manifest_versions(source) -> dict:
 # ----------------------------------------------------------------------------- validation
 
 def _resolve_params(params, hw):
-    from .params import load_params, params_for
     if params is None:
         return params_for(hw.name)
     if isinstance(params, (str, Path)):
@@ -414,168 +375,32 @@ def _resolve_params(params, hw):
     return dict(params), "given"
 
 
-def validate_kernels(file, hardware, params=None, out=None, log=print) -> dict:
+@dataclasses.dataclass
+class KernelValidation:
+    """Predictions of every mapped row of a kernel table against its measurements."""
+    file: str
+    hardware: Hardware
+    meas: Measurements
+    pred: dict                    # kind -> predicted seconds, aligned with meas.kinds[kind]
+    report: dict                  # kind -> {"all": stats, "by_variant": {variant: stats}}
+    params_source: str
+
+
+def validate_kernels(file, hardware, params=None) -> KernelValidation:
     """Predict every mapped row of a kernel table (or a bench CSV) and compare with the measurement.
 
     ``hardware``: preset name, YAML path or a Hardware; ``params``: a params dict, a profile path, or
-    None for the hardware's shipped profile (else the defaults). With ``out`` (a folder), writes
-    ``predictions.csv`` and ``predicted_vs_measured.png`` (log-log, one colour per kind, y = x line).
-    Returns {kind: {"all": stats, "by_variant": {variant: stats}}, plus "_unmapped" and "_params"}."""
-    from .specs import Hardware, load_hardware
+    None for the hardware's shipped profile (else the defaults)."""
     hw = hardware if isinstance(hardware, Hardware) else load_hardware(hardware)
     p, source = _resolve_params(params, hw)
     meas = load_kernels(Path(file), hw)
-    if log:
-        log(meas.summary())
     if not meas.kinds:
-        raise SpecError(f"{file}: no row could be mapped onto a cost function (reasons above)")
+        raise SpecError(f"{file}: no row could be mapped onto a cost function ({meas.summary()})")
     pred = predict_measurements(p, hw, meas)
     report: dict = {}
     for kind, pr in pred.items():
         rows = meas.kinds[kind]
-        ape = np.abs(pr / rows.seconds - 1.0) * 100
-        st = error_stats(pr, rows.seconds)
-        st["within_10_pct"] = float(np.mean(ape <= 10) * 100)
-        st["within_25_pct"] = float(np.mean(ape <= 25) * 100)
-        report[kind] = {"all": st, "by_variant": {v: error_stats(pr[rows.variant == v], rows.seconds[rows.variant == v])
-                                                  for v in sorted(set(rows.variant.tolist()))}}
-    if log:
-        log(f"parameters: {source}")
-        log(format_report({k: {"all": v["all"]} for k, v in report.items()}))
-        for kind, v in report.items():
-            for var, st in v["by_variant"].items():
-                log(f"    {kind:<20} {var:<34} {st['n']:>8,} {st['mape']:>7.1f} {st['median_ape']:>8.1f} "
-                    f"{st['p90_ape']:>7.1f}")
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_predictions(out / "predictions.csv", meas, pred)
-        plot_predictions(out / "predicted_vs_measured.png", meas, pred, title=f"{Path(file).name} on {hw.name}")
-        if log:
-            log(f"wrote {out / 'predictions.csv'} and {out / 'predicted_vs_measured.png'}")
-    report["_unmapped"] = {f"{t}: {why}": n for (t, why), n in sorted(meas.unmapped.items())}
-    report["_params"] = source
-    return report
-
-
-def write_predictions(path, meas: Measurements, pred: Mapping) -> Path:
-    import csv
-    path = Path(path)
-    feat = sorted({k for kind in pred for k in meas.kinds[kind].x})
-    with path.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["kind", "table", "variant", "group", *feat, "measured_ms", "predicted_ms", "ape_pct"])
-        for kind, pr in pred.items():
-            rows = meas.kinds[kind]
-            cols = [rows.x.get(k, np.full(len(rows), np.nan)) for k in feat]
-            for i in range(len(rows)):
-                w.writerow([kind, rows.table[i], rows.variant[i], rows.group[i],
-                            *(f"{c[i]:.6g}" if c[i] == c[i] else "" for c in cols),
-                            f"{rows.seconds[i] * 1e3:.6g}", f"{pr[i] * 1e3:.6g}",
-                            f"{abs(pr[i] / rows.seconds[i] - 1) * 100:.3g}"])
-    return path
-
-
-def plot_predictions(path, meas: Measurements, pred: Mapping, title: str = "", max_points: int = 20000,
-                     axes=None):
-    """Log-log scatter of predicted vs measured time per kind with the y = x line."""
-    from .report import figure
-    fig = None
-    if axes is None:
-        fig, axes = figure(figsize=(7, 6))
-    lo, hi = np.inf, 0.0
-    for i, (kind, pr) in enumerate(pred.items()):
-        meas_s = meas.kinds[kind].seconds
-        idx = np.arange(len(meas_s))
-        if len(idx) > max_points:        # even thinning for a readable plot (deterministic)
-            idx = idx[:: int(np.ceil(len(idx) / max_points))]
-        axes.scatter(meas_s[idx] * 1e3, pr[idx] * 1e3, s=2, alpha=0.35, label=kind, color=f"C{i % 10}")
-        lo, hi = min(lo, meas_s.min(), pr.min()), max(hi, meas_s.max(), pr.max())
-    axes.plot([lo * 1e3, hi * 1e3], [lo * 1e3, hi * 1e3], "k-", lw=1, label="y = x")
-    axes.set_xscale("log")
-    axes.set_yscale("log")
-    axes.set_xlabel("measured (ms)")
-    axes.set_ylabel("predicted (ms)")
-    axes.set_title(title)
-    axes.legend(markerscale=4, fontsize=8)
-    if fig is not None:
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-    return path
-
-
-# ----------------------------------------------------------------------------- CLI
-
-def fit_command(args) -> int:
-    from .params import save_params
-    from .specs import load_hardware
-    hw = load_hardware(args.hardware)
-    kernels = Path(args.kernels) if args.kernels else default_kernels_dir(hw.name)
-    if not kernels.exists():
-        raise SpecError(f"--kernels: '{kernels}' does not exist (give a folder of kernel tables or a bench CSV)")
-    res = fit_profile(hw.name, kernels, steps=args.steps, seed=args.seed, max_rows_per_kind=args.max_rows,
-                      return_result=True)
-    params = res.params
-    meta = profile_meta(res, hw.name, kernels, args.steps, args.seed)
-    if args.serving:
-        from .validate_serving import TRAIN_SYSTEM, serving_fit
-        if not Path(args.serving).is_file():
-            raise SpecError(f"--serving: '{args.serving}' does not exist")
-        # Per-backend step/layer overheads, fitted on the TPOT of the H100 rows (H200 rows held
-        # out): with TTFT in the loss the fit trades TPOT for TTFT and the holdout gets worse,
-        # because the TTFT error left is scheduling, not overhead (benchmarks/serving_validation.md).
-        params, rep = serving_fit(params, args.serving, hw.name, metrics=("tpot",))
-        print(rep["text"])
-        meta["serving_fit"] = {"source": str(args.serving),
-                               "train": f"{TRAIN_SYSTEM} rows: step/layer overheads on TPOT, request "
-                                        f"overheads on aggregated TTFT, disaggregation overheads on "
-                                        f"disaggregated TTFT",
-                               "keys": sorted(rep["fitted_keys"]),
-                               **{kind: {b: d["status"] for b, d in fits.items()}
-                                  for kind, fits in rep["overhead_fits"].items()}}
-    out = save_params(params, args.out, meta=meta)
-    print(f"wrote {out}")
-    return 0
-
-
-def validate_command(args) -> int:
-    if not args.kernels and not args.serving:
-        raise SpecError("validate needs --kernels FILE (with --hardware) or --serving FILE")
-    code = 0
-    if args.kernels:
-        if not args.hardware:
-            raise SpecError("validate --kernels needs --hardware (the GPU the table was measured on)")
-        out = Path(args.out) if args.out else None
-        validate_kernels(args.kernels, args.hardware, args.params, out)
-    if args.serving:
-        from .validate_serving import validate_serving_command
-        code = validate_serving_command(args) or code
-    return code
-
-
-def register(subparsers) -> None:
-    """Add the ``fit`` and ``validate`` commands to the jaxplan CLI's subparsers."""
-    fp = subparsers.add_parser("fit", help="fit the cost model's parameters to measured kernel latencies")
-    fp.add_argument("--hardware", required=True, help="hardware preset name or YAML path")
-    fp.add_argument("--kernels", help="folder of kernel tables (*.csv.gz) or a `jaxplan bench` CSV "
-                                      "(default: ../shared/data/kernels/<gpu> beside the repository)")
-    fp.add_argument("--serving", help="serving measurements CSV (silicon_hopper.csv format): after the kernels, fit "
-                                      "the per-backend step/layer, front-end and disaggregation overheads on its "
-                                      "H100 rows (H200 rows: holdout)")
-    fp.add_argument("--out", required=True, metavar="PROFILE.yaml", help="where to write the fitted profile")
-    fp.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"optimizer steps (default {DEFAULT_STEPS})")
-    fp.add_argument("--seed", type=int, default=0, help="subsample seed (default 0)")
-    fp.add_argument("--max-rows", dest="max_rows", type=int, default=DEFAULT_MAX_ROWS_PER_KIND,
-                    help=f"train rows per kind the optimizer sees (stratified subsample; default "
-                         f"{DEFAULT_MAX_ROWS_PER_KIND})")
-    fp.set_defaults(fn=fit_command)
-    vp = subparsers.add_parser("validate", help="compare predictions with measured kernels or serving rows")
-    vp.add_argument("--kernels", metavar="FILE", help="a kernel table (*.csv.gz) or a `jaxplan bench` CSV")
-    vp.add_argument("--serving", metavar="FILE", help="serving measurements CSV (silicon_hopper.csv format)")
-    vp.add_argument("--hardware", help="hardware preset name or YAML path (required with --kernels)")
-    vp.add_argument("--params", help="parameter profile YAML (default: the hardware's shipped profile)")
-    vp.add_argument("--out", metavar="DIR", help="folder for predictions.csv and the scatter plot")
-    vp.add_argument("--scheduler", action="append", metavar="BACKEND=SCHEDULER",
-                    help="predict a backend's aggregated rows with another scheduler (repeatable), e.g. "
-                         "sglang=prefill_first; schedulers: mixed, prefill_first, wave")
-    vp.set_defaults(fn=validate_command)
+        report[kind] = {"all": error_stats(pr, rows.seconds),
+                        "by_variant": {v: error_stats(pr[rows.variant == v], rows.seconds[rows.variant == v])
+                                       for v in sorted(set(rows.variant.tolist()))}}
+    return KernelValidation(str(file), hw, meas, pred, report, source)

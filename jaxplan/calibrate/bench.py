@@ -1,7 +1,7 @@
 """Measure the local JAX devices into the layout of NVIDIA's TensorRT-LLM kernel tables.
 
-``run_bench`` times GEMMs, an HBM copy, prefill and decode attention and the four
-collectives on the devices JAX sees, and writes ONE CSV whose rows carry a column
+``measure`` times GEMMs, an HBM copy, prefill and decode attention and the four
+collectives on the devices JAX sees; ``report.write_bench`` writes ONE CSV whose rows carry a column
 ``kernel_table`` (``gemm_perf``, ``context_attention_perf``, ``generation_attention_perf``,
 ``nccl_perf``, ``mem_copy_perf``) followed by the union of those tables' columns, named and
 encoded as in ``../shared/data/kernels/<gpu>/<table>.csv.gz`` (blank where a column does not
@@ -26,26 +26,28 @@ Conventions copied from the shared tables:
 * ``mem_copy_perf`` (no counterpart in the shared data): ``message_size`` = bytes copied
   (read once and written once), ``op_name = mem_copy``.
 
-CLI: ``jaxplan bench [--quick] [--out FILE.csv]`` via :func:`add_bench_args` and
-:func:`bench_command`, or ``python -m jaxplan.bench``.
+CLI: ``jaxplan bench [--quick] [--out FILE.csv]``.
 """
 from __future__ import annotations
 
-import argparse
-import csv
 import datetime as _dt
 import functools
 import math
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ..specs import SpecError
 
 # ----------------------------------------------------------------------------- table layout
 
@@ -150,7 +152,7 @@ class BenchConfig:
     max_unroll: int
 
     @staticmethod
-    def quick() -> "BenchConfig":
+    def quick() -> BenchConfig:
         return BenchConfig(
             gemm_pairs=((256, 256), (512, 256), (512, 512)), gemm_m=(1, 16, 256),
             copy_bytes=(1 << 16, 1 << 20, 1 << 22),
@@ -160,7 +162,7 @@ class BenchConfig:
             repeats=3, target_sample_s=2e-4, max_inner=20, max_unroll=4)
 
     @staticmethod
-    def full() -> "BenchConfig":
+    def full() -> BenchConfig:
         return BenchConfig(
             gemm_pairs=tuple(gemm_shapes()), gemm_m=tuple(_pow2(1, 16384)),
             copy_bytes=tuple(_pow2(1 << 20, 1 << 30)),
@@ -224,7 +226,7 @@ class DeviceInfo:
     mem_cap_bytes: int
 
     @staticmethod
-    def detect() -> "DeviceInfo":
+    def detect() -> DeviceInfo:
         devs = jax.devices()
         d0 = devs[0]
         platform = d0.platform
@@ -262,7 +264,7 @@ class CaseSkipped(Exception):
     """A case that cannot run here (too large, unsupported); the reason goes to the meta."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _maker(shape: tuple[int, ...], dtype_name: str, sharding: Any) -> Callable:
     dtype = jnp.dtype(dtype_name)
 
@@ -498,7 +500,6 @@ def _nccl_kind(info: DeviceInfo, cfg: BenchConfig, timer: Timer) -> Kind:
     if n < 2:
         return Kind("nccl_perf", [], lambda c: None,
                     [f"collectives skipped: only {n} device"])
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     mesh = Mesh(np.array(info.devices), ("x",))
     sharding = NamedSharding(mesh, P("x"))
     shard_map, check_kw = _shard_map()
@@ -591,46 +592,34 @@ TIMING_METHOD = (
     "shard_map over all local devices.")
 
 
-def _meta_path(out: Path) -> Path:
-    return out.with_name(out.name + ".meta.yaml")
-
-
-def _write_meta(path: Path, meta: dict) -> None:
-    import yaml
-    path.write_text(yaml.safe_dump(meta, sort_keys=False))
-
-
-def _fmt(v: Any) -> Any:
-    if isinstance(v, float):
-        return repr(v)
-    return v
-
-
-def run_bench(quick: bool = False, out: str | Path = "bench.csv",
-              progress: bool | None = None, *, time_budget_s: float | None = None,
-              kinds: Iterable[str] | None = None) -> Path:
-    """Measure the local devices; write ``out`` (CSV) and ``out.meta.yaml``; return ``out``.
+def measure(quick: bool = False, progress: bool | None = None, *, time_budget_s: float | None = None,
+            kinds: Iterable[str] | None = None) -> Iterator[tuple[str, dict]]:
+    """Measure the local devices, yielding ``("meta", metadata)`` first and after every table
+    (``metadata["complete"]`` turns true at the end) and ``("row", row)`` for each measured case
+    (the kernel-table columns, :data:`CSV_COLUMNS`). ``report.write_bench`` writes them as they
+    come, so a killed run leaves its finished rows.
 
     ``quick`` runs a tiny grid (seconds on a CPU). ``progress`` None shows a bar when stderr
     is a terminal and one summary line per kind otherwise. ``time_budget_s`` caps the
     measuring time: each kind gets a share (cases run coarse-to-fine, so a cut grid is
     still even) and passes what it leaves on. ``kinds`` restricts the tables measured.
-    Rows are written as they are measured, so a killed run leaves its finished rows.
     """
     kinds = None if kinds is None else [k.strip() for k in kinds if k.strip()]
     unknown = set(kinds or ()) - set(_KIND_ORDER)
-    if unknown:
-        raise ValueError(f"unknown kernel tables {sorted(unknown)}; known: {_KIND_ORDER}")
+    if unknown:       # refused here, before anything is measured or written
+        raise SpecError(f"--kinds: unknown kernel tables {sorted(unknown)}; known: {', '.join(_KIND_ORDER)}")
     wanted = list(_KIND_ORDER) if kinds is None else [k for k in _KIND_ORDER if k in kinds]
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    return _measure(quick, progress, time_budget_s, wanted)
+
+
+def _measure(quick: bool, progress: bool | None, time_budget_s: float | None,
+             wanted: list[str]) -> Iterator[tuple[str, dict]]:
     cfg = BenchConfig.quick() if quick else BenchConfig.full()
     info = DeviceInfo.detect()
     timer = Timer(info, cfg)
     tty = sys.stderr.isatty() if progress is None else bool(progress)
     prog = _Progress(tty)
 
-    import jaxlib
     t_start = time.perf_counter()
     meta: dict[str, Any] = {
         "framework": FRAMEWORK,
@@ -664,116 +653,56 @@ def run_bench(quick: bool = False, out: str | Path = "bench.csv",
         "notes": [],
         "errors": [],
     }
-    meta_file = _meta_path(out)
-    _write_meta(meta_file, meta)
+    yield "meta", meta
 
     carry = 0.0
-    with out.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS, extrasaction="raise")
-        writer.writeheader()
-        fh.flush()
-        for table in wanted:
-            kind = _KIND_BUILDERS[table](info, cfg, timer)
-            meta["notes"] += kind.notes
-            budget = None
-            if time_budget_s is not None:
-                share = _BUDGET_SHARE[table] / sum(_BUDGET_SHARE[t] for t in wanted)
-                budget = share * time_budget_s + carry
-            t0 = time.perf_counter()
-            rows = skipped = errors = not_run = 0
-            skip_reasons: dict[str, int] = {}
-            total = len(kind.cases)
-            for i, case in enumerate(kind.cases):
-                if budget is not None and time.perf_counter() - t0 > budget:
-                    not_run = total - i
-                    break
-                label = " ".join(f"{k}={v}" for k, v in case.items() if k != "pair")
-                prog.update(table, i, total, label)
-                try:
-                    row = kind.run_case(case)
-                except CaseSkipped as e:
-                    skipped += 1
-                    skip_reasons[str(e)] = skip_reasons.get(str(e), 0) + 1
-                    continue
-                except Exception as e:  # noqa: BLE001  (one bad case must not end the run)
-                    errors += 1
-                    if len(meta["errors"]) < 30:
-                        meta["errors"].append(f"{table} {label}: {type(e).__name__}: "
-                                              f"{str(e)[:300]}")
-                    continue
-                if row is None:
-                    continue
-                row = {"kernel_table": table, "framework": FRAMEWORK,
-                       "version": jax.__version__, "device": info.kind, **row}
-                writer.writerow({k: _fmt(v) for k, v in row.items()})
-                fh.flush()
-                rows += 1
-            prog.update(table, total - not_run, total)
-            elapsed = time.perf_counter() - t0
-            if budget is not None:
-                carry = max(budget - elapsed, 0.0)
-            prog.finish(table, total, rows, skipped, errors, not_run, elapsed, kind.notes)
-            meta["tables"][table] = {"cases": total, "rows": rows, "skipped": skipped,
-                                     "skip_reasons": skip_reasons, "errors": errors,
-                                     "not_run_time_budget": not_run,
-                                     "seconds": round(elapsed, 3)}
-            _write_meta(meta_file, meta)
-            jax.clear_caches()
-            _maker.cache_clear()
+    for table in wanted:
+        kind = _KIND_BUILDERS[table](info, cfg, timer)
+        meta["notes"] += kind.notes
+        budget = None
+        if time_budget_s is not None:
+            share = _BUDGET_SHARE[table] / sum(_BUDGET_SHARE[t] for t in wanted)
+            budget = share * time_budget_s + carry
+        t0 = time.perf_counter()
+        rows = skipped = errors = not_run = 0
+        skip_reasons: dict[str, int] = {}
+        total = len(kind.cases)
+        for i, case in enumerate(kind.cases):
+            if budget is not None and time.perf_counter() - t0 > budget:
+                not_run = total - i
+                break
+            label = " ".join(f"{k}={v}" for k, v in case.items() if k != "pair")
+            prog.update(table, i, total, label)
+            try:
+                row = kind.run_case(case)
+            except CaseSkipped as e:
+                skipped += 1
+                skip_reasons[str(e)] = skip_reasons.get(str(e), 0) + 1
+                continue
+            except Exception as e:  # noqa: BLE001  (one bad case must not end the run)
+                errors += 1
+                if len(meta["errors"]) < 30:
+                    meta["errors"].append(f"{table} {label}: {type(e).__name__}: "
+                                          f"{str(e)[:300]}")
+                continue
+            if row is None:
+                continue
+            yield "row", {"kernel_table": table, "framework": FRAMEWORK, "version": jax.__version__,
+                          "device": info.kind, **row}
+            rows += 1
+        prog.update(table, total - not_run, total)
+        elapsed = time.perf_counter() - t0
+        if budget is not None:
+            carry = max(budget - elapsed, 0.0)
+        prog.finish(table, total, rows, skipped, errors, not_run, elapsed, kind.notes)
+        meta["tables"][table] = {"cases": total, "rows": rows, "skipped": skipped,
+                                 "skip_reasons": skip_reasons, "errors": errors,
+                                 "not_run_time_budget": not_run,
+                                 "seconds": round(elapsed, 3)}
+        yield "meta", meta
+        jax.clear_caches()
+        _maker.cache_clear()
 
     meta["complete"] = True
     meta["elapsed_s"] = round(time.perf_counter() - t_start, 3)
-    _write_meta(meta_file, meta)
-    return out
-
-
-# ----------------------------------------------------------------------------- CLI
-
-def add_bench_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``--quick``, ``--out`` (and budget/progress options) to a (sub)parser."""
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny grid that runs in seconds (also on a CPU)")
-    parser.add_argument("--out", default="bench.csv", metavar="FILE.csv",
-                        help="CSV to write (default: bench.csv); metadata goes to "
-                             "FILE.csv.meta.yaml")
-    parser.add_argument("--time-budget", dest="time_budget", type=float, default=None,
-                        metavar="SECONDS",
-                        help="cap the measuring time; cases run coarse-to-fine so a cut grid "
-                             "stays even")
-    parser.add_argument("--kinds", default=None,
-                        help="comma-separated kernel tables to measure (default: all of "
-                             + ",".join(_KIND_ORDER) + ")")
-    g = parser.add_mutually_exclusive_group()
-    g.add_argument("--progress", dest="progress", action="store_true", default=None,
-                   help="always draw the progress bar")
-    g.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="print one line per benchmark kind only")
-    return parser
-
-
-def bench_command(args: argparse.Namespace) -> int:
-    """Run the benchmark from parsed args (``.quick``, ``.out``); return an exit code."""
-    kinds = getattr(args, "kinds", None)
-    try:
-        out = run_bench(quick=bool(getattr(args, "quick", False)),
-                        out=getattr(args, "out", None) or "bench.csv",
-                        progress=getattr(args, "progress", None),
-                        time_budget_s=getattr(args, "time_budget", None),
-                        kinds=kinds.split(",") if kinds else None)
-    except (ValueError, OSError) as e:
-        print(f"jaxplan bench: error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {out} and {_meta_path(out)}")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m jaxplan.bench",
-        description="Measure the local JAX devices into TensorRT-LLM kernel-table CSV.")
-    add_bench_args(parser)
-    return bench_command(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    yield "meta", meta

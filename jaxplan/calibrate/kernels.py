@@ -42,18 +42,17 @@ import dataclasses
 import functools
 import gzip
 import hashlib
+import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
+import jax.numpy as jnp
 import numpy as np
 
-from .specs import SpecError
+from .. import cost
+from ..specs import SYSTEMS, Model, Precision, SpecError
 
 MS = 1e-3
-
-# Folder names of the shared tables -> jaxplan hardware presets.
-GPU_TO_HARDWARE = {"h100_sxm": "h100-sxm", "h200_sxm": "h200-sxm", "b200_sxm": "b200", "gb200": "gb200-nvl72"}
-HARDWARE_TO_GPU = {v: k for k, v in GPU_TO_HARDWARE.items()}
 
 # Kinds the fit knows, in report order.
 KINDS = ("gemm", "context_attention", "generation_attention", "context_mla", "generation_mla", "mla_bmm",
@@ -131,14 +130,14 @@ class KindRows:
     def __len__(self):
         return len(self.seconds)
 
-    def take(self, idx) -> "KindRows":
+    def take(self, idx) -> KindRows:
         idx = np.asarray(idx)
         return KindRows(self.kind, {k: v[idx] for k, v in self.x.items()},
                         {k: v[idx] for k, v in self.static.items()}, self.variant[idx], self.group[idx],
                         self.table[idx], self.seconds[idx])
 
     @staticmethod
-    def concat(parts: list["KindRows"]) -> "KindRows":
+    def concat(parts: list[KindRows]) -> KindRows:
         parts = [q for q in parts if len(q)]
         first = parts[0]
         keys_x = set().union(*(q.x for q in parts))
@@ -492,7 +491,8 @@ def _map_custom_allreduce(table, cols, n):
     m = _Mapper(table, n)
     sec = _latency(cols, m)
     x, _, group = _collective(cols, m, n, "allreduce_dtype", "bfloat16")
-    rows = KindRows("allreduce", x, dict(impl=np.full(n, "trtllm").astype(str)), np.full(n, "trtllm_custom").astype(str),
+    rows = KindRows("allreduce", x, dict(impl=np.full(n, "trtllm").astype(str)),
+                    np.full(n, "trtllm_custom").astype(str),
                     group, np.full(n, table).astype(str), sec)
     return {"allreduce": (rows, m.ok)}, m.counts()
 
@@ -660,21 +660,26 @@ def load_kernels(path: str | Path, hardware=None) -> Measurements:
     return load_kernels_dir(path, hardware) if path.is_dir() else load_kernel_file(path, hardware)
 
 
+def data_dir() -> Path:
+    """The measured data: ``$JAXPLAN_DATA``, else ``../shared/data`` beside the repository that holds
+    the package."""
+    env = os.environ.get("JAXPLAN_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
 def default_kernels_dir(hardware_name: str) -> Path:
-    """``../shared/data/kernels/<gpu>`` beside the repository, for a hardware preset name."""
-    gpu = HARDWARE_TO_GPU.get(hardware_name)
-    if gpu is None:
+    """``<data>/kernels/<system>`` (:func:`data_dir`) of a hardware preset name (``specs.SYSTEMS``)."""
+    system = {v: k for k, v in SYSTEMS.items()}.get(hardware_name)
+    if system is None:
         raise SpecError(f"no shared kernel tables for hardware '{hardware_name}'; tables exist for "
-                        f"{', '.join(HARDWARE_TO_GPU)}; give --kernels DIR_OR_FILE")
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kernels" / gpu
+                        f"{', '.join(SYSTEMS.values())}; give --kernels DIR_OR_FILE")
+    return data_dir() / "kernels" / system
 
 
 # ----------------------------------------------------------------------------- rows -> cost calls
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _array_model_class():
-    from .specs import Model
-
     @dataclasses.dataclass(frozen=True)
     class ArrayModel(Model):
         """A Model whose shape fields hold one value per table row (arrays): the parameter counts the
@@ -685,7 +690,7 @@ def _array_model_class():
     return ArrayModel
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _base_models():
     """Template models whose shape fields are replaced per row (only the fields the op reads matter)."""
     Model = _array_model_class()
@@ -702,7 +707,6 @@ def _base_models():
 
 def row_precision(rate: str, weight_bytes=2.0, qact_bytes=2.0, kv_bytes=2.0):
     """A Precision whose byte counts may be per-row arrays; ``rate`` (static) picks the tensor cores."""
-    from .specs import Precision
     return Precision(f"table-{rate}", weight_bytes, rate, kv_bytes, rate, qact_bytes)
 
 
@@ -723,7 +727,6 @@ def family_params(kind: str, p: Mapping, static: Mapping, x: Mapping | None = No
         for key in GEMM_FAMILY_KEYS:
             q[key.format("fp8")] = p[key.format("fp8_block")]
     if kind == "moe":
-        import jax.numpy as jnp
         r = x["routing"] if x is not None and "routing" in x else 0.0
         q["moe_imbalance_per_log2_ep"] = jnp.where(r == 1, p[MOE_ROUTING_PARAMS[1]],
                                                    jnp.where(r == 2, p[MOE_ROUTING_PARAMS[2]], 0.0))
@@ -739,7 +742,6 @@ def family_params(kind: str, p: Mapping, static: Mapping, x: Mapping | None = No
 def predict_seconds(kind: str, p, hw, x: Mapping, static: Mapping):
     """Predicted seconds of rows of one kind and one static bucket: the jaxplan.cost call each row maps to.
     ``x`` holds arrays (numpy or traced); ``static`` the bucket's code-path selectors."""
-    from . import cost
     gqa, mla, moe = _base_models()
     rate = static.get("rate", "bf16")
     p = family_params(kind, p, static, x)
@@ -791,8 +793,3 @@ def holdout_groups(groups, frac: float = 0.2, salt: str = "") -> set:
     k = min(len(uniq) - 1, max(1, int(round(frac * len(uniq)))))
     ranked = sorted(uniq, key=lambda g: stable_hash(f"{salt}|{g}"))
     return set(ranked[:k])
-
-
-__all__ = ["GPU_TO_HARDWARE", "HARDWARE_TO_GPU", "KINDS", "KindRows", "Measurements", "default_kernels_dir", "predict_seconds",
-           "holdout_groups", "load_bench_csv", "load_kernel_file", "load_kernel_files", "load_kernels", "load_kernels_dir",
-           "restrict_to_hardware", "stable_hash", "table_name"]

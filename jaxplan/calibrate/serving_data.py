@@ -1,0 +1,394 @@
+"""Measured serving deployments mapped onto jaxplan: one :class:`ServingCase` per CSV row.
+
+Reads serving measurements in the format of ``../shared/data/serving/silicon_hopper.csv``
+(NVIDIA aiconfigurator's closed-loop benchmarks of TensorRT-LLM, vLLM and SGLang) and maps every
+row onto a jaxplan model, hardware, precision and layout. A row that cannot be mapped is kept in
+the ``unmapped`` list with its reason; nothing is dropped silently. Prediction is
+:mod:`jaxplan.calibrate.serving_predict`, the serving-level fit :mod:`jaxplan.calibrate.serving_fit`.
+
+Mapping rules (each is a modelling assumption, stated where it is applied):
+
+* ``model_path``: a preset in ``configs/models`` whose name matches the repository's last path
+  component (case-folded, ``-Instruct``/``-FP8`` suffixes and a ``Meta-`` prefix ignored), else
+  the Hugging Face ``config.json`` of the same name in ``<data>/model_configs``.
+* ``system``: the data's system names map to presets by ``specs.SYSTEMS``.
+* ``precision``: ``fp8`` -> fp8; blank -> bf16; ``fp4`` -> fp4 where the GPU has FP4 tensor cores,
+  else mxfp4 (gpt-oss ships MXFP4 weights; Hopper dequantizes them to BF16); ``int4`` -> int4.
+* Layout of a pool: stage GPUs ``S = tp_size * attention_dp_size`` (blank adp = 1). MoE models:
+  ``S`` must equal ``moe_tp_size * moe_ep_size`` and the layout is ``Layout(tp=moe_tp, pp,
+  ep=moe_ep, adp=attention_dp_size)``. Dense models: ``Layout(tp=tp_size, ep=1, adp=1)`` (their
+  moe_* columns are ignored; some rows carry 0 there).
+* Batch: aiconfigurator's ``batch_size`` counts requests per attention-DP rank (in every row that
+  has attention-DP > 1, ``silicon_concurrency = batch_size * attention_dp_size``), so the
+  replica's batch is ``batch_size * attention_dp_size``. Where the concurrency is a multiple of
+  that, the benchmark ran ``N / batch`` identical replicas; each sees ``batch`` requests.
+* Chunk: the backend's default prefill token budget per iteration (:data:`CHUNK`).
+* Disaggregated rows: ``N`` from ``silicon_concurrency=N`` in ``silicon_data_source``; where it
+  is absent, ``N = decode_batch_size * decode_attention_dp_size * decode_num_workers`` (this
+  identity holds in all 36 rows that carry both). Blank ``*_num_workers`` are derived by
+  ``serving.evaluate_disagg`` as a deployment would be sized: the fewest decode workers whose KV
+  caches hold all N requests, and prefill workers rate-matched to them at 80% utilization. The
+  per-pool batch is not read: ``evaluate_disagg`` derives the decode batch from ``N``.
+  ``cross_network``: the deployment's GPUs, ``x * G_prefill + y * G_decode``, exceed one
+  scale-up domain, so the KV cache crosses the scale-out network.
+"""
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..layouts import Layout, check_parallel
+from ..specs import (
+    BACKENDS,
+    SYSTEMS,
+    Hardware,
+    Model,
+    Precision,
+    SpecError,
+    check_precision,
+    get_precision,
+    load_hardware,
+    load_model,
+    preset_names,
+)
+from .kernels import data_dir as default_data_dir
+
+# Default prefill token budget per iteration of each backend, used as the chunk: TensorRT-LLM
+# ``max_num_tokens`` (8192 in the LLM API's BuildConfig default), vLLM ``max_num_batched_tokens``
+# (8192 with chunked prefill in the V1 engine's online-serving default), SGLang
+# ``chunked_prefill_size`` (8192 on GPUs with >= 80 GB in recent releases). Assumption: the
+# benchmarks left these at their defaults (the CSV does not record them).
+CHUNK = {"trtllm": 8192, "vllm": 8192, "sglang": 8192}
+
+REQUIRED_COLUMNS = ("id", "silicon_data_source", "backend", "model_path", "system", "precision", "mode",
+                    "isl", "osl", "silicon_ttft_ms", "silicon_tpot_ms")
+AGG_COLUMNS = ("batch_size", "tp_size", "pp_size", "attention_dp_size", "moe_tp_size", "moe_ep_size")
+POOL_COLUMNS = ("num_workers", "tp_size", "pp_size", "attention_dp_size", "moe_tp_size", "moe_ep_size")
+DISAGG_COLUMNS = tuple(f"{pool}_{c}" for pool in ("prefill", "decode") for c in POOL_COLUMNS + ("batch_size",))
+
+MS = 1e-3
+
+
+# ----------------------------------------------------------------------------- cases
+
+@dataclasses.dataclass(frozen=True)
+class ServingCase:
+    """One measured deployment mapped onto jaxplan. Layouts hold float32 scalars (they vmap)."""
+    id: str
+    model_path: str
+    model: Model
+    system: str
+    hardware: Hardware
+    precision: Precision
+    backend: str
+    mode: str                       # "agg" or "disagg"
+    isl: float
+    osl: float
+    concurrency: float              # N: requests in flight over the whole benchmark
+    ttft_ms: float                  # measured
+    tpot_ms: float
+    layout: Layout | None = None    # agg: one replica
+    replicas: float = 1.0           # agg: N / layout.batch
+    prefill: Layout | None = None   # disagg pools (dp = 1 each)
+    decode: Layout | None = None
+    prefill_workers: float = 1.0
+    decode_workers: float = 1.0
+    cross_network: bool = False
+    note: str = ""                  # derivations applied to this row
+
+    @property
+    def gpus(self) -> float:
+        if self.mode == "agg":
+            lay = self.layout
+            return lay.tp * lay.ep * lay.pp * self.replicas
+        return (self.prefill_workers * self.prefill.tp * self.prefill.ep * self.prefill.pp
+                + self.decode_workers * self.decode.tp * self.decode.ep * self.decode.pp)
+
+
+@dataclasses.dataclass(frozen=True)
+class Unmapped:
+    id: str
+    reason: str           # a category; counts are printed per reason
+    detail: str = ""
+    model_path: str = ""
+    system: str = ""
+    backend: str = ""
+    mode: str = ""
+
+
+class _Skip(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason)
+        self.reason, self.detail = reason, detail
+
+
+def _norm_name(s: str) -> str:
+    s = s.lower()
+    changed = True
+    while changed:
+        changed = False
+        for suf in ("-instruct", "-fp8", "-v0.1"):
+            if s.endswith(suf):
+                s, changed = s[: -len(suf)], True
+    return s[len("meta-"):] if s.startswith("meta-") else s
+
+
+class _Resolver:
+    """Caches the model and hardware lookups of one load."""
+
+    def __init__(self, data_dir: Path):
+        self.data_dir = data_dir
+        self._models: dict[str, Model | _Skip] = {}
+        self._hw: dict[str, Hardware] = {}
+        self.presets = {_norm_name(name): name for name in preset_names("models")}
+        cfg_dir = data_dir / "model_configs"
+        self.configs = {p.stem: p for p in sorted(cfg_dir.glob("*.json"))} if cfg_dir.is_dir() else {}
+
+    def model(self, model_path: str) -> Model:
+        if model_path not in self._models:
+            self._models[model_path] = self._load_model(model_path)
+        m = self._models[model_path]
+        if isinstance(m, _Skip):
+            raise m
+        return m
+
+    def _load_model(self, model_path: str):
+        last = model_path.rstrip("/").split("/")[-1]
+        key = _norm_name(last)
+        try:
+            if key in self.presets:
+                return load_model(self.presets[key])
+            if last in self.configs:
+                return load_model(self.configs[last])
+            by_norm = {_norm_name(k): p for k, p in self.configs.items()}
+            if key in by_norm:
+                return load_model(by_norm[key])
+        except SpecError as e:
+            return _Skip("model rejected by the loader", str(e))
+        return _Skip("no preset or Hugging Face config for the model",
+                     f"'{model_path}': no configs/models preset matches '{key}' and no "
+                     f"{self.data_dir / 'model_configs' / (last + '.json')}")
+
+    def hardware(self, system: str) -> Hardware:
+        if system not in SYSTEMS:
+            raise _Skip("unknown system", f"system '{system}'; known: {', '.join(SYSTEMS)}")
+        name = SYSTEMS[system]
+        if name not in self._hw:
+            self._hw[name] = load_hardware(name)
+        return self._hw[name]
+
+
+def map_precision(value: str, hw: Hardware) -> Precision:
+    v = (value or "").strip().lower()
+    if v in ("", "bf16", "bfloat16", "fp16", "float16"):
+        name = "bf16"
+    elif v == "fp8":
+        name = "fp8"
+    elif v in ("fp4", "nvfp4", "mxfp4"):
+        # Hopper has no FP4 tensor cores: the 4-bit weights (gpt-oss's MXFP4) are dequantized to BF16.
+        name = "fp4" if (v != "mxfp4" and "fp4" in hw.rates) else "mxfp4"
+    elif v in ("int4", "int4_wo"):
+        name = "int4"
+    else:
+        raise _Skip("unknown precision", f"precision '{value}'")
+    prec = get_precision(name)
+    try:
+        check_precision(hw, prec)
+    except SpecError as e:
+        raise _Skip("precision not supported by the hardware", str(e)) from None
+    return prec
+
+
+def _num(row: Mapping, col: str):
+    v = (row.get(col) or "").strip()
+    if v == "":
+        return None
+    try:
+        f = float(v)
+    except ValueError:
+        raise _Skip("non-numeric field", f"column '{col}' = {v!r}") from None
+    if not math.isfinite(f):
+        raise _Skip("non-numeric field", f"column '{col}' = {v!r}")
+    return f
+
+
+def _int(row, col, default=None):
+    v = _num(row, col)
+    if v is None:
+        return default
+    if not float(v).is_integer():
+        raise _Skip("non-integer layout field", f"column '{col}' = {v}")
+    return int(v)
+
+
+def pool_layout(row: Mapping, prefix: str, model: Model, where: str, batch_per_rank: float,
+                chunk: float) -> Layout:
+    """The Layout of one pool (agg replica, prefill or decode worker) from its ``prefix``ed columns.
+
+    ``batch_per_rank``: requests per attention-DP rank (the replica batch is that times adp)."""
+    tp = _int(row, prefix + "tp_size")
+    pp = _int(row, prefix + "pp_size", 1)
+    adp = _int(row, prefix + "attention_dp_size", 1)
+    if not tp or tp < 1 or pp < 1 or adp < 1:
+        raise _Skip("missing or zero tp_size/pp_size/attention_dp_size",
+                    f"{prefix}tp_size={tp}, {prefix}pp_size={pp}, {prefix}attention_dp_size={adp}")
+    stage = tp * adp
+    pool = prefix.rstrip("_") or "replica"
+    if model.is_moe:
+        mtp, mep = _int(row, prefix + "moe_tp_size"), _int(row, prefix + "moe_ep_size")
+        if not mtp or not mep:
+            raise _Skip("MoE model with moe_tp_size/moe_ep_size blank or 0",
+                        f"{prefix}moe_tp_size={mtp}, {prefix}moe_ep_size={mep}")
+        if mtp * mep != stage:
+            raise _Skip("stage GPUs tp_size*attention_dp_size != moe_tp_size*moe_ep_size",
+                        f"{pool}: {tp}*{adp} = {stage} but {mtp}*{mep} = {mtp * mep}")
+        ltp, lep, ladp = mtp, mep, adp
+    else:
+        if adp != 1:
+            raise _Skip("dense model with attention_dp_size > 1", f"{prefix}attention_dp_size={adp}")
+        ltp, lep, ladp = tp, 1, 1
+    try:
+        check_parallel(model, stage * pp, ltp, pp, lep, 1, ladp, where=where)
+    except SpecError as e:
+        raise _Skip("layout rejected by check_parallel", str(e)) from None
+    f = np.float32
+    return Layout(tp=f(ltp), pp=f(pp), ep=f(lep), dp=f(1), batch=f(batch_per_rank * ladp), chunk=f(chunk),
+                  adp=f(ladp))
+
+
+_CONCURRENCY = re.compile(r"silicon_concurrency=(\d+(?:\.\d+)?)")
+
+
+def _concurrency(row) -> float | None:
+    m = _CONCURRENCY.search(row.get("silicon_data_source") or "")
+    return float(m.group(1)) if m else None
+
+
+def map_row(row: Mapping, res: _Resolver) -> ServingCase:
+    """One CSV row -> ServingCase, or raise _Skip with the reason."""
+    rid = row["id"]
+    mode = (row.get("mode") or "").strip()
+    backend = (row.get("backend") or "").strip()
+    if mode not in ("agg", "disagg"):
+        raise _Skip("unknown mode", f"mode '{mode}'")
+    if backend not in BACKENDS:
+        raise _Skip("unknown backend", f"backend '{backend}'; known: {', '.join(BACKENDS)}")
+    model = res.model(row["model_path"])
+    hw = res.hardware(row["system"])
+    prec = map_precision(row.get("precision", ""), hw)
+    isl, osl = _num(row, "isl"), _num(row, "osl")
+    ttft, tpot = _num(row, "silicon_ttft_ms"), _num(row, "silicon_tpot_ms")
+    if not (isl and osl and isl > 0 and osl > 0):
+        raise _Skip("missing isl/osl", f"isl={isl}, osl={osl}")
+    if not (ttft and tpot and ttft > 0 and tpot > 0):
+        raise _Skip("missing or non-positive measured TTFT/TPOT", f"ttft={ttft}, tpot={tpot}")
+    n = _concurrency(row)
+    chunk = float(CHUNK[backend])
+    common = dict(id=rid, model_path=row["model_path"], model=model, system=row["system"], hardware=hw,
+                  precision=prec, backend=backend, mode=mode, isl=isl, osl=osl, ttft_ms=ttft, tpot_ms=tpot)
+    if mode == "agg":
+        b = _int(row, "batch_size")
+        if not b or b < 1:
+            raise _Skip("missing batch_size", f"batch_size={b}")
+        lay = pool_layout(row, "", model, rid, b, chunk)
+        note = ""
+        if n is None:
+            n, note = float(lay.batch), "concurrency absent: N = batch_size * attention_dp_size"
+        replicas = n / float(lay.batch)
+        if replicas < 1 - 1e-9:
+            raise _Skip("concurrency below the replica batch",
+                        f"N={n:g} < batch_size*attention_dp_size={float(lay.batch):g}")
+        if abs(replicas - round(replicas)) > 1e-9:
+            raise _Skip("concurrency not a multiple of the replica batch",
+                        f"N={n:g}, batch_size*attention_dp_size={float(lay.batch):g}")
+        return ServingCase(**common, concurrency=n, layout=lay, replicas=float(round(replicas)), note=note)
+    # disaggregated
+    pre = pool_layout(row, "prefill_", model, rid, 1.0, chunk)
+    dec = pool_layout(row, "decode_", model, rid, 1.0, 0.0)
+    x = _int(row, "prefill_num_workers") or 0       # 0: evaluate_disagg derives the count
+    y = _int(row, "decode_num_workers") or 0
+    note = []
+    if not (row.get("prefill_num_workers") or "").strip() or not (row.get("decode_num_workers") or "").strip():
+        note.append("blank *_num_workers -> derived")
+    if n is None:
+        db = _int(row, "decode_batch_size")
+        if not db:
+            raise _Skip("disagg row without concurrency or decode_batch_size", "")
+        n = float(db * dec.adp * max(y, 1))
+        note.append("concurrency absent: N = decode_batch_size * decode_attention_dp_size * decode_num_workers")
+    # (derived worker counts are at least one of each)
+    g = max(x, 1) * pre.tp * pre.ep * pre.pp + max(y, 1) * dec.tp * dec.ep * dec.pp
+    return ServingCase(**common, concurrency=float(n), prefill=pre, decode=dec,
+                       prefill_workers=float(x), decode_workers=float(y),
+                       cross_network=bool(g > hw.scale_up_domain), note="; ".join(note))
+
+
+def load_serving(path, data_dir=None) -> tuple[list[ServingCase], list[Unmapped]]:
+    """Read a serving CSV; return (mapped cases, unmapped rows with their reasons).
+
+    Raises SpecError when the file is missing or lacks required columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"serving file '{path}' does not exist")
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        cols = set(reader.fieldnames or ())
+        missing = [c for c in REQUIRED_COLUMNS if c not in cols]
+        if missing:
+            raise SpecError(f"{path}: missing required column(s) {', '.join(missing)}; "
+                            f"the format is that of silicon_hopper.csv")
+        rows = list(reader)
+    modes = {r.get("mode") for r in rows}
+    need = (AGG_COLUMNS if "agg" in modes else ()) + (DISAGG_COLUMNS if "disagg" in modes else ())
+    missing = [c for c in need if c not in cols]
+    if missing:
+        raise SpecError(f"{path}: missing column(s) {', '.join(missing)} needed by its "
+                        f"{'/'.join(sorted(m for m in modes if m))} rows")
+    res = _Resolver(data_dir)
+    cases, unmapped = [], []
+    for i, row in enumerate(rows):
+        if not (row.get("id") or "").strip():
+            row["id"] = f"row{i + 2}"          # the line number, header = 1
+        try:
+            cases.append(map_row(row, res))
+        except _Skip as e:
+            unmapped.append(Unmapped(row["id"], e.reason, e.detail, row.get("model_path", ""),
+                                     row.get("system", ""), row.get("backend", ""), row.get("mode", "")))
+    return cases, unmapped
+
+
+def measurement_key(c: ServingCase) -> tuple:
+    """Rows that report the same measurement (the CSV merges several exports of one database:
+    e.g. a ``dsr1_..._cfgN`` row and ``2026_03_25_...``/``2026_04_06_...`` rows of DeepSeek-R1 carry
+    identical TTFT and TPOT) share this key."""
+    return (c.system, c.backend, c.mode, c.isl, c.osl, c.concurrency, f"{c.ttft_ms:.6g}", f"{c.tpot_ms:.6g}")
+
+
+def unique_mask(cases: Sequence[ServingCase]) -> np.ndarray:
+    """One row per measurement: the most completely described one (worker counts and concurrency
+    given, no derived fields), else the first."""
+    best: dict[tuple, int] = {}
+    for i, c in enumerate(cases):
+        k = measurement_key(c)
+        if k not in best or (cases[best[k]].note and not c.note):
+            best[k] = i
+    mask = np.zeros(len(cases), bool)
+    mask[list(best.values())] = True
+    return mask
+
+
+def unmapped_counts(unmapped: Sequence[Unmapped]) -> list[tuple[str, int, str]]:
+    """(reason, count, example detail), most frequent first."""
+    c = collections.Counter(u.reason for u in unmapped)
+    ex = {}
+    for u in unmapped:
+        ex.setdefault(u.reason, f"{u.model_path} {u.backend} {u.mode}: {u.detail}")
+    return [(r, n, ex[r]) for r, n in c.most_common()]
