@@ -10,85 +10,81 @@ The Python API does what the command line does::
 
 ``experiment(...)`` builds an experiment in code; ``params_for(hardware, backend=...)`` gives the
 parameters a sweep uses. The CLI is a thin layer over the names below.
-"""
-from .calibrate.bench import measure as bench
-from .calibrate.kernel_fit import fit_profile, validate_kernels
-from .calibrate.serving_data import load_serving
-from .calibrate.serving_fit import fit_serving
-from .calibrate.serving_predict import predict as predict_serving
-from .calibrate.serving_predict import validate as validate_serving
-from .codesign import load_prices, run_codesign
-from .cost import Cost
-from .layouts import Layout
-from .params import default_params, for_backend, load_params, params_for, save_params
-from .report import write_codesign, write_plan, write_sensitivity, write_validation
-from .sensitivity import elasticities, run_sensitivity
-from .serving import evaluate, evaluate_disagg, explain, explain_disagg
-from .specs import (
-    SLA,
-    Experiment,
-    Hardware,
-    Model,
-    Precision,
-    SpecError,
-    Workload,
-    experiment,
-    get_precision,
-    load_experiment,
-    load_hardware,
-    load_model,
-    preset_names,
-    scale_hardware,
-)
-from .sweep import Plan, SweepResult, pareto_mask, plan, run_disagg_sweep, run_sweep, sla_pick
 
-__all__ = [
-    "SLA",
-    "Cost",
-    "Experiment",
-    "Hardware",
-    "Layout",
-    "Model",
-    "Plan",
-    "Precision",
-    "SpecError",
-    "SweepResult",
-    "Workload",
-    "bench",
-    "default_params",
-    "elasticities",
-    "evaluate",
-    "evaluate_disagg",
-    "experiment",
-    "explain",
-    "explain_disagg",
-    "fit_profile",
-    "fit_serving",
-    "for_backend",
-    "get_precision",
-    "load_experiment",
-    "load_hardware",
-    "load_model",
-    "load_params",
-    "load_prices",
-    "load_serving",
-    "params_for",
-    "pareto_mask",
-    "plan",
-    "predict_serving",
-    "preset_names",
-    "run_codesign",
-    "run_disagg_sweep",
-    "run_sensitivity",
-    "run_sweep",
-    "save_params",
-    "scale_hardware",
-    "sla_pick",
-    "validate_kernels",
-    "validate_serving",
-    "write_codesign",
-    "write_plan",
-    "write_sensitivity",
-    "write_validation",
-]
+The names are imported on first use (``import jaxplan`` itself loads nothing heavy), so the
+``jaxplan`` command can take over Ctrl-C before JAX loads.
+"""
+import importlib
+
+# public name -> (module, attribute)
+_API = {
+    "SLA": ("specs", "SLA"),
+    "Cost": ("cost", "Cost"),
+    "Experiment": ("specs", "Experiment"),
+    "Hardware": ("specs", "Hardware"),
+    "Layout": ("layouts", "Layout"),
+    "Model": ("specs", "Model"),
+    "Plan": ("sweep", "Plan"),
+    "Precision": ("specs", "Precision"),
+    "SpecError": ("specs", "SpecError"),
+    "SweepResult": ("sweep", "SweepResult"),
+    "Workload": ("specs", "Workload"),
+    "bench": ("calibrate.bench", "measure"),
+    "default_params": ("params", "default_params"),
+    "elasticities": ("sensitivity", "elasticities"),
+    "evaluate": ("serving", "evaluate"),
+    "evaluate_disagg": ("serving", "evaluate_disagg"),
+    "experiment": ("specs", "experiment"),
+    "explain": ("serving", "explain"),
+    "explain_disagg": ("serving", "explain_disagg"),
+    "fit_profile": ("calibrate.kernel_fit", "fit_profile"),
+    "fit_serving": ("calibrate.serving_fit", "fit_serving"),
+    "for_backend": ("params", "for_backend"),
+    "get_precision": ("specs", "get_precision"),
+    "load_experiment": ("specs", "load_experiment"),
+    "load_hardware": ("specs", "load_hardware"),
+    "load_model": ("specs", "load_model"),
+    "load_params": ("params", "load_params"),
+    "load_prices": ("codesign", "load_prices"),
+    "load_serving": ("calibrate.serving_data", "load_serving"),
+    "params_for": ("params", "params_for"),
+    "pareto_mask": ("sweep", "pareto_mask"),
+    "plan": ("sweep", "plan"),
+    "predict_serving": ("calibrate.serving_predict", "predict"),
+    "preset_names": ("specs", "preset_names"),
+    "run_codesign": ("codesign", "run_codesign"),
+    "run_disagg_sweep": ("sweep", "run_disagg_sweep"),
+    "run_sensitivity": ("sensitivity", "run_sensitivity"),
+    "run_sweep": ("sweep", "run_sweep"),
+    "save_params": ("report", "save_params"),
+    "scale_hardware": ("specs", "scale_hardware"),
+    "sla_pick": ("sweep", "sla_pick"),
+    "validate_kernels": ("calibrate.kernel_fit", "validate_kernels"),
+    "validate_serving": ("calibrate.serving_predict", "validate"),
+    "write_codesign": ("report", "write_codesign"),
+    "write_plan": ("report", "write_plan"),
+    "write_sensitivity": ("report", "write_sensitivity"),
+    "write_validation": ("report", "write_validation"),
+}
+# submodules reachable as attributes (jaxplan.report.label, ...)
+_SUBMODULES = ("calibrate", "codesign", "cost", "layouts", "params", "report", "sensitivity", "serving", "specs",
+               "sweep")
+
+__all__ = list(_API)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _API:
+        module, attr = _API[name]
+        value = getattr(importlib.import_module(f".{module}", __name__), attr)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module 'jaxplan' has no attribute '{name}'")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_API) | set(_SUBMODULES))

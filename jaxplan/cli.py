@@ -22,7 +22,7 @@ from .calibrate.serving_predict import scheduler_of, summarize, validate
 from .codesign import load_prices, run_codesign
 from .cost import sum_costs
 from .layouts import Layout, check_parallel
-from .params import params_for, save_params
+from .params import params_for
 from .sensitivity import METRICS, elasticities, ranked, row_args, run_sensitivity
 from .serving import explain, explain_disagg
 from .specs import (
@@ -47,28 +47,27 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _positive(kind):
-    def conv(s):
-        try:
-            v = kind(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {s!r}") from None
-        if not v > 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {s}")
-        return v
-    return conv
-
-
-def _nonneg(kind, what):
+def _number(kind, what, low, *, strict=True):
+    """An argparse type: a finite ``kind`` above ``low`` (at or above it unless ``strict``)."""
     def conv(s):
         try:
             v = kind(s)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}") from None
-        if v < 0:
-            raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {s}")
+        if (v <= low) if strict else (v < low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low}, got {s}")
         return v
     return conv
+
+
+def _positive(kind):
+    return _number(kind, f"a {kind.__name__}", 0)
+
+
+def _nonneg(kind, what):
+    return _number(kind, what, 0, strict=False)
 
 
 _nonneg_int = _nonneg(int, "a whole number")
@@ -158,12 +157,12 @@ def _load(args):
 def cmd_sweep(args) -> int:
     exp0, p, source = _load_base(args)
     scales = parse_scales(args.scale)
+    out = report.prepare_out_dir(args.out or Path("out") / exp0.name)
     print(f"jaxplan sweep: {report.title(exp0, scales)}; serving: {args.serving}; parameters: {source}",
           file=sys.stderr)
     pl = plan(exp0, p, source, serving=args.serving, attention_dp=args.attention_dp, scales=scales,
               compare=args.compare, progress=True)
     exp = pl.experiment
-    out = Path(args.out or Path("out") / exp.name)
     report.write_plan(pl, out)
     summary = pl.summary()
     best_row = pl.best_row
@@ -172,7 +171,13 @@ def cmd_sweep(args) -> int:
         print(f"\n{mode} Pareto frontier ({len(r.frontier)} of {r.n:,} layouts, "
               f"{int(r.columns['feasible'].sum()):,} feasible):")
         print(report.table(report.frontier_rows(r.columns, r.frontier, tab), tab))
-    if best_row is None:
+    if best_row is None and not summary["counts"]["feasible"]:
+        empty = [m for m, r in pl.results.items() if not r.n]
+        why = (" (disaggregated: no prefill/decode pairing fits the GPU budget with the prefill pool sized to the "
+               "decode pool's request rate; e.g. a very short output makes decode far faster than prefill)"
+               if "disagg" in empty else "")
+        print(f"\nNo feasible layout at all, whatever the SLA: nothing fits the memory or the budget{why}.")
+    elif best_row is None:
         print(f"\nNo feasible layout meets the SLA ({report.sla_text(exp)}).")
     else:
         print(f"\nBest at SLA ({report.sla_text(exp)}): {report.label(best_row)}: "
@@ -347,7 +352,7 @@ def _switch_text(sw: dict | None) -> str:
 def cmd_sensitivity(args) -> int:
     exp, p, source = _load(args)
     scales = parse_scales(args.scale)
-    out = Path(args.out or Path("out") / f"{exp.name}-sensitivity")
+    out = report.prepare_out_dir(args.out or Path("out") / f"{exp.name}-sensitivity")
     name = report.title(exp, scales)
     print(f"jaxplan sensitivity: {name}; SLA {report.sla_text(exp)}; parameters: {source}", file=sys.stderr)
     t0 = time.perf_counter()
@@ -399,7 +404,7 @@ def cmd_sensitivity(args) -> int:
 def cmd_codesign(args) -> int:
     exp, p, source = _load(args)
     prices = load_prices(Path(args.prices) if args.prices else config_file("prices", "default"))
-    out = Path(args.out or Path("out") / f"{exp.name}-codesign")
+    out = report.prepare_out_dir(args.out or Path("out") / f"{exp.name}-codesign")
     print(f"jaxplan codesign: {report.title(exp, parse_scales(args.scale))}; SLA {report.sla_text(exp)}; "
           f"prices: {prices.source}; parameters: {source}", file=sys.stderr)
     t0 = time.perf_counter()
@@ -434,6 +439,7 @@ def cmd_codesign(args) -> int:
 # ----------------------------------------------------------------------------- fit, validate, bench
 
 def cmd_fit(args) -> int:
+    report.prepare_out_file(args.out)
     from_hw = load_hardware(args.hardware)
     kernels = Path(args.kernels) if args.kernels else default_kernels_dir(from_hw.name)
     if not kernels.exists():
@@ -457,7 +463,7 @@ def cmd_fit(args) -> int:
                                "keys": sorted(rep["fitted_keys"]),
                                **{kind: {b: d["status"] for b, d in fits.items()}
                                   for kind, fits in rep["overhead_fits"].items()}}
-    out = save_params(params, args.out, meta=meta)
+    out = report.save_params(params, args.out, meta=meta)
     print(f"wrote {out}")
     return 0
 
@@ -465,6 +471,8 @@ def cmd_fit(args) -> int:
 def cmd_validate(args) -> int:
     if not args.kernels and not args.serving:
         raise SpecError("validate needs --kernels FILE (with --hardware) or --serving FILE")
+    if args.out:
+        report.prepare_out_dir(args.out)
     if args.kernels:
         if not args.hardware:
             raise SpecError("validate --kernels needs --hardware (the GPU the table was measured on)")
@@ -486,7 +494,7 @@ def validate_serving_command(args) -> int:
     override = args.params
     if override and not Path(override).is_file():
         raise SpecError(f"params file '{override}' does not exist")
-    out = Path(args.out or "out/validate")
+    out = report.prepare_out_dir(args.out or "out/validate")
     t0 = time.perf_counter()
     cases, unmapped = load_serving(path)
     print(f"jaxplan validate: {len(cases) + len(unmapped)} rows in {path}: {len(cases)} mapped, "
@@ -515,6 +523,7 @@ def validate_serving_command(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    report.prepare_out_file(args.out)
     kinds = args.kinds.split(",") if args.kinds else None
     events = bench.measure(quick=args.quick, progress=args.progress, time_budget_s=args.time_budget, kinds=kinds)
     out = report.write_bench(args.out, events, bench.CSV_COLUMNS)
@@ -529,6 +538,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--config-root", metavar="DIR",
                     help="a folder of your own presets (models/, hardware/, experiments/, profiles/, prices/) "
                          "searched before ./configs and the packaged presets (also $JAXPLAN_CONFIGS)")
+    ap.add_argument("--data", metavar="DIR",
+                    help="the measured data (kernels/, serving/, model_configs/; default: ../shared/data beside "
+                         "the repository; also $JAXPLAN_DATA)")
     sub = ap.add_subparsers(dest="command", parser_class=_Parser)
     sp = sub.add_parser("sweep", help="evaluate every layout, draw the Pareto frontier, pick the best at the SLA")
     _add_experiment_args(sp)
@@ -578,15 +590,15 @@ def build_parser() -> argparse.ArgumentParser:
     fp = sub.add_parser("fit", help="fit the cost model's parameters to measured kernel latencies")
     fp.add_argument("--hardware", required=True, help="hardware preset name or YAML path")
     fp.add_argument("--kernels", help="folder of kernel tables (*.csv.gz) or a `jaxplan bench` CSV "
-                                      "(default: ../shared/data/kernels/<gpu> beside the repository)")
+                                      "(default: <data>/kernels/<gpu>, see --data)")
     fp.add_argument("--serving", help="serving measurements CSV (silicon_hopper.csv format): after the kernels, fit "
                                       "the per-backend step/layer, front-end and disaggregation overheads on its "
                                       "H100 rows (H200 rows: holdout)")
     fp.add_argument("--out", required=True, metavar="PROFILE.yaml", help="where to write the fitted profile")
-    fp.add_argument("--steps", type=int, default=kernel_fit.DEFAULT_STEPS,
+    fp.add_argument("--steps", type=_positive(int), default=kernel_fit.DEFAULT_STEPS,
                     help=f"optimizer steps (default {kernel_fit.DEFAULT_STEPS})")
-    fp.add_argument("--seed", type=int, default=0, help="subsample seed (default 0)")
-    fp.add_argument("--max-rows", dest="max_rows", type=int, default=kernel_fit.DEFAULT_MAX_ROWS_PER_KIND,
+    fp.add_argument("--seed", type=_nonneg_int, default=0, help="subsample seed (default 0)")
+    fp.add_argument("--max-rows", dest="max_rows", type=_positive(int), default=kernel_fit.DEFAULT_MAX_ROWS_PER_KIND,
                     help=f"train rows per kind the optimizer sees (stratified subsample; default "
                          f"{kernel_fit.DEFAULT_MAX_ROWS_PER_KIND})")
     fp.set_defaults(fn=cmd_fit)
@@ -604,7 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--quick", action="store_true", help="tiny grid that runs in seconds (also on a CPU)")
     bp.add_argument("--out", default="bench.csv", metavar="FILE.csv",
                     help="CSV to write (default: bench.csv); metadata goes to FILE.csv.meta.yaml")
-    bp.add_argument("--time-budget", dest="time_budget", type=float, default=None, metavar="SECONDS",
+    bp.add_argument("--time-budget", dest="time_budget", type=_positive(float), default=None, metavar="SECONDS",
                     help="cap the measuring time; cases run coarse-to-fine so a cut grid stays even")
     bp.add_argument("--kinds", default=None,
                     help="comma-separated kernel tables to measure (default: all of " + ",".join(bench.KERNEL_TABLES)
@@ -626,6 +638,11 @@ def main(argv=None) -> int:
         return 2
     if args.config_root:
         os.environ["JAXPLAN_CONFIGS"] = args.config_root
+    if args.data:
+        if not Path(args.data).is_dir():
+            print(f"jaxplan: error: --data '{args.data}' is not a folder", file=sys.stderr)
+            return 2
+        os.environ["JAXPLAN_DATA"] = args.data
     try:
         return args.fn(args)
     except SpecError as e:

@@ -90,6 +90,8 @@ def load_prices(path: str | Path) -> Prices:
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0):
         raise SpecError(f"{path}: key 'budget' must be a positive number, got {budget!r}")
     currency = data.get("currency", "")
+    if not isinstance(currency, str):
+        raise SpecError(f"{path}: key 'currency' must be a string such as USD, got {currency!r}")
     return Prices(prices, None if budget is None else float(budget), str(currency), str(path))
 
 

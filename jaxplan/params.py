@@ -238,14 +238,13 @@ def load_params(path: str | Path) -> Params:
     return params_from_dict(data["params"], str(path))
 
 
-def save_params(params: Mapping, path: str | Path, meta: Mapping | None = None) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def profile_text(params: Mapping, meta: Mapping | None = None) -> str:
+    """A parameter profile as YAML (what :func:`load_params` reads): ``meta`` (with the time it was
+    written) and the parameters to 6 significant digits."""
     meta = dict(meta or {})
     meta.setdefault("written", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     body = {"meta": meta, "params": {k: float(f"{float(v):.6g}") for k, v in params.items()}}
-    path.write_text(yaml.safe_dump(body, sort_keys=False))
-    return path
+    return yaml.safe_dump(body, sort_keys=False)
 
 
 def profile_path(hardware_name: str) -> Path | None:

@@ -2,9 +2,11 @@
 tables it prints. The library returns numbers, names and rows; this module words them."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
+import os
 import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -15,7 +17,8 @@ import yaml
 from .calibrate.serving_data import unmapped_counts
 from .calibrate.serving_predict import summarize
 from .calibrate.stats import error_stats
-from .specs import HARDWARE_NUMBERS, Experiment, Hardware
+from .params import profile_text
+from .specs import HARDWARE_NUMBERS, Experiment, Hardware, SpecError
 from .sweep import AGG_COLUMNS, DISAGG_COLUMNS, INT_COLUMNS, Plan, row
 
 
@@ -32,10 +35,101 @@ def _fmt(v) -> str:
     return "nan" if math.isnan(v) else ("inf" if math.isinf(v) else f"{v:.6g}")
 
 
+# ----------------------------------------------------------------------------- atomic outputs
+#
+# Every file is written under a temporary name in its folder and renamed into place when complete
+# (os.replace is atomic on one file system), so a killed run never leaves a truncated file under
+# a final name. A run's folder gets its marker file (summary.json, ...) last, after the old marker
+# and the old outputs are removed first: a folder with a marker is a complete run.
+
+PENDING: set[Path] = set()          # temporary files being written (removed on an interrupt)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path):
+    """A temporary path beside ``path``; renamed to ``path`` when the block completes, removed if
+    it fails."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    PENDING.add(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        PENDING.discard(tmp)
+        tmp.unlink(missing_ok=True)
+
+
+def remove_pending() -> None:
+    """Delete the temporary files of writes in progress (after an interrupt)."""
+    for tmp in list(PENDING):
+        tmp.unlink(missing_ok=True)
+        PENDING.discard(tmp)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def _writable_dir(d: Path, flag: str, what: Path) -> None:
+    """Create folder ``d`` if needed and prove a file can be written in it; SpecError otherwise."""
+    for parent in (d, *d.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise SpecError(f"{flag} '{what}': '{parent}' is a file, not a folder")
+            break
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        probe = d / f".jaxplan-write-test.{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise SpecError(f"{flag} '{what}': cannot write there ({e.strerror or e})") from None
+
+
+def prepare_out_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Check, before any work, that ``path`` is (or can become) a folder jaxplan can write in."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SpecError(f"{flag} '{path}' is a file; give a folder")
+    _writable_dir(path, flag, path)
+    return path
+
+
+def prepare_out_file(path: str | Path, flag: str = "--out") -> Path:
+    """Check, before any work, that a file can be written at ``path`` (not a folder; its folder
+    writable)."""
+    path = Path(path)
+    if path.is_dir():
+        raise SpecError(f"{flag} '{path}' is a folder; give a file name")
+    _writable_dir(path.parent, flag, path)
+    return path
+
+
+def save_params(params: Mapping, path: str | Path, meta: Mapping | None = None) -> Path:
+    """Write a parameter profile (``params.profile_text``), e.g. what ``jaxplan fit`` fitted."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_text(path, profile_text(params, meta))
+
+
+def start_run(out: str | Path, outputs: Sequence[str]) -> Path:
+    """Make the output folder ready for a run whose files are ``outputs``, its marker (written last)
+    first: remove the marker of an earlier run, then its other outputs, so that the folder never
+    mixes two runs under a marker."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in outputs:
+        (out / name).unlink(missing_ok=True)
+    return out
+
+
 def write_csv(path: Path, columns: dict[str, np.ndarray], names: Sequence[str], rows: Iterable[int] | None = None):
     names = [n for n in names if n in columns]
     idx = range(len(columns[names[0]])) if rows is None else rows
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(names)
         for i in idx:
@@ -139,7 +233,7 @@ def plot_frontier(path: Path, columns: dict, frontier_idx, best: int | None, tit
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
 
 
 def figure(nrows: int = 1, ncols: int = 1, **kw):
@@ -156,7 +250,14 @@ def wrap(title: str, width: int = 90) -> str:
 
 
 def write_json(path: Path, obj) -> None:
-    Path(path).write_text(to_json(obj))
+    write_text(path, to_json(obj))
+
+
+def save_figure(fig, path, **kw) -> Path:
+    """Write a matplotlib figure as PNG through a temporary file."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", **kw)
+    return Path(path)
 
 
 def to_json(obj) -> str:
@@ -248,7 +349,7 @@ def plot_sensitivity(path: Path, at_best: list[dict], title: str, top_params: in
         ax.tick_params(axis="y", labelsize=8)
     fig.suptitle(wrap(title, 140), fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
 
 
 def plot_sensitivity_frontier(path: Path, records: list[dict], columns: dict, frontier_idx, title: str,
@@ -273,7 +374,7 @@ def plot_sensitivity_frontier(path: Path, records: list[dict], columns: dict, fr
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
 
 
 def plot_codesign(path: Path, res, title: str):
@@ -300,7 +401,7 @@ def plot_codesign(path: Path, res, title: str):
     a2.legend(fontsize=8)
     fig.suptitle(wrap(title, 140), fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- jaxplan sweep
@@ -308,8 +409,7 @@ def plot_codesign(path: Path, res, title: str):
 def write_plan(plan: Plan, out: str | Path) -> list[Path]:
     """The files of ``jaxplan sweep``: ``layouts.csv`` (every evaluated layout), ``frontier.csv``,
     ``frontier.png`` and ``summary.json``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = start_run(out, ("summary.json", "layouts.csv", "frontier.csv", "frontier.png"))
     exp, cols, front, best = plan.experiment, plan.columns, plan.frontier, plan.best
     names = AGG_COLUMNS if plan.serving == "agg" else DISAGG_COLUMNS
     write_csv(out / "layouts.csv", cols, names)
@@ -342,8 +442,7 @@ def write_sensitivity(res, exp: Experiment, out: str | Path, *, serving: str, sc
                       seconds: float, disagg_key: Sequence[str] = ()) -> Path:
     """``sensitivity.csv`` (elasticities at every frontier point and the best), ``sensitivity.json``,
     ``sensitivity.png`` (at the best) and ``sensitivity_frontier.png``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = start_run(out, ("sensitivity.json", "sensitivity.csv", "sensitivity.png", "sensitivity_frontier.png"))
     cols, best = res.sweep.columns, res.best
     on_front = set(int(i) for i in res.sweep.frontier)
     rows_csv = []
@@ -364,20 +463,20 @@ def write_sensitivity(res, exp: Experiment, out: str | Path, *, serving: str, sc
                "frontier_points": len(res.sweep.frontier), "seconds": seconds,
                "switches_at_plus_minus_10pct": [switch_record(s) for s in res.switches]}
     if best is None:
-        write_json(out / "sensitivity.json", summary | {"best_at_sla": None})
         plot_sensitivity_frontier(out / "sensitivity_frontier.png", res.records, cols, res.sweep.frontier,
                                   f"elasticities along the frontier: {name}")
+        write_json(out / "sensitivity.json", summary | {"best_at_sla": None})
         return out
     best_row = row(cols, best)
     at_best = [r for r in res.records if r["row"] == best]
     summary["best_at_sla"] = best_row
     summary["elasticities_at_best"] = {f"{r['kind']}:{r['name']}": {k: r[k] for k in r if k.startswith("elasticity_")}
                                        for r in at_best}
-    write_json(out / "sensitivity.json", summary)
     plot_sensitivity(out / "sensitivity.png", at_best,
                      f"d log(tokens/s/GPU) / d log(x) at {label(best_row)} — {name}")
     plot_sensitivity_frontier(out / "sensitivity_frontier.png", res.records, cols, res.sweep.frontier,
                               f"elasticities along the frontier: {name}", best=best)
+    write_json(out / "sensitivity.json", summary)
     return out
 
 
@@ -402,8 +501,7 @@ def codesign_step(rec: dict) -> dict:
 def write_codesign(res, exp: Experiment, prices, out: str | Path, *, serving: str, seconds: float) -> dict:
     """``trajectory.csv``, ``codesign_hardware.yaml``, ``codesign.png`` and ``codesign.json``;
     returns the summary written to the JSON."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = start_run(out, ("codesign.json", "trajectory.csv", "codesign_hardware.yaml", "codesign.png"))
     cur = f" {prices.currency}" if prices.currency else ""
     traj_cols = {"step": [], "tokens_per_s_per_gpu": [], "tokens_per_s_per_user": [], "ttft_s": [], "layout": []}
     for n in res.names:
@@ -418,7 +516,7 @@ def write_codesign(res, exp: Experiment, prices, out: str | Path, *, serving: st
             traj_cols[f"share_{n}"].append(r["shares"][n])
             traj_cols[f"elasticity_{n}"].append(r["elasticities"].get(n))
     write_csv(out / "trajectory.csv", traj_cols, list(traj_cols))
-    (out / "codesign_hardware.yaml").write_text(
+    write_text(out / "codesign_hardware.yaml",
         f"# jaxplan codesign of {exp.hardware.name} for {exp.name}: best of {len(res.trajectory)} steps "
         f"(step {res.best_step}); budget {res.budget:,.0f}{cur} per GPU over {', '.join(res.names)}\n"
         + hardware_yaml(res.final_hardware, f"jaxplan codesign from {exp.hardware.name}, prices {prices.source}"))
@@ -509,7 +607,7 @@ def write_serving_predictions(path, v) -> Path:
             return ""
         return str(int(x)) if x.is_integer() and abs(x) < 1e15 else f"{x:.6g}"
 
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(VALIDATION_CSV_COLUMNS)
         for i in range(len(v.cases)):
@@ -519,7 +617,7 @@ def write_serving_predictions(path, v) -> Path:
 
 def write_unmapped(path, unmapped) -> Path:
     path = Path(path)
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(("id", "model_path", "system", "backend", "mode", "reason", "detail"))
         for u in unmapped:
@@ -561,7 +659,7 @@ def plot_serving_scatter(path, tab: Mapping[str, np.ndarray], color_by: str = "m
     if name:
         fig.suptitle(name, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     return Path(path)
 
 
@@ -585,9 +683,9 @@ def validation_markdown(v) -> str:
 
 def write_validation(v, out_dir) -> dict[str, Path]:
     """The files of ``jaxplan validate --serving``: predictions.csv, unmapped.csv, the scatter plots
-    by mode and by backend, and summary.md."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    by mode and by backend, and summary.md (last: the mark of a complete run)."""
+    out = start_run(out_dir, ("summary.md", "predictions.csv", "unmapped.csv", "serving_scatter.png",
+                              "serving_scatter_by_backend.png"))
     files = {"predictions": write_serving_predictions(out / "predictions.csv", v),
              "unmapped": write_unmapped(out / "unmapped.csv", v.unmapped),
              "scatter": plot_serving_scatter(out / "serving_scatter.png", v.table, "mode",
@@ -597,7 +695,7 @@ def write_validation(v, out_dir) -> dict[str, Path]:
     plot_serving_scatter(out / "serving_scatter_by_backend.png", v.table, "backend")
     files["scatter_by_backend"] = out / "serving_scatter_by_backend.png"
     files["summary"] = out / "summary.md"
-    files["summary"].write_text(validation_markdown(v))
+    write_text(files["summary"], validation_markdown(v))
     return files
 
 
@@ -654,7 +752,7 @@ def write_kernel_predictions(path, meas, pred: Mapping) -> Path:
     """One row per mapped kernel measurement: its features, measured and predicted ms, APE %."""
     path = Path(path)
     feat = sorted({k for kind in pred for k in meas.kinds[kind].x})
-    with path.open("w", newline="") as fh:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["kind", "table", "variant", "group", *feat, "measured_ms", "predicted_ms", "ape_pct"])
         for kind, pr in pred.items():
@@ -691,7 +789,7 @@ def plot_kernel_predictions(path, meas, pred: Mapping, name: str = "", max_point
     axes.legend(markerscale=4, fontsize=8)
     if fig is not None:
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        save_figure(fig, path, dpi=120)
     return path
 
 
@@ -725,5 +823,5 @@ def write_bench(out: str | Path, events, columns: Sequence[str]) -> Path:
                 writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in obj.items()})
                 fh.flush()
             else:
-                meta_file.write_text(yaml.safe_dump(obj, sort_keys=False))
+                write_text(meta_file, yaml.safe_dump(obj, sort_keys=False))
     return out

@@ -115,6 +115,28 @@ def read_yaml(path: Path) -> dict:
 
 # ----------------------------------------------------------------------------- strict readers
 
+# Physical upper bounds of the numbers jaxplan reads, by key: a larger value is a typo or an
+# overflow (counts must also fit a 32-bit device integer), refused with the key named. Generous on
+# purpose: a million-wide hidden size or a 100-million-token prompt still loads.
+MAX_COUNT = 2**31 - 1
+MAX_GPUS = 2**24                     # 16.8 million GPUs (the stress sweeps use 8,648,640)
+MAX_TOKENS = 100_000_000             # per prompt or answer
+LIMITS = {
+    "num_layers": 10_000, "first_dense_layers": 10_000, "sliding_layers": 10_000, "hidden_size": 1_000_000,
+    "num_heads": 65_536, "num_kv_heads": 65_536, "head_dim": 65_536, "vocab_size": 100_000_000,
+    "ffn_intermediate_size": 10_000_000, "expert_intermediate_size": 10_000_000,
+    "shared_intermediate_size": 10_000_000, "num_experts": 100_000, "top_k": 100_000, "num_shared_experts": 4_096,
+    "q_lora_rank": 1_000_000, "kv_lora_rank": 1_000_000, "qk_nope_head_dim": 65_536, "qk_rope_head_dim": 65_536,
+    "v_head_dim": 65_536, "sliding_window": MAX_TOKENS,
+    "isl_tokens": MAX_TOKENS, "osl_tokens": MAX_TOKENS, "gpus": MAX_GPUS, "max_batch": 10_000_000,
+    "draft_tokens": 16,
+    # hardware, per GPU, in the units of the keys
+    "bf16_dense_tflops": 1e6, "fp8_dense_tflops": 1e6, "fp4_dense_tflops": 1e6, "hbm_bandwidth_tb_s": 1e3,
+    "hbm_capacity_gb": 1e6, "scaleup_domain_gpus": MAX_GPUS, "scaleup_bandwidth_gb_s": 1e6,
+    "scaleout_bandwidth_gb_s": 1e6, "scaleup_latency_us": 1e6, "scaleout_latency_us": 1e6,
+}
+
+
 class _Reader:
     """Reads keys from a mapping, remembering which were used, with errors that name the file."""
 
@@ -137,6 +159,11 @@ class _Reader:
             return None
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise SpecError(f"{self.where}: key '{key}' must be a number, got {type(v).__name__} {v!r}")
+        if not math.isfinite(v):
+            raise SpecError(f"{self.where}: key '{key}' must be a finite number, got {v!r}")
+        limit = LIMITS.get(key, MAX_COUNT if integer else math.inf)
+        if v > limit:
+            raise SpecError(f"{self.where}: key '{key}' = {v!r} is beyond any real system; at most {limit:g}")
         if integer and (not float(v).is_integer()):
             raise SpecError(f"{self.where}: key '{key}' must be a whole number, got {v!r}")
         if positive and not v > 0:
@@ -675,6 +702,8 @@ class Experiment:
 def _check_gpus(gpus, where):
     if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
         raise SpecError(f"{where}: key 'gpus' must be a positive whole number, got {gpus!r}")
+    if gpus > MAX_GPUS:
+        raise SpecError(f"{where}: key 'gpus' = {gpus:,} is more than jaxplan plans for (at most {MAX_GPUS:,})")
     return gpus
 
 
@@ -769,8 +798,8 @@ def experiment_from_dict(data: Mapping, where: str, default_name: str, *, model_
         raise SpecError(f"{where if overrides.get('prefix_hit') is None else '--prefix-hit'}: prefix_hit must be "
                         f"in [0, 1) (the share of each prompt already in the prefix cache), got {hit}")
     for key, v in (("--isl", isl), ("--osl", osl)):
-        if v <= 0:
-            raise SpecError(f"{key} must be positive, got {v}")
+        if not 0 < v <= MAX_TOKENS:
+            raise SpecError(f"{key} must be a positive number of tokens up to {MAX_TOKENS:,}, got {v}")
     spec = r.sub("speculative")
     draft, accept = 0, 0.0
     if spec is not None:
@@ -787,6 +816,9 @@ def experiment_from_dict(data: Mapping, where: str, default_name: str, *, model_
     if not 0.0 <= accept < 1.0:
         raise SpecError(f"{where_spec}: acceptance must be in [0, 1) (the probability a drafted token is "
                         f"accepted), got {accept}")
+    if accept and not draft:
+        raise SpecError(f"{where_spec}: an acceptance rate ({accept:g}) needs draft tokens (draft_tokens / "
+                        f"--draft-tokens K > 0): without speculative decoding nothing is accepted")
     sla_r = r.sub("sla")
     if sla_r:
         sla_r.used.update({"min_tokens_per_s_per_user", "max_ttft_s"})
@@ -814,7 +846,7 @@ def experiment_from_dict(data: Mapping, where: str, default_name: str, *, model_
     scheduler = overrides.get("scheduler") or scheduler
     if scheduler not in (None, *SCHEDULER_NAMES):
         raise SpecError(f"--scheduler '{scheduler}'; allowed: {', '.join(SCHEDULER_NAMES)}")
-    params_file = r._get("params", None, False)
+    params_file = r.str("params", "") or None      # a profile YAML path; "" / absent: the hardware's
     r.finish(also_allowed=("description", "name"))
     name = r.data.get("name") if isinstance(r.data.get("name"), str) else default_name
     return Experiment(name=name, model=model, hardware=hw, gpus=gpus, precision=prec,

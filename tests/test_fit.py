@@ -18,7 +18,8 @@ import pytest
 from jaxplan import cli, report
 from jaxplan.calibrate import kernel_fit as F
 from jaxplan.calibrate import kernels as M
-from jaxplan.params import PARAM_SPECS, load_params, save_params
+from jaxplan.params import PARAM_SPECS, load_params
+from jaxplan.report import save_params
 from jaxplan.specs import SpecError, load_hardware
 
 REPO = Path(__file__).resolve().parents[1]

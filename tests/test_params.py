@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from jaxplan import params as P
+from jaxplan.report import save_params
 from jaxplan.specs import SpecError
 
 SPECS = P.PARAM_SPECS
@@ -93,7 +94,7 @@ def test_from_raw_is_monotone_and_differentiable():
 def test_save_load_round_trip(tmp_path):
     rng = np.random.default_rng(0)
     fitted = {k: jnp.float32(interior(s, rng.uniform(0.05, 0.95))) for k, s in SPECS.items()}
-    path = P.save_params(fitted, tmp_path / "sub" / "h100.yaml", meta={"source": "unit test", "rmse": 0.1})
+    path = save_params(fitted, tmp_path / "sub" / "h100.yaml", meta={"source": "unit test", "rmse": 0.1})
     assert path.is_file()
     data = yaml.safe_load(path.read_text())
     assert set(data) == {"meta", "params"}
@@ -105,7 +106,7 @@ def test_save_load_round_trip(tmp_path):
         assert back[k].dtype == jnp.float32
     # values driven to the ends of their ranges can be saved and read back too
     ends = P.from_raw({k: jnp.float32(50.0 if i % 2 else -50.0) for i, k in enumerate(NAMES)})
-    back = P.load_params(P.save_params(ends, tmp_path / "ends.yaml"))
+    back = P.load_params(save_params(ends, tmp_path / "ends.yaml"))
     for k in NAMES:
         assert float(back[k]) == pytest.approx(float(ends[k]), rel=1e-5), k
 
@@ -146,7 +147,7 @@ def test_missing_params_file(tmp_path):
 
 
 def test_params_for_override_and_defaults(tmp_path):
-    path = P.save_params({"mem_eff": 0.6}, tmp_path / "mine.yaml")
+    path = save_params({"mem_eff": 0.6}, tmp_path / "mine.yaml")
     p, source = P.params_for("h100-sxm", path)
     assert float(p["mem_eff"]) == pytest.approx(0.6) and source == str(path)
     p, source = P.params_for("no-such-gpu")

@@ -249,9 +249,16 @@ class _Mapper:
         return collections.Counter((self.table, r) for r in self.reason.tolist() if r)
 
 
+# Beyond these a row is a typo or an overflow, not a kernel anyone ran: shape columns (tokens,
+# sizes, heads, GPUs) stay within a 32-bit count, a latency within a day.
+MAX_SHAPE = 2.0**31
+MAX_LATENCY_MS = 86_400e3
+
+
 def _latency(cols, m: _Mapper):
     lat = _num(cols, "latency", m.n)
     m.reject(~np.isfinite(lat) | ~(lat > 0), "latency missing or not positive")
+    m.reject(lat > MAX_LATENCY_MS, f"latency beyond {MAX_LATENCY_MS:g} ms")
     return lat * MS
 
 
@@ -260,6 +267,7 @@ def _need(cols, m: _Mapper, names):
     for name in names:
         v = _num(cols, name, m.n)
         m.reject(~np.isfinite(v), f"column '{name}' missing or not a number")
+        m.reject(np.abs(np.nan_to_num(v)) >= MAX_SHAPE, f"column '{name}' beyond any real kernel (>= 2^31)")
         out[name] = v
     return out
 

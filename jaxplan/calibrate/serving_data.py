@@ -172,6 +172,10 @@ class _Resolver:
                 return load_model(by_norm[key])
         except SpecError as e:
             return _Skip("model rejected by the loader", str(e))
+        if not self.configs:
+            raise SpecError(f"'{model_path}' needs a Hugging Face config.json and the measured data's "
+                            f"model_configs folder is not at {self.data_dir / 'model_configs'}: give "
+                            f"--data DIR (or set JAXPLAN_DATA) to the folder holding model_configs/")
         return _Skip("no preset or Hugging Face config for the model",
                      f"'{model_path}': no configs/models preset matches '{key}' and no "
                      f"{self.data_dir / 'model_configs' / (last + '.json')}")
@@ -338,14 +342,19 @@ def load_serving(path, data_dir=None) -> tuple[list[ServingCase], list[Unmapped]
     if not path.is_file():
         raise SpecError(f"serving file '{path}' does not exist")
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        cols = set(reader.fieldnames or ())
-        missing = [c for c in REQUIRED_COLUMNS if c not in cols]
-        if missing:
-            raise SpecError(f"{path}: missing required column(s) {', '.join(missing)}; "
-                            f"the format is that of silicon_hopper.csv")
-        rows = list(reader)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            cols = set(reader.fieldnames or ())
+            missing = [c for c in REQUIRED_COLUMNS if c not in cols]
+            if missing:
+                raise SpecError(f"{path}: missing required column(s) {', '.join(missing)}; "
+                                f"the format is that of silicon_hopper.csv")
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise SpecError(f"{path}: not a text CSV of serving measurements ({e})") from None
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read ({e.strerror or e})") from None
     modes = {r.get("mode") for r in rows}
     need = (AGG_COLUMNS if "agg" in modes else ()) + (DISAGG_COLUMNS if "disagg" in modes else ())
     missing = [c for c in need if c not in cols]
