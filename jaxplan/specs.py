@@ -104,10 +104,15 @@ def read_yaml(path: Path) -> dict:
         text = path.read_text()
     except FileNotFoundError:
         raise SpecError(f"file '{path}' does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"{path}: cannot be read as a YAML text file ({type(e).__name__}: {e})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise SpecError(f"{path}: not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpecError(f"{path}: not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
         raise SpecError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
     return data
@@ -770,7 +775,8 @@ def experiment_path(name_or_path: str | os.PathLike | None = None) -> Path:
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.exists():
         if not p.is_file():
-            raise SpecError(f"experiment file '{p}' does not exist")
+            raise SpecError(f"experiment file '{p}' " + ("is a folder, not a YAML file" if p.is_dir() else
+                                                        "does not exist"))
         return p
     preset = config_file("experiments", str(name_or_path))
     if preset is None:
