@@ -13,24 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from test_cli import call as run
 
 from jaxplan import report
 from jaxplan.calibrate.kernels import load_kernel_file
 from jaxplan.calibrate.serving_data import load_serving
-from jaxplan.cli import main
 from jaxplan.specs import MAX_GPUS, SpecError, load_hardware, load_model
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = (Path(__file__).parent / "data" / "small_experiment.yaml")
-
-
-def run(argv, capsys):
-    try:
-        rc = main(argv)
-    except SystemExit as e:          # argparse's own errors
-        rc = e.code
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 @pytest.mark.parametrize("argv, words", [
