@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from jaxplan.cost import (
@@ -20,6 +21,8 @@ from jaxplan.cost import (
     linear_attention,
     linear_state_bytes,
     memory_per_gpu,
+    stage_costs,
+    sum_costs,
 )
 from jaxplan.params import default_params
 from jaxplan.serving import kv_cache_bytes
@@ -271,3 +274,22 @@ def test_indexer_scores_every_key(glm, b200, sharp):
     flops = FLOPS_PER_MAC * GLM_INDEX_HEADS * GLM_INDEX_DIM * T * c
     assert float(b.compute - a.compute) == pytest.approx(flops / (b200.fp8_flops * float(sharp["attn_prefill_eff"])),
                                                          rel=1e-3)
+
+
+# ----------------------------------------------------------------------------- differentiable
+
+@pytest.mark.parametrize("which, keys", [
+    ("qwen", ("linear_prefill_eff_scale", "linear_decode_mem_eff_scale", "linear_kernels")),
+    ("glm", ("dsa_index_eff_scale", "dsa_index_mem_eff_scale", "dsa_index_kernels")),
+])
+def test_new_terms_have_finite_nonzero_gradients(which, keys, request, b200):
+    """What ``fit`` and ``sensitivity`` rely on: an iteration's time moves with each new term."""
+    model, fp8, p = request.getfixturevalue(which), get_precision("fp8"), default_params()
+
+    def iteration(params):
+        ops = stage_costs(params, b200, model, fp8, 32.0, 1024.0, 4096.0, 2048.0, 8.0, 1.0, 1.0, 1.0)
+        return sum_costs(ops.values()).total()
+    g = jax.jit(jax.grad(iteration))(p)
+    for k in keys:
+        assert np.isfinite(float(g[k])) and float(g[k]) != 0.0, k
+    assert all(np.isfinite(float(v)) for v in g.values())
