@@ -209,6 +209,131 @@ def attention_decode(p, hw, model: Model, prec, seqs, kv_len, heads, kv_heads, q
     return (cost + Cost(overhead=fixed)).where(seqs > 0)
 
 
+# Gated DeltaNet prefill runs in the chunked (WY / UT-transform) form of the delta rule, as the
+# flash-linear-attention ``chunk_gated_delta_rule`` kernels that SGLang and vLLM call for Qwen3-Next
+# and Qwen3.5: the prompt is cut into chunks of LINEAR_CHUNK tokens; inside a chunk the delta rule
+# becomes small dense matmuls (tensor cores), and only the chunk boundaries pass the state along.
+# That form, not the token-by-token recurrence (the same O(dk dv) work per token but a sequential
+# read-modify-write of the whole state per token, bandwidth bound), is what serving engines run for
+# prompts, so it is the one priced; its work is linear in the prompt.
+LINEAR_CHUNK = 64
+# Per token and value head, in multiply-accumulates, with C = LINEAR_CHUNK, dk/dv the key/value head
+# dims and S the dk x dv state: the chunk's K K^T (C dk) and the triangular solve of (I + A)^-1
+# (C^2/3 per token); W = T K and U = T V (C dk + C dv); Q K^T (C dk); the masked (Q K^T) V_new
+# (C dv); and three state products, W S, Q S and the update K^T V_new (3 dk dv).
+
+
+def linear_prefill_macs_per_token_head(dk, dv, chunk=LINEAR_CHUNK) -> float:
+    return float(chunk * (3 * dk + 2 * dv) + chunk * chunk / 3.0 + 3 * dk * dv)
+
+
+# A decode step of the recurrence per value head: decay the state (dk dv), read the old value of
+# the key (S^T k, dk dv), write back the rank-one correction (dk dv) and read the output (S^T q,
+# dk dv): 4 dk dv multiply-accumulates per token.
+LINEAR_DECODE_MACS_PER_HEAD_DIM2 = 4
+
+
+def linear_state_bytes(model: Model, prec: Precision, tp=1.0):
+    """One request's state in one linear-attention layer on one of ``tp`` attention-TP GPUs: the
+    recurrent dk x dv matrix of each of its value heads (``model.linear_state_bytes`` per element,
+    float32 in Qwen3.5) plus the short convolution's last kernel-1 inputs (activation precision).
+    Value and key heads are split over TP (key heads replicated once TP exceeds them)."""
+    nv = model.linear_num_value_heads / tp
+    nk = jnp.maximum(model.linear_num_key_heads / tp, 1.0)
+    conv_ch = 2 * nk * model.linear_key_head_dim + nv * model.linear_value_head_dim
+    return nv * model.linear_key_head_dim * model.linear_value_head_dim * model.linear_state_bytes \
+        + conv_ch * (model.linear_conv_kernel - 1) * prec.act_bytes
+
+
+def linear_attention(p, hw: Hardware, model: Model, prec: Precision, dec_seqs, pre_tokens, tp, q: float = 1.0,
+                     pre_seqs=1.0) -> dict:
+    """One Gated DeltaNet layer on one of ``tp`` attention-TP GPUs: its projections and its mixing.
+
+    Projections: q, k (key dim each), v and the output gate z (value dim each), and the per-head
+    beta and decay, from the hidden state; the output projection back. The convolution, the gates
+    and the gated norm are memory-bound passes over those channels.
+    Decode: each of ``dec_seqs`` sequences reads its state once and writes it back (with ``q``
+    speculative tokens, one state per verified position, so a rejected draft can roll back), and
+    spends 4 dk dv MACs per value head per token: a memory-bound, context-independent step.
+    Prefill: ``pre_tokens`` tokens in the chunked form (LINEAR_CHUNK), their chunk-boundary states
+    written and read once (BF16), the ``pre_seqs`` sequences' states read and written once.
+
+    Efficiencies (no kernel tables exist for these kernels): the chunked prefill reaches the flash
+    prefill family's ``attn_prefill_eff`` (both are tiles of small BF16 matmuls with a running state
+    between tiles) times ``linear_prefill_eff_scale``; decode streams state at the decode-attention
+    family's ``attn_decode_mem_eff`` (both stream a per-request cache once per token) times
+    ``linear_decode_mem_eff_scale``. The recurrence runs in BF16 (the Triton kernels do, whatever
+    the GEMM precision)."""
+    d = model.hidden_size
+    dk, dv = model.linear_key_head_dim, model.linear_value_head_dim
+    nv = model.linear_num_value_heads / tp
+    nk = jnp.maximum(model.linear_num_key_heads / tp, 1.0)
+    kd, vd = nk * dk, nv * dv
+    dec_tokens = dec_seqs * q
+    tokens = dec_tokens + pre_tokens
+    proj = gemm(p, hw, prec, tokens, 2 * kd + 2 * vd + 2 * nv, d) + gemm(p, hw, prec, tokens, d, vd)
+    # convolution (read and write q, k, v), gates and gated norm (read v-sized output and z, write)
+    proj = proj + elementwise(p, hw, tokens * (2 * (2 * kd + vd) + 3 * vd) * prec.act_bytes).where(tokens > 0)
+    state = linear_state_bytes(model, prec, tp)
+    bf16 = hw.peak("bf16")
+    ds, pt = _nonzero(dec_seqs), _nonzero(pre_tokens)
+    dec_flops = FLOPS_PER_MAC * LINEAR_DECODE_MACS_PER_HEAD_DIM2 * nv * dk * dv * ds * q
+    dec_bytes = ds * state * (1.0 + q) + ds * q * (2 * kd + 3 * vd) * prec.act_bytes
+    decode = roofline(p, dec_flops, dec_bytes, bf16, p["attn_decode_eff"], hw.hbm_bandwidth,
+                      jnp.minimum(p["attn_decode_mem_eff"] * p["linear_decode_mem_eff_scale"], 1.0)).where(dec_seqs > 0)
+    pre_flops = FLOPS_PER_MAC * pt * nv * linear_prefill_macs_per_token_head(dk, dv)
+    pre_bytes = pt * (2 * kd + 3 * vd) * prec.act_bytes + 2 * (pt / LINEAR_CHUNK) * nv * dk * dv * 2.0 \
+        + 2 * pre_seqs * state
+    prefill = roofline(p, pre_flops, pre_bytes, bf16,
+                       jnp.minimum(p["attn_prefill_eff"] * p["linear_prefill_eff_scale"], 1.0), hw.hbm_bandwidth,
+                       p["mem_eff"]).where(pre_tokens > 0)
+    small = Cost(overhead=p["linear_kernels"] * p["kernel_latency_s"] * (tokens > 0))
+    return {"linear_attn_proj": proj, "linear_attention": decode + prefill + small}
+
+
+def sparse_span(span, top_k):
+    """Mean keys a query attends to under sparse attention that keeps the ``top_k`` best of the
+    keys before it. Decode (a single position): min(span, k). For a causal prompt whose queries
+    span ``span`` keys on average (positions uniform up to s = 2 span), the mean of min(i, k):
+    span while s <= k, else k - k^2 / (2 s); continuous at s = k, at most k."""
+    s = 2.0 * jnp.maximum(span, TINY)
+    return jnp.where(s <= top_k, span, top_k - top_k * top_k / (2.0 * s))
+
+
+def dsa_indexer(p, hw: Hardware, model: Model, prec: Precision, dec_seqs, pre_tokens, kv_len, ctx,
+                q: float = 1.0) -> Cost:
+    """DeepSeek Sparse Attention's lightning indexer in one layer, on one attention-TP GPU.
+
+    Its weights are small and every attention-TP rank runs it whole (replicated, as SGLang does):
+    the index query from the query latent (index_n_heads x index_head_dim), one index key and the
+    per-head weights from the hidden state. Every query token then scores *every* cached key:
+    2 * index_n_heads * index_head_dim FLOPs per (query, key) pair in FP8 (decode: ``kv_len`` keys;
+    prefill: the mean span ``ctx``), reading the FP8 index-key cache (index_head_dim bytes and a
+    scale per key) and writing FP32 logits that the top-k pass reads back.
+
+    No kernel table exists: the scoring is a QK^T over cached keys, priced at the flash prefill
+    family's ``attn_prefill_eff`` (times ``dsa_index_eff_scale``) on the FP8 peak, its reads at the
+    decode-attention family's ``attn_decode_mem_eff`` (times ``dsa_index_mem_eff_scale``); its small
+    kernels (key norm, RoPE, FP8 quantization, cache write, top-k) cost ``dsa_index_kernels`` times
+    ``kernel_latency_s``."""
+    d, hi, di = model.hidden_size, model.index_n_heads, model.index_head_dim
+    rate = "fp8" if "fp8" in hw.rates else "bf16"
+    dec_tokens = dec_seqs * q
+    tokens = dec_tokens + pre_tokens
+    q_in = model.q_lora_rank or d
+    proj = gemm(p, hw, prec, tokens, hi * di, q_in) + gemm(p, hw, prec, tokens, di + hi, d)
+    pairs = dec_tokens * kv_len + pre_tokens * ctx
+    flops = FLOPS_PER_MAC * hi * di * _nonzero(pairs)
+    key_bytes = model.index_key_bytes_per_token_layer()
+    nbytes = (dec_seqs * kv_len + jnp.where(pre_tokens > 0, ctx, 0.0)) * key_bytes + 2 * 4.0 * pairs \
+        + tokens * hi * di * 1.0
+    eff_c = jnp.minimum(p["attn_prefill_eff"] * p["dsa_index_eff_scale"], 1.0)
+    score = roofline(p, flops, nbytes, hw.peak(rate), eff_c, hw.hbm_bandwidth,
+                     jnp.minimum(p["attn_decode_mem_eff"] * p["dsa_index_mem_eff_scale"], 1.0)).where(pairs > 0)
+    small = Cost(overhead=p["dsa_index_kernels"] * p["kernel_latency_s"] * (tokens > 0))
+    return proj + score + small
+
+
 def expected_active_experts(experts, top_k, tokens):
     """E * (1 - (1 - k/E)^tokens): experts that receive at least one of ``tokens`` routed tokens."""
     return experts * (1.0 - jnp.exp(tokens * jnp.log1p(-top_k / experts)))
@@ -341,7 +466,9 @@ def attention_block(p, hw, model: Model, prec, dec_seqs, pre_tokens, kv_len, ctx
         proj = proj + gemm(p, hw, prec, dec_tokens, model.v_head_dim, model.kv_lora_rank, batch=hq)
         proj = proj + gemm(p, hw, prec, tokens, d, hq * model.v_head_dim)
     else:
-        proj = gemm(p, hw, prec, tokens, (hq + 2 * hkv) * model.head_dim, d) \
+        # an output gate (Qwen3-Next / Qwen3.5) doubles the query projection's width
+        q_width = hq * (2 if model.attn_output_gate else 1)
+        proj = gemm(p, hw, prec, tokens, (q_width + 2 * hkv) * model.head_dim, d) \
             + gemm(p, hw, prec, tokens, d, hq * model.head_dim)
     ops["attn_proj"] = proj
     s = model.sliding_layers / model.num_layers
@@ -353,8 +480,23 @@ def attention_block(p, hw, model: Model, prec, dec_seqs, pre_tokens, kv_len, ctx
             return full
         return full.scale(1 - s) + fn(jnp.minimum(length, win)).scale(s)
 
-    ops["attention"] = mix(lambda L: attention_decode(p, hw, model, prec, dec_seqs, L, hq, hkv, q), kv_len) \
-        + mix(lambda L: attention_prefill(p, hw, model, prec, pre_tokens, L, hq, hkv), ctx)
+    if model.is_sparse:
+        # DeepSeek Sparse Attention: MLA over the top-k keys the indexer picks (the same kernels
+        # per (query, key) pair as dense MLA, so the MLA family's efficiencies), plus the indexer,
+        # which scores every cached key. The KV cache itself stays full (cost.memory_per_gpu).
+        top = float(model.index_topk)
+        ops["sparse_attention"] = attention_decode(p, hw, model, prec, dec_seqs, jnp.minimum(kv_len, top), hq, hkv, q) \
+            + attention_prefill(p, hw, model, prec, pre_tokens, sparse_span(ctx, top), hq, hkv)
+        ops["dsa_indexer"] = dsa_indexer(p, hw, model, prec, dec_seqs, pre_tokens, kv_len, ctx, q)
+    else:
+        ops["attention"] = mix(lambda L: attention_decode(p, hw, model, prec, dec_seqs, L, hq, hkv, q), kv_len) \
+            + mix(lambda L: attention_prefill(p, hw, model, prec, pre_tokens, L, hq, hkv), ctx)
+    if model.linear_layers:
+        # Hybrid: a share of the layers is Gated DeltaNet instead (costs per layer kind, weighted).
+        lin = model.linear_layers / model.num_layers
+        ops = {k: c.scale(1.0 - lin) for k, c in ops.items()}
+        ops.update({k: c.scale(lin) for k, c in linear_attention(p, hw, model, prec, dec_seqs, pre_tokens, tp,
+                                                                   q).items()})
     return ops
 
 
@@ -457,8 +599,15 @@ def memory_per_gpu(p, hw: Hardware, model: Model, prec: Precision, isl, osl, tp,
         attn = repl + (model.attention_params() - repl) / tpa
         kv_per_tok_layer = model.kv_elements_per_token_layer()          # latent replicated over TP
     else:
-        attn = d * model.head_dim * (2 * hq + 2 * hkv)
+        attn = d * model.head_dim * ((3 if model.attn_output_gate else 2) * hq + 2 * hkv)
         kv_per_tok_layer = 2 * hkv * model.head_dim
+    if model.is_sparse:
+        # the DSA indexer's weights are replicated on every attention-TP rank (cost.dsa_indexer)
+        attn = attn + model.indexer_params() * (1.0 - 1.0 / tpa)
+    if model.linear_layers:
+        # layers are of two kinds: the mean weights of a layer's token mixing (Gated DeltaNet sharded)
+        lin = model.linear_layers / model.num_layers
+        attn = (1.0 - lin) * attn + lin * model.linear_attention_params() / tpa
     per_layer_dense = attn + model.dense_mlp_params() / tpa
     per_layer_moe = attn + model.num_experts / ep * model.expert_params() / tp + model.shared_params() / tpa \
         + d * model.num_experts
@@ -470,7 +619,13 @@ def memory_per_gpu(p, hw: Hardware, model: Model, prec: Precision, isl, osl, tp,
     ctx = isl + osl
     s = model.sliding_layers / model.num_layers
     eff_ctx = (1 - s) * ctx + s * jnp.minimum(ctx, float(model.sliding_window or 1e12))
-    kv = batch / adp * eff_ctx * kv_per_tok_layer * prec.kv_bytes * model.num_layers / pp
+    # KV cache of the softmax-attention layers (DSA keeps every key, and its indexer's FP8 keys
+    # too); a linear-attention layer holds a fixed state per request whatever the context.
+    kv = batch / adp * eff_ctx * kv_per_tok_layer * prec.kv_bytes * model.num_full_layers / pp
+    if model.is_sparse:
+        kv = kv + batch / adp * eff_ctx * model.index_key_bytes_per_token_layer() * model.num_full_layers / pp
+    if model.linear_layers:
+        kv = kv + batch / adp * linear_state_bytes(model, prec, tpa) * model.linear_layers / pp
     tokens = chunk + batch / adp                      # one attention group's iteration
     widest = max(model.ffn_intermediate_size, model.top_k * model.expert_intermediate_size,
                  model.num_heads * max(model.qk_head_dim, model.head_dim))

@@ -156,6 +156,22 @@ PARAM_SPECS: dict[str, ParamSpec] = {
                                    "NVLink (beyond scale_up_latency)",
                                    log=True),
     "nccl_allreduce_bw_eff": _p(0.70, 0.05, 1.0, "NVLink bandwidth fraction reached by NCCL all-reduce"),
+    # --- attention variants without kernel tables (Gated DeltaNet, DeepSeek Sparse Attention). They
+    #     are priced by roofline with the efficiencies of the nearest measured kernel family, times a
+    #     fittable scale whose default 1 keeps that family's (fitted) value; their small kernels cost
+    #     a count of ``kernel_latency_s`` each (cost.linear_attention, cost.dsa_indexer say which).
+    "linear_prefill_eff_scale": _p(1.0, 0.05, 4.0, "chunked Gated DeltaNet prefill (tensor-core matmuls on "
+                                   "64-token chunks): share of attn_prefill_eff (flash prefill) it reaches"),
+    "linear_decode_mem_eff_scale": _p(1.0, 0.05, 4.0, "Gated DeltaNet decode (streams each request's state): "
+                                      "share of attn_decode_mem_eff (decode attention streaming the KV cache)"),
+    "linear_kernels": _p(4.0, 0.0, 64.0, "small kernels of a Gated DeltaNet layer beyond its GEMMs and its "
+                         "recurrence (convolution, gates, gated norm, state copy), each kernel_latency_s"),
+    "dsa_index_eff_scale": _p(1.0, 0.05, 4.0, "DSA indexer FP8 scoring of cached keys: share of attn_prefill_eff "
+                              "(flash prefill QK^T) it reaches"),
+    "dsa_index_mem_eff_scale": _p(1.0, 0.05, 4.0, "DSA indexer reading the FP8 key cache and its logits: share of "
+                                  "attn_decode_mem_eff (decode attention streaming the KV cache)"),
+    "dsa_index_kernels": _p(6.0, 0.0, 64.0, "small kernels of a DSA indexer beyond its GEMMs and scoring (key "
+                            "norm, RoPE, FP8 quantization, cache write, top-k), each kernel_latency_s"),
 }
 
 Params = dict  # name -> jax scalar (physical value)

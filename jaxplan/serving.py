@@ -30,7 +30,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .cost import Cost, draft_costs, max_batch_that_fits, memory_per_gpu, p2p, stage_costs, sum_costs
+from .cost import (
+    Cost,
+    draft_costs,
+    linear_state_bytes,
+    max_batch_that_fits,
+    memory_per_gpu,
+    p2p,
+    stage_costs,
+    sum_costs,
+)
 from .layouts import Layout
 from .specs import Hardware, Model, Precision, SpecError, Workload, scheduler_for
 
@@ -326,8 +335,15 @@ def explain(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: L
 # decode rounds only; the KV cache of every prompt moves from the prefill GPUs to the decode GPUs.
 
 def kv_cache_bytes(model: Model, prec: Precision, tokens):
-    """KV cache of ``tokens`` tokens over all layers: GQA keeps K and V per KV head, MLA one latent."""
-    return tokens * model.kv_elements_per_token_layer() * prec.kv_bytes * model.num_layers
+    """KV cache of ``tokens`` tokens over all layers: GQA keeps K and V per KV head, MLA one latent
+    (DSA: plus the indexer's FP8 keys); a hybrid model's linear-attention layers add one fixed
+    recurrent state (and convolution state) per request instead."""
+    kv = tokens * model.kv_elements_per_token_layer() * prec.kv_bytes * model.num_full_layers
+    if model.is_sparse:
+        kv = kv + tokens * model.index_key_bytes_per_token_layer() * model.num_full_layers
+    if model.linear_layers:
+        kv = kv + linear_state_bytes(model, prec) * model.linear_layers
+    return kv
 
 
 def kv_shards(model: Model, lay: Layout):

@@ -133,6 +133,10 @@ LIMITS = {
     "shared_intermediate_size": 10_000_000, "num_experts": 100_000, "top_k": 100_000, "num_shared_experts": 4_096,
     "q_lora_rank": 1_000_000, "kv_lora_rank": 1_000_000, "qk_nope_head_dim": 65_536, "qk_rope_head_dim": 65_536,
     "v_head_dim": 65_536, "sliding_window": MAX_TOKENS,
+    # [linear] (Gated DeltaNet) and [sparse] (DSA indexer) blocks of a model YAML
+    "layers": 10_000, "num_key_heads": 65_536, "num_value_heads": 65_536, "key_head_dim": 65_536,
+    "value_head_dim": 65_536, "conv_kernel": 1_024, "state_bytes": 8,
+    "index_n_heads": 65_536, "index_head_dim": 65_536, "index_topk": MAX_TOKENS,
     "isl_tokens": MAX_TOKENS, "osl_tokens": MAX_TOKENS, "gpus": MAX_GPUS, "max_batch": 10_000_000,
     "draft_tokens": 16,
     # hardware, per GPU, in the units of the keys
@@ -253,6 +257,11 @@ def get_precision(name: str, where: str = "precision") -> Precision:
 class Model:
     """A decoder-only transformer, dense or MoE, with GQA or MLA attention.
 
+    Two attention variants: *hybrid linear attention* (``linear_layers`` of the ``num_layers`` are
+    Gated DeltaNet layers, as in Qwen3.5 and Qwen3-Next: a fixed recurrent state per request
+    instead of a KV cache) and *DeepSeek Sparse Attention* (``index_topk > 0``, MLA models such as
+    GLM-5 and DeepSeek-V3.2: an indexer scores every cached key and attention reads the top-k).
+
     Assumptions: gated (SwiGLU) MLPs with three matrices unless ``mlp_gated`` is false; biases
     and norms are counted but never priced as GEMMs.
     """
@@ -283,6 +292,27 @@ class Model:
     # sliding-window attention on some layers (gpt-oss alternates 128-token windows)
     sliding_window: int = 0
     sliding_layers: int = 0
+    # full-attention layers whose output is gated by a sigmoid of a second query-sized projection
+    # (Qwen3-Next / Qwen3.5 ``attn_output_gate``): the query projection is twice as wide
+    attn_output_gate: bool = False
+    # Hybrid linear attention (Gated DeltaNet): ``linear_layers`` layers (any positions; costs are
+    # per layer kind) with key heads of ``linear_key_head_dim`` and value heads of
+    # ``linear_value_head_dim`` (each key head serves num_value/num_key value heads), a causal
+    # depthwise convolution of ``linear_conv_kernel`` taps over q, k and v, and a recurrent state
+    # kept at ``linear_state_bytes`` per element (4: float32, Qwen3.5's ``mamba_ssm_dtype``).
+    linear_layers: int = 0
+    linear_num_key_heads: int = 0
+    linear_num_value_heads: int = 0
+    linear_key_head_dim: int = 0
+    linear_value_head_dim: int = 0
+    linear_conv_kernel: int = 0
+    linear_state_bytes: int = 4
+    # DeepSeek Sparse Attention (MLA only): a lightning indexer of ``index_n_heads`` heads of
+    # ``index_head_dim`` scores every cached key; attention reads the ``index_topk`` best
+    # (0: dense attention).
+    index_n_heads: int = 0
+    index_head_dim: int = 0
+    index_topk: int = 0
     source: str = ""
 
     # -- derived
@@ -306,15 +336,81 @@ class Model:
     def qk_head_dim(self) -> int:
         return self.qk_nope_head_dim + self.qk_rope_head_dim if self.attention == "mla" else self.head_dim
 
+    @property
+    def num_full_layers(self) -> int:
+        """Softmax-attention layers (full or sliding-window): all but the linear-attention ones."""
+        return self.num_layers - self.linear_layers
+
+    @property
+    def is_sparse(self) -> bool:
+        return self.index_topk > 0
+
+    @property
+    def linear_key_dim(self) -> int:
+        return self.linear_num_key_heads * self.linear_key_head_dim
+
+    @property
+    def linear_value_dim(self) -> int:
+        return self.linear_num_value_heads * self.linear_value_head_dim
+
+    @property
+    def linear_conv_dim(self) -> int:
+        """Channels of the short convolution: q, k (key dim each) and v (value dim)."""
+        return 2 * self.linear_key_dim + self.linear_value_dim
+
     def attention_params(self) -> float:
+        """One softmax-attention layer (with a DSA model, its indexer included)."""
         d, h = float(self.hidden_size), self.num_heads
         if self.attention == "mla":
             q = (d * self.q_lora_rank + self.q_lora_rank * h * self.qk_head_dim) if self.q_lora_rank \
                 else d * h * self.qk_head_dim
             kv = d * (self.kv_lora_rank + self.qk_rope_head_dim) \
                 + self.kv_lora_rank * h * (self.qk_nope_head_dim + self.v_head_dim)
-            return q + kv + h * self.v_head_dim * d
-        return d * h * self.head_dim * 2 + d * self.num_kv_heads * self.head_dim * 2
+            return q + kv + h * self.v_head_dim * d + self.indexer_params()
+        q_width = h * self.head_dim * (2 if self.attn_output_gate else 1)
+        return d * q_width + d * h * self.head_dim + d * self.num_kv_heads * self.head_dim * 2
+
+    def indexer_params(self) -> float:
+        """DSA's lightning indexer in one layer: its query up-projection (from the query latent, or
+        the hidden state without one), one shared key projection with its LayerNorm (weight and
+        bias), and the per-head weights (DeepSeek-V3.2 ``Indexer``: wq_b, wk, k_norm, weights_proj)."""
+        if not self.is_sparse:
+            return 0.0
+        hi, di, d = self.index_n_heads, self.index_head_dim, float(self.hidden_size)
+        q_in = self.q_lora_rank or self.hidden_size
+        return q_in * hi * di + d * di + 2 * di + d * hi
+
+    def linear_attention_params(self) -> float:
+        """One Gated DeltaNet layer (Qwen3-Next / Qwen3.5): the q/k/v/z input projection
+        (z: the output gate, value-sized), the per-value-head beta and decay projections, the
+        depthwise convolution, the decay's A and dt bias, the gated RMSNorm over a value head, and
+        the output projection."""
+        if not self.linear_layers:
+            return 0.0
+        d, kd, vd, nv = float(self.hidden_size), self.linear_key_dim, self.linear_value_dim, self.linear_num_value_heads
+        return d * (2 * kd + 2 * vd) + d * 2 * nv + self.linear_conv_dim * self.linear_conv_kernel \
+            + 2 * nv + self.linear_value_head_dim + vd * d
+
+    def mixing_params(self) -> float:
+        """Token-mixing parameters of the whole model: softmax attention (with any indexer) in the
+        full layers, Gated DeltaNet in the linear ones."""
+        return self.num_full_layers * self.attention_params() + self.linear_layers * self.linear_attention_params()
+
+    def linear_state_elements(self) -> float:
+        """Recurrent state of one request in one linear-attention layer, all heads: a key-dim x
+        value-dim matrix per value head."""
+        return float(self.linear_num_value_heads * self.linear_key_head_dim * self.linear_value_head_dim)
+
+    def linear_conv_state_elements(self) -> float:
+        """The short convolution's state of one request in one layer: the last kernel - 1 inputs."""
+        return float(self.linear_conv_dim * max(self.linear_conv_kernel - 1, 0))
+
+    def index_key_bytes_per_token_layer(self) -> float:
+        """DSA's indexer key cache per token per layer: index_head_dim FP8 values plus one FP32
+        scale per 128 of them (DeepSeek-V3.2's FP8 indexer cache)."""
+        if not self.is_sparse:
+            return 0.0
+        return float(self.index_head_dim + 4 * math.ceil(self.index_head_dim / 128))
 
     # Counts are Python floats: several exceed 2^31 (Llama-405B's MLP is 2.6e9 per layer), which
     # JAX would refuse as an int32 constant.
@@ -336,13 +432,13 @@ class Model:
         per_moe = self.num_experts * self.expert_params() + self.shared_params() \
             + self.hidden_size * self.num_experts
         norms = 2 * self.hidden_size * self.num_layers + self.hidden_size
-        return (self.num_layers * self.attention_params() + self.num_dense_layers * self.dense_mlp_params()
+        return (self.mixing_params() + self.num_dense_layers * self.dense_mlp_params()
                 + self.num_moe_layers * per_moe + self.embedding_params() + norms)
 
     def active_params(self) -> float:
         """Parameters touched by one token (top-k routed experts plus shared)."""
         per_moe = self.top_k * self.expert_params() + self.shared_params()
-        return (self.num_layers * self.attention_params() + self.num_dense_layers * self.dense_mlp_params()
+        return (self.mixing_params() + self.num_dense_layers * self.dense_mlp_params()
                 + self.num_moe_layers * per_moe + self.embedding_params())
 
     def kv_elements_per_token_layer(self) -> float:
@@ -371,6 +467,25 @@ class Model:
                 raise SpecError(f"{where}: [moe] missing required key 'expert_intermediate_size'")
         if self.sliding_layers > self.num_layers:
             raise SpecError(f"{where}: sliding_layers ({self.sliding_layers}) exceeds num_layers")
+        if self.linear_layers:
+            if self.sliding_layers + self.linear_layers > self.num_layers:
+                raise SpecError(f"{where}: linear_layers ({self.linear_layers}) plus sliding_layers "
+                                f"({self.sliding_layers}) exceed num_layers ({self.num_layers})")
+            dims = {"num_key_heads": self.linear_num_key_heads, "num_value_heads": self.linear_num_value_heads,
+                    "key_head_dim": self.linear_key_head_dim, "value_head_dim": self.linear_value_head_dim,
+                    "conv_kernel": self.linear_conv_kernel}
+            missing = [k for k, v in dims.items() if not v]
+            if missing:
+                raise SpecError(f"{where}: linear attention needs [linear] {', '.join(missing)}")
+            if self.linear_num_value_heads % self.linear_num_key_heads:
+                raise SpecError(f"{where}: [linear] num_value_heads ({self.linear_num_value_heads}) must be a "
+                                f"multiple of num_key_heads ({self.linear_num_key_heads})")
+        if self.is_sparse:
+            if self.attention != "mla":
+                raise SpecError(f"{where}: sparse attention (index_topk {self.index_topk}) is priced for MLA "
+                                f"models only (GLM-5, DeepSeek-V3.2); attention is '{self.attention}'")
+            if not (self.index_n_heads and self.index_head_dim):
+                raise SpecError(f"{where}: sparse attention needs [sparse] index_n_heads and index_head_dim")
         return self
 
 
@@ -408,6 +523,23 @@ def model_from_dict(data: Mapping, where: str) -> Model:
         kw["shared_intermediate_size"] = moe.num("shared_intermediate_size", kw["expert_intermediate_size"],
                                                  integer=True)
         moe.finish()
+    kw["attn_output_gate"] = r.bool("attn_output_gate", False)
+    lin = r.sub("linear")
+    if lin is not None:
+        kw.update(linear_layers=lin.num("layers", integer=True),
+                  linear_num_key_heads=lin.num("num_key_heads", integer=True),
+                  linear_num_value_heads=lin.num("num_value_heads", integer=True),
+                  linear_key_head_dim=lin.num("key_head_dim", integer=True),
+                  linear_value_head_dim=lin.num("value_head_dim", integer=True),
+                  linear_conv_kernel=lin.num("conv_kernel", integer=True),
+                  linear_state_bytes=lin.num("state_bytes", 4, integer=True))
+        lin.finish()
+    sparse = r.sub("sparse")
+    if sparse is not None:
+        kw.update(index_n_heads=sparse.num("index_n_heads", integer=True),
+                  index_head_dim=sparse.num("index_head_dim", integer=True),
+                  index_topk=sparse.num("index_topk", integer=True))
+        sparse.finish()
     needs_dense = moe is None or kw.get("first_dense_layers", 0) > 0
     kw["ffn_intermediate_size"] = r.num("ffn_intermediate_size", None if needs_dense else 0,
                                         positive=needs_dense, integer=True, min_value=0)
@@ -429,8 +561,16 @@ HF_NUMBERS = {
     "q_lora_rank": ("q_lora_rank", False), "kv_lora_rank": ("kv_lora_rank", True),
     "qk_nope_head_dim": ("qk_nope_head_dim", True), "qk_rope_head_dim": ("qk_rope_head_dim", True),
     "v_head_dim": ("v_head_dim", True), "sliding_window": ("sliding_window", False),
+    "index_topk": ("index_topk", False), "index_n_heads": ("index_n_heads", True),
+    "index_head_dim": ("index_head_dim", True),
+    "linear_num_key_heads": ("num_key_heads", True), "linear_num_value_heads": ("num_value_heads", True),
+    "linear_key_head_dim": ("key_head_dim", True), "linear_value_head_dim": ("value_head_dim", True),
+    "linear_conv_kernel_dim": ("conv_kernel", True),
 }
-HF_LAYER_TYPES = ("full_attention", "sliding_attention")
+# Layer kinds of a Hugging Face ``layer_types`` list that jaxplan prices.
+HF_LAYER_TYPES = ("full_attention", "sliding_attention", "linear_attention")
+# Hugging Face ``mamba_ssm_dtype`` -> bytes per element of a linear-attention layer's recurrent state.
+STATE_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 class _HFReader(_Reader):
@@ -447,14 +587,42 @@ class _HFReader(_Reader):
         return self.data.get(key) is not None
 
 
+def hf_layer_types(c: Mapping, num_layers: int, where: str) -> list[str] | None:
+    """The kind of each layer of a Hugging Face text config: its ``layer_types`` list, checked
+    (a list of ``num_hidden_layers`` known kinds), else one built from ``full_attention_interval``
+    (Qwen3-Next: every interval-th layer is full attention, the others linear), else None."""
+    if "layer_types" in c and c["layer_types"] is not None:
+        types = c["layer_types"]
+        if not isinstance(types, list):
+            raise SpecError(f"{where}: key 'layer_types' must be a list of layer kinds ({', '.join(HF_LAYER_TYPES)}),"
+                            f" one per layer, got {type(types).__name__} {types!r}")
+        if len(types) != num_layers:
+            raise SpecError(f"{where}: key 'layer_types' lists {len(types)} layers but num_hidden_layers is "
+                            f"{num_layers}: give one kind per layer")
+        for i, t in enumerate(types):
+            if t not in HF_LAYER_TYPES:
+                raise SpecError(f"{where}: key 'layer_types' entry {i} is {t!r}; jaxplan covers layer kinds "
+                                f"{', '.join(HF_LAYER_TYPES)}")
+        return list(types)
+    interval = c.get("full_attention_interval")
+    if interval is None:
+        return None
+    if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+        raise SpecError(f"{where}: key 'full_attention_interval' must be a positive whole number, got {interval!r}")
+    return ["full_attention" if (i + 1) % interval == 0 else "linear_attention" for i in range(num_layers)]
+
+
 def model_from_hf_config(cfg: Mapping, name: str, where: str) -> Model:
-    """Map a Hugging Face ``config.json`` onto ``Model``.
+    """Map a Hugging Face ``config.json`` onto ``Model`` (a multimodal config's ``text_config``).
 
     Covered: Llama, Qwen3 (dense and MoE), Mixtral, MiniMax-M2, gpt-oss, DeepSeek-V3/R1 and
-    Kimi-K2 (MLA + routed/shared experts), GLM-5 (MLA; its sparse-attention indexer is not
-    counted). Multi-token-prediction layers (``num_nextn_predict_layers``) are not part of the
-    served model and are left out. Every number is checked (``HF_NUMBERS``): an error names the
-    file, the key, the value and what is allowed.
+    Kimi-K2 (MLA + routed/shared experts), GLM-5 and DeepSeek-V3.2 (MLA with DeepSeek Sparse
+    Attention: ``index_topk``, ``index_n_heads``, ``index_head_dim``), Qwen3-Next and Qwen3.5
+    (hybrid Gated DeltaNet / gated full attention: ``layer_types`` or ``full_attention_interval``
+    and the ``linear_*`` keys). Multi-token-prediction layers (``num_nextn_predict_layers``,
+    ``mtp_num_hidden_layers``) and vision encoders are not part of the served text model and are
+    left out. Every number is checked (``HF_NUMBERS``): an error names the file, the key, the
+    value and what is allowed.
     """
     if not isinstance(cfg, Mapping):
         raise SpecError(f"{where}: a Hugging Face config is a JSON object, got {type(cfg).__name__}")
@@ -463,20 +631,8 @@ def model_from_hf_config(cfg: Mapping, name: str, where: str) -> Model:
         raise SpecError(f"{where}: key 'text_config' must be a JSON object, got {type(c).__name__} {c!r}")
     r = _HFReader(c, where)
     mtype = c.get("model_type", cfg.get("model_type", "?"))
-    layer_types = c.get("layer_types")
-    if layer_types is not None:
-        if not isinstance(layer_types, list) or not all(isinstance(t, str) for t in layer_types):
-            raise SpecError(f"{where}: key 'layer_types' must be a list of strings, one per layer, "
-                            f"got {layer_types!r}")
-        unknown = sorted(set(layer_types) - set(HF_LAYER_TYPES))
-        if unknown:
-            raise SpecError(f"{where}: model_type '{mtype}' uses layer types {unknown}; jaxplan covers "
-                            f"{', '.join(HF_LAYER_TYPES)} (full and sliding-window softmax attention) only")
-
     d, h, n_layers = r.count("hidden_size"), r.count("num_attention_heads"), r.count("num_hidden_layers")
-    if layer_types is not None and len(layer_types) != n_layers:
-        raise SpecError(f"{where}: key 'layer_types' lists {len(layer_types)} layers; num_hidden_layers "
-                        f"is {n_layers}")
+    types = hf_layer_types(c, n_layers, where)
     kw: dict[str, Any] = dict(
         name=name, source=f"Hugging Face config {where}",
         num_layers=n_layers, hidden_size=d, num_heads=h,
@@ -489,6 +645,23 @@ def model_from_hf_config(cfg: Mapping, name: str, where: str) -> Model:
         kw.update(attention="mla", q_lora_rank=r.count("q_lora_rank", 0), kv_lora_rank=r.count("kv_lora_rank"),
                   qk_nope_head_dim=r.count("qk_nope_head_dim"), qk_rope_head_dim=r.count("qk_rope_head_dim"),
                   v_head_dim=r.count("v_head_dim"))
+    if r.count("index_topk", 0):
+        # DeepSeek Sparse Attention (glm_moe_dsa, deepseek_v32)
+        kw.update(index_topk=r.count("index_topk"), index_n_heads=r.count("index_n_heads"),
+                  index_head_dim=r.count("index_head_dim"))
+    # Qwen3-Next gates every full-attention output (its q_proj is twice as wide); Qwen3.5 says so
+    kw["attn_output_gate"] = bool(c.get("attn_output_gate", str(mtype).startswith("qwen3_next")))
+    if types is not None and "linear_attention" in types:
+        dtype = c.get("mamba_ssm_dtype", "float32")
+        if dtype not in STATE_DTYPE_BYTES:
+            raise SpecError(f"{where}: key 'mamba_ssm_dtype' is {dtype!r}; allowed: {', '.join(STATE_DTYPE_BYTES)}")
+        kw.update(linear_layers=sum(t == "linear_attention" for t in types),
+                  linear_num_key_heads=r.count("linear_num_key_heads"),
+                  linear_num_value_heads=r.count("linear_num_value_heads"),
+                  linear_key_head_dim=r.count("linear_key_head_dim"),
+                  linear_value_head_dim=r.count("linear_value_head_dim"),
+                  linear_conv_kernel=r.count("linear_conv_kernel_dim"),
+                  linear_state_bytes=STATE_DTYPE_BYTES[dtype])
     n_exp = max(r.count(k, 0) for k in ("n_routed_experts", "num_experts", "num_local_experts"))
     first_dense = r.count("first_k_dense_replace", 0) if n_exp else 0
     if n_exp:
@@ -515,8 +688,8 @@ def model_from_hf_config(cfg: Mapping, name: str, where: str) -> Model:
     else:
         kw["ffn_intermediate_size"] = 0
     window = r.count("sliding_window", 0)
-    if window and layer_types is not None:
-        kw.update(sliding_window=window, sliding_layers=sum(t == "sliding_attention" for t in layer_types))
+    if window and types is not None and "sliding_attention" in types:
+        kw.update(sliding_window=window, sliding_layers=sum(t == "sliding_attention" for t in types))
     return Model(**kw).validate(where)
 
 

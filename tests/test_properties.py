@@ -136,8 +136,8 @@ def test_hugging_face_config_errors_name_file_key_value_and_what_is_allowed():
         ("num_key_value_heads", 0, "key 'num_key_value_heads' must be positive, got 0"),
         ("num_hidden_layers", 1e30, "key 'num_hidden_layers' = 1e+30 is beyond any real system; at most 10000"),
         ("intermediate_size", None, "lacks 'intermediate_size'"),
-        ("layer_types", 5, "key 'layer_types' must be a list of strings, one per layer, got 5"),
-        ("layer_types", ["full_attention"], "key 'layer_types' lists 1 layers; num_hidden_layers is 2"),
+        ("layer_types", 5, "key 'layer_types' must be a list of layer kinds"),
+        ("layer_types", ["full_attention"], "key 'layer_types' lists 1 layers but num_hidden_layers is 2"),
         ("text_config", "x", "key 'text_config' must be a JSON object, got str 'x'"),
     ]
     for key, value, words in cases:

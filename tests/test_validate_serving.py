@@ -25,7 +25,8 @@ pytestmark = pytest.mark.skipif(not SERVING.is_file(),
                                 reason=f"shared serving data not found at {SERVING} (../shared/data is absent)")
 
 TOTAL_ROWS = 1884          # rows of silicon_hopper.csv (README: 1,884 measured deployments)
-QWEN35_ROWS = 45           # Qwen/Qwen3.5-397B-A17B: hybrid linear attention, rejected by the loader
+QWEN35_ROWS = 45           # Qwen/Qwen3.5-397B-A17B (hybrid linear attention): 30 mapped, 15 on tp_size 64
+QWEN35_TP64_ROWS = 15      # 64 attention-TP ranks > its 32 query heads: refused by check_parallel
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +61,22 @@ def test_every_row_is_mapped_or_listed(loaded):
 def test_unmapped_reasons(loaded):
     _, unmapped = loaded
     qwen35 = [u for u in unmapped if "Qwen3.5" in u.model_path]
-    assert len(qwen35) == QWEN35_ROWS
-    assert all(u.reason == "model rejected by the loader" and "linear_attention" in u.detail for u in qwen35)
+    assert len(qwen35) == QWEN35_TP64_ROWS
+    assert all(u.reason == "layout rejected by check_parallel" and "= 64 does not divide the 32 attention heads"
+               in u.detail for u in qwen35)
     counts = {r: n for r, n, _ in sd.unmapped_counts(unmapped)}
-    assert counts["model rejected by the loader"] == QWEN35_ROWS
+    assert "model rejected by the loader" not in counts
     # vLLM Qwen3-235B rows with tp_size 1 but moe_tp_size 2: 1 GPU of attention vs 2 of experts
     row = "qwen_qwen3_235b_a22b_fp8_qwen_qwen3_235b_a22b_fp8_h200_sxm_vllm_agg_1000x100_c8_tp1_epnone_2"
     u = next(u for u in unmapped if u.id == row)
     assert u.reason.startswith("stage GPUs") and "1*1 = 1 but 2*1 = 2" in u.detail
+
+
+def test_hybrid_linear_attention_rows_map(loaded):
+    cases, _ = loaded
+    qwen35 = [c for c in cases if "Qwen3.5" in c.model_path]
+    assert len(qwen35) == QWEN35_ROWS - QWEN35_TP64_ROWS
+    assert all(c.model.name == "qwen3.5-397b-a17b" and c.model.linear_layers == 45 for c in qwen35)
 
 
 def test_dense_row_bf16(by_id):
