@@ -22,7 +22,7 @@ from .calibrate.serving_predict import scheduler_of, summarize, validate
 from .codesign import load_prices, run_codesign
 from .cost import sum_costs
 from .layouts import Layout, check_parallel
-from .params import params_for
+from .params import derive_profile, params_for
 from .sensitivity import METRICS, elasticities, ranked, row_args, run_sensitivity
 from .serving import explain, explain_disagg
 from .specs import (
@@ -438,12 +438,43 @@ def cmd_codesign(args) -> int:
 
 # ----------------------------------------------------------------------------- fit, validate, bench
 
+def parse_adjust(items) -> dict[str, float]:
+    """``["attn_softmax_dim=0.5", ...]`` (``jaxplan fit --adjust``) -> parameter -> factor."""
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise SpecError(f"--adjust: '{item}' is not PARAMETER=FACTOR (e.g. attn_softmax_dim=0.5)")
+    return out
+
+
+def cmd_fit_derive(args) -> int:
+    if args.kernels or args.serving:
+        raise SpecError("fit --derive-from derives a profile without measurements; drop --kernels/--serving")
+    params, meta = derive_profile(args.derive_from, args.hardware, parse_adjust(args.adjust))
+    out = report.save_params(params, args.out, meta=meta)
+    print(f"derived {meta['hardware']} from {meta['derived_from']} ({meta['rule']})")
+    for key, what in (meta.get("adjusted") or {}).items():
+        print(f"  adjusted {key}: {what}")
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_fit(args) -> int:
     report.prepare_out_file(args.out)
+    if args.derive_from:
+        return cmd_fit_derive(args)
+    if args.adjust:
+        raise SpecError("--adjust goes with --derive-from PROFILE")
     from_hw = load_hardware(args.hardware)
     kernels = Path(args.kernels) if args.kernels else default_kernels_dir(from_hw.name)
     if not kernels.exists():
-        raise SpecError(f"--kernels: '{kernels}' does not exist (give a folder of kernel tables or a bench CSV)")
+        raise SpecError(f"--kernels: '{kernels}' does not exist (give a folder of kernel tables or a bench CSV, "
+                        f"or derive a profile from a related chip's with --derive-from PROFILE)")
     res = kernel_fit.fit_profile(from_hw.name, kernels, steps=args.steps, seed=args.seed,
                                  max_rows_per_kind=args.max_rows, return_result=True)
     print(report.kernel_error_table(res.report))
@@ -597,6 +628,13 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--out", required=True, metavar="PROFILE.yaml", help="where to write the fitted profile")
     fp.add_argument("--steps", type=_positive(int), default=kernel_fit.DEFAULT_STEPS,
                     help=f"optimizer steps (default {kernel_fit.DEFAULT_STEPS})")
+    fp.add_argument("--derive-from", dest="derive_from", metavar="PROFILE",
+                    help="no kernel tables for --hardware: derive its profile from a fitted one (a YAML file or a "
+                         "shipped profile's name, e.g. b200): efficiencies, latencies and shape constants carry "
+                         "over, peak rates and bandwidths come from the --hardware preset")
+    fp.add_argument("--adjust", action="append", metavar="PARAMETER=FACTOR",
+                    help="with --derive-from: multiply a parameter for a documented architectural change "
+                         "(repeatable), e.g. attn_softmax_dim=0.5 for Blackwell Ultra's doubled exponential rate")
     fp.add_argument("--seed", type=_nonneg_int, default=0, help="subsample seed (default 0)")
     fp.add_argument("--max-rows", dest="max_rows", type=_positive(int), default=kernel_fit.DEFAULT_MAX_ROWS_PER_KIND,
                     help=f"train rows per kind the optimizer sees (stratified subsample; default "

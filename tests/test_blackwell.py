@@ -52,3 +52,52 @@ def test_blackwell_ultra_presets_match_the_datasheet_files(system, domain):
     base = load_hardware("b200" if domain == 8 else "gb200-nvl72")
     assert hw.fp4_flops / base.fp4_flops == pytest.approx(1.5, rel=0.06)
     assert hw.hbm_capacity / base.hbm_capacity == pytest.approx(288 / (180 if domain == 8 else 192))
+
+
+# ----------------------------------------------------------------------------- derived profiles
+
+def test_derive_profile_rule(tmp_path):
+    """Everything carries over but the adjusted parameter; the new chip's speed comes from its
+    preset: a compute-bound FP4 GEMM runs 14/9 faster on B300 than on B200 (datasheet FP4 rates),
+    a memory-bound pass 8/7.75 slower (HBM bandwidths)."""
+    import jax.numpy as jnp
+
+    from jaxplan import cli, cost
+    from jaxplan.params import BLACKWELL_ULTRA_ADJUST, derive_profile, for_backend, load_params, profile_path
+    from jaxplan.specs import get_precision
+
+    b200, b300 = load_hardware("b200"), load_hardware("b300")
+    src = load_params(profile_path("b200"))
+    params, meta = derive_profile("b200", "b300", BLACKWELL_ULTRA_ADJUST)
+    assert meta["hardware"] == "b300" and meta["from_hardware"] == "b200"
+    assert meta["preset_ratios"]["fp4_flops"] == pytest.approx(14000 / 9000, rel=1e-3)
+    for k, v in src.items():
+        want = float(v) * (0.5 if k == "attn_softmax_dim" else 1.0)
+        assert float(params[k]) == pytest.approx(want, rel=1e-6), k
+    fp4 = get_precision("fp4")
+    # as served (the kernel tables' separate activation-quantization pass neutralized)
+    src_s, params_s = for_backend(src, "trtllm"), for_backend(params, "trtllm")
+    big = [cost.gemm(p, hw, fp4, 16384.0, 16384.0, 16384.0).total() for p, hw in ((src_s, b200), (params_s, b300))]
+    assert float(big[0] / big[1]) == pytest.approx(14000 / 9000, rel=0.01)
+    stream = [cost.elementwise(p, hw, 1e9).total() for p, hw in ((src_s, b200), (params_s, b300))]
+    assert float(stream[1] / stream[0]) == pytest.approx(8 / 7.75, rel=1e-3)
+    # the shipped profiles are what the command writes
+    out = tmp_path / "b300.yaml"
+    assert cli.main(["fit", "--derive-from", "b200", "--hardware", "b300", "--adjust", "attn_softmax_dim=0.5",
+                     "--out", str(out)]) == 0
+    shipped = load_params(profile_path("b300"))
+    written = load_params(out)
+    assert all(float(shipped[k]) == pytest.approx(float(written[k]), rel=1e-5) for k in written)
+    assert float(jnp.asarray(written["attn_softmax_dim"])) == pytest.approx(float(src["attn_softmax_dim"]) / 2, rel=1e-5)
+
+
+def test_derive_profile_rejects_bad_input(tmp_path):
+    from jaxplan.params import derive_profile
+    from jaxplan.specs import SpecError
+
+    with pytest.raises(SpecError, match="neither a file nor a shipped profile"):
+        derive_profile("no-such-chip", "b300")
+    with pytest.raises(SpecError, match="unknown parameter 'nope'"):
+        derive_profile("b200", "b300", {"nope": 2.0})
+    with pytest.raises(SpecError, match="outside its range"):
+        derive_profile("b200", "b300", {"gemm_eff_fp4": 10.0})
