@@ -311,8 +311,10 @@ def p2p(p, hw: Hardware, nbytes, cross_network):
 # ----------------------------------------------------------------------------- layer composition
 
 def heads_per_gpu(model: Model, tp):
-    """Query heads per GPU, and KV heads per GPU (replicated once TP exceeds the KV heads)."""
-    return model.num_heads / tp, jnp.maximum(model.num_kv_heads / tp, 1.0)
+    """Query heads on the busiest GPU, padded where TP does not divide them (``ceil``; the layouts
+    sweeps search divide them exactly, so there it is ``heads / tp``), and KV heads per GPU
+    (replicated once TP exceeds the KV heads)."""
+    return jnp.ceil(model.num_heads / tp), jnp.maximum(model.num_kv_heads / tp, 1.0)
 
 
 def attention_block(p, hw, model: Model, prec, dec_seqs, pre_tokens, kv_len, ctx, tp, q: float = 1.0) -> dict:

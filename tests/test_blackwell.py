@@ -101,3 +101,76 @@ def test_derive_profile_rejects_bad_input(tmp_path):
         derive_profile("b200", "b300", {"nope": 2.0})
     with pytest.raises(SpecError, match="outside its range"):
         derive_profile("b200", "b300", {"gemm_eff_fp4": 10.0})
+
+
+# ----------------------------------------------------------------------------- checkpoints and engine semantics
+
+def _need_configs():
+    if not (DATA / "model_configs").is_dir():
+        pytest.skip(f"{DATA / 'model_configs'} absent (../shared/data is not here)")
+
+
+def _row(**kw):
+    base = dict(id="r", silicon_data_source="silicon_concurrency=8", backend="trtllm", model_path="", system="b200_sxm",
+                precision="", mode="agg", isl="1024", osl="128", batch_size="8", tp_size="8", pp_size="1",
+                attention_dp_size="1", moe_tp_size="", moe_ep_size="", silicon_ttft_ms="100", silicon_tpot_ms="10")
+    base.update(kw)
+    return base
+
+
+@pytest.mark.parametrize("path, model, precision", [
+    ("nvidia/DeepSeek-R1-NVFP4", "DeepSeek-R1", "fp4"),
+    ("nvidia/DeepSeek-V3.1-NVFP4", "deepseek-v3", "fp4"),       # V3.1: V3's architecture
+    ("nvidia/Qwen3-32B-NVFP4", "Qwen3-32B", "fp4"),
+    ("Qwen/Qwen3-235B-A22B-FP8", "qwen3-235b-a22b", "fp8"),
+    ("deepseek-ai/DeepSeek-R1-0528", "DeepSeek-R1", "bf16"),      # a re-release, precision column blank
+    ("meta-llama/Meta-Llama-3.1-70B-Instruct-FP8", "llama-3.1-70b", "fp8"),
+])
+def test_checkpoint_names_map_to_base_architecture_at_their_precision(path, model, precision):
+    _need_configs()
+    res = sd._Resolver(DATA)
+    moe = dict(moe_tp_size="8", moe_ep_size="1") if "DeepSeek" in path or "A22B" in path else {}
+    c = sd.map_row(_row(model_path=path, **moe), res)
+    assert c.model.name == model and c.precision.name == precision
+    assert sd.checkpoint_precision(path) == ("" if precision == "bf16" else precision)
+
+
+def test_every_model_and_system_of_the_b200_file_is_mapped_or_hybrid():
+    path = DATA / "serving" / "silicon_b200.csv"
+    if not path.is_file():
+        pytest.skip(f"{path} absent")
+    cases, unmapped = sd.load_serving(path)
+    assert len(cases) + len(unmapped) == 2052
+    # only the hybrid linear-attention model (its own issue) is left, with the loader's reason
+    assert {u.model_path for u in unmapped} == {"Qwen/Qwen3.5-397B-A17B"}
+    assert all("linear_attention" in u.detail for u in unmapped)
+    names = {c.model_path: (c.model.name, c.precision.name) for c in cases if c.model_path.startswith("nvidia/")}
+    assert names == {"nvidia/DeepSeek-R1-NVFP4": ("DeepSeek-R1", "fp4"),
+                     "nvidia/DeepSeek-V3.1-NVFP4": ("deepseek-v3", "fp4"),
+                     "nvidia/Qwen3-32B-NVFP4": ("Qwen3-32B", "fp4")}
+
+
+def test_engine_semantics_for_blank_or_zero_parallel_columns():
+    _need_configs()
+    res = sd._Resolver(DATA)
+    ds = "deepseek-ai/DeepSeek-R1"
+    # attention_dp_size 0 (not recorded), tp 2, experts over 8 GPUs: 4 attention-DP groups of 2
+    # GPUs (SGLang --tp 8 --dp 4 --enable-dp-attention; vLLM --data-parallel-size 4 -tp 2); the
+    # batch counts per group, the concurrency 32 = 8 * 4
+    c = sd.map_row(_row(model_path=ds, tp_size="2", attention_dp_size="0", moe_tp_size="1", moe_ep_size="8",
+                        silicon_data_source="silicon_concurrency=32"), res)
+    lay = c.layout
+    assert (float(lay.tp), float(lay.ep), float(lay.adp), float(lay.batch)) == (1, 8, 4, 32) and c.replicas == 1
+    # MoE columns 0: the engine default, experts tensor-parallel over tp * adp GPUs
+    c = sd.map_row(_row(model_path=ds, tp_size="4", attention_dp_size="1", moe_tp_size="0", moe_ep_size="0"), res)
+    assert (float(c.layout.tp), float(c.layout.ep), float(c.layout.adp)) == (4, 1, 1)
+    # a MoE layout that cannot be the engine's: an actionable reason
+    with pytest.raises(sd._Skip, match="moe_tp_size"):
+        sd.map_row(_row(model_path=ds, tp_size="8", attention_dp_size="1", moe_tp_size="2", moe_ep_size="2"), res)
+    # attention TP 32 over MiniMax-M2.5's 48 query heads: padded, 2 heads on the busiest GPU
+    from jaxplan.cost import heads_per_gpu
+    c = sd.map_row(_row(model_path="MiniMaxAI/MiniMax-M2.5", backend="vllm", precision="fp8", tp_size="32",
+                        moe_tp_size="1", moe_ep_size="32", silicon_data_source="silicon_concurrency=8"), res)
+    assert c.model.num_heads == 48 and float(c.layout.tp * c.layout.ep / c.layout.adp) == 32
+    assert float(heads_per_gpu(c.model, 32.0)[0]) == 2.0 == -(-48 // 32)
+    assert float(heads_per_gpu(c.model, 16.0)[0]) == 3.0

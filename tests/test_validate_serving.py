@@ -57,17 +57,20 @@ def test_every_row_is_mapped_or_listed(loaded):
     assert all(u.reason for u in unmapped)
 
 
-def test_unmapped_reasons(loaded):
+def test_unmapped_reasons(loaded, by_id):
     _, unmapped = loaded
     qwen35 = [u for u in unmapped if "Qwen3.5" in u.model_path]
     assert len(qwen35) == QWEN35_ROWS
     assert all(u.reason == "model rejected by the loader" and "linear_attention" in u.detail for u in qwen35)
     counts = {r: n for r, n, _ in sd.unmapped_counts(unmapped)}
     assert counts["model rejected by the loader"] == QWEN35_ROWS
-    # vLLM Qwen3-235B rows with tp_size 1 but moe_tp_size 2: 1 GPU of attention vs 2 of experts
-    row = "qwen_qwen3_235b_a22b_fp8_qwen_qwen3_235b_a22b_fp8_h200_sxm_vllm_agg_1000x100_c8_tp1_epnone_2"
-    u = next(u for u in unmapped if u.id == row)
-    assert u.reason.startswith("stage GPUs") and "1*1 = 1 but 2*1 = 2" in u.detail
+    assert len(unmapped) == QWEN35_ROWS          # everything else is mapped (issue 13)
+    # vLLM Qwen3-235B rows with tp_size 1, attention_dp_size blank, moe_tp_size 2: vLLM's
+    # --data-parallel-size 2 --tensor-parallel-size 1, MoE TP over both GPUs; batch_size 8 = the
+    # concurrency counts the replica, so 4 requests per attention group
+    c = by_id["qwen_qwen3_235b_a22b_fp8_qwen_qwen3_235b_a22b_fp8_h200_sxm_vllm_agg_1000x100_c8_tp1_epnone_2"]
+    assert _lay(c) == dict(tp=2, pp=1, ep=1, adp=2, batch=8, chunk=sd.CHUNK["vllm"])
+    assert c.concurrency == 8 and c.replicas == 1 and "engine data parallel" in c.note
 
 
 def test_dense_row_bf16(by_id):
