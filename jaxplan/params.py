@@ -92,7 +92,9 @@ PARAM_SPECS: dict[str, ParamSpec] = {
                                               "client's closed-loop cycle), costs no GPU time",
                              log=True),
     # --- memory
-    "mem_usable_frac": _p(0.92, 0.5, 1.0, "share of HBM the runtime may fill (fragmentation, allocator)"),
+    "mem_usable_frac": _p(0.92, 0.5, 1.0, "share of the HBM left free by weights, activations and the reserve "
+                                           "that the engine gives the KV cache (TensorRT-LLM "
+                                           "free_gpu_memory_fraction, 0.9 by default)"),
     "mem_reserve_gb": _p(4.0, 0.1, 40.0, "per-GPU runtime reserve: CUDA context, NCCL buffers, graphs", log=True),
     # --- kernel-shape terms fitted to the TensorRT-LLM kernel tables (jaxplan.fit). Every default
     #     is neutral: with it the op costs the same as without the term; fitted profiles set them.
