@@ -4,6 +4,7 @@ file, the key and what is allowed; never a traceback."""
 from __future__ import annotations
 
 import argparse
+import collections
 import math
 import os
 import sys
@@ -521,15 +522,23 @@ def cmd_validate(args) -> int:
 
 
 def validate_serving_command(args) -> int:
-    path = args.serving
+    paths = [args.serving] if isinstance(args.serving, str) else list(args.serving)
     override = args.params
     if override and not Path(override).is_file():
         raise SpecError(f"params file '{override}' does not exist")
+    for path in paths:
+        if not Path(path).is_file():
+            raise SpecError(f"serving file '{path}' does not exist")
     out = report.prepare_out_dir(args.out or "out/validate")
     t0 = time.perf_counter()
-    cases, unmapped = load_serving(path)
-    print(f"jaxplan validate: {len(cases) + len(unmapped)} rows in {path}: {len(cases)} mapped, "
-          f"{len(unmapped)} unmapped", file=sys.stderr)
+    cases, unmapped = [], []
+    for path in paths:
+        c, u = load_serving(path)
+        print(f"jaxplan validate: {len(c) + len(u)} rows in {path}: {len(c)} mapped, {len(u)} unmapped",
+              file=sys.stderr)
+        cases += c
+        unmapped += u
+    path = " + ".join(paths)
     for reason, n, example in unmapped_counts(unmapped):
         print(f"  unmapped {n:4d}: {reason}  (e.g. {example})", file=sys.stderr)
     if not cases:
@@ -547,7 +556,17 @@ def validate_serving_command(args) -> int:
     print()
     print(f"unique measurements only ({int(v.table['unique'].sum())} of {len(v.cases)} mapped rows; "
           f"the file repeats some measurements under several ids):")
+    print(report.serving_error_table(summarize(v.table, ("system", "backend", "mode"), mask=v.table["unique"]),
+                                     ("system", "backend", "mode")))
+    print()
+    print(report.serving_error_table(summarize(v.table, ("model",), mask=v.table["unique"]), ("model",)))
+    print()
     print(report.serving_error_table(summarize(v.table, ("mode",), mask=v.table["unique"]), ("mode",)))
+    far = [v.table["far_off"][i] for i in range(len(v.cases)) if v.table["unique"][i] and v.table["far_off"][i]]
+    if far:
+        print(f"\n{len(far)} unique measurements predicted more than {report.FAR_OFF:g}x off: "
+              + ", ".join(f"{n} {r}" for r, n in collections.Counter(far).most_common())
+              + " (per row: predictions.csv, column far_off; per model: summary.md)")
     print(f"\nwrote {', '.join(str(p) for p in files.values())} ({time.perf_counter() - t0:.1f} s)",
           file=sys.stderr)
     return 0
@@ -642,7 +661,9 @@ def build_parser() -> argparse.ArgumentParser:
     fp.set_defaults(fn=cmd_fit)
     vp = sub.add_parser("validate", help="compare predictions with measured kernels or serving rows")
     vp.add_argument("--kernels", metavar="FILE", help="a kernel table (*.csv.gz) or a `jaxplan bench` CSV")
-    vp.add_argument("--serving", metavar="FILE", help="serving measurements CSV (silicon_hopper.csv format)")
+    vp.add_argument("--serving", metavar="FILE", nargs="+",
+                    help="serving measurements CSV(s) (silicon_hopper.csv format); several are validated together "
+                         "and reported per (system, backend, mode), per model and on unique measurements")
     vp.add_argument("--hardware", help="hardware preset name or YAML path (required with --kernels)")
     vp.add_argument("--params", help="parameter profile YAML (default: the hardware's shipped profile)")
     vp.add_argument("--out", metavar="DIR", help="folder for predictions.csv and the scatter plot")

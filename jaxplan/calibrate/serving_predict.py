@@ -58,7 +58,7 @@ def _arch_key(model: Model) -> Model:
 OUT_KEYS_AGG = ("ttft_s", "tpot_s", "requests_per_s", "decode_batch", "prefill_saturated", "memory_per_gpu_gb",
                 "feasible", "steady_ttft_s")
 OUT_KEYS_DISAGG = ("ttft_s", "tpot_s", "requests_per_s", "decode_batch", "kv_transfer_s", "prefill_latency_s",
-                   "prefill_utilization", "steady_ttft_s")
+                   "prefill_utilization", "steady_ttft_s", "prefill_workers", "decode_workers")
 # evaluate() names the solved number of decoding requests "decoding_requests" (older: "decode_batch").
 _ALIASES = {"decode_batch": ("decode_batch", "decoding_requests")}
 
@@ -256,7 +256,46 @@ def prediction_table(cases: Sequence[ServingCase], pred: Mapping[str, np.ndarray
             "isl": np.asarray([x.isl for x in c]), "osl": np.asarray([x.osl for x in c]),
             "concurrency": np.asarray([x.concurrency for x in c]),
             "measured_ttft_ms": t_meas, "predicted_ttft_ms": t_pred, "ttft_ape": ape(t_pred, t_meas),
-            "measured_tpot_ms": p_meas, "predicted_tpot_ms": p_pred, "tpot_ape": ape(p_pred, p_meas)}
+            "measured_tpot_ms": p_meas, "predicted_tpot_ms": p_pred, "tpot_ape": ape(p_pred, p_meas),
+            "far_off": far_off_reasons(c, pred, t_pred, t_meas, p_pred, p_meas)}
+
+
+# A prediction more than FAR_OFF times (or less than 1/FAR_OFF of) the measurement gets a reason.
+FAR_OFF = 3.0
+
+
+def far_off_reasons(cases: Sequence[ServingCase], pred: Mapping[str, np.ndarray], t_pred, t_meas, p_pred,
+                    p_meas) -> np.ndarray:
+    """Why a prediction is more than :data:`FAR_OFF` x off, from named quantities of the row and the
+    model ('' where it is within). The first that applies:
+
+    * ``infeasible``: the memory model does not fit the row's weights and KV cache in HBM;
+    * ``derived workers``: a disaggregated row without worker counts (derived; the campaign's
+      fixed pools are not recorded);
+    * ``TTFT beyond serial prefill``: the measured TTFT exceeds N times the predicted TTFT, more
+      than prefilling all N prompts one after another would take: a wait outside the engine's
+      compute (benchmark ramp-up, warm-up, an admission limit the row does not record);
+    * ``TTFT under-predicted``, ``TTFT over-predicted``, ``TPOT under-predicted``,
+      ``TPOT over-predicted``: the model's own error, for the benchmark notes to explain."""
+    out = np.full(len(cases), "", object)
+    feasible = np.asarray(pred.get("feasible", np.ones(len(cases))), float)
+    for i, c in enumerate(cases):
+        rt, rp = t_pred[i] / t_meas[i], p_pred[i] / p_meas[i]
+        if max(rt, 1 / rt, rp, 1 / rp) <= FAR_OFF:
+            continue
+        if c.mode == "agg" and feasible[i] == 0:
+            out[i] = "infeasible"
+        elif c.mode == "disagg" and "blank *_num_workers" in c.note:
+            out[i] = "derived workers"
+        elif rt < 1 / FAR_OFF and t_meas[i] > c.concurrency * t_pred[i]:
+            out[i] = "TTFT beyond serial prefill"
+        elif rt < 1 / FAR_OFF:
+            out[i] = "TTFT under-predicted"
+        elif rt > FAR_OFF:
+            out[i] = "TTFT over-predicted"
+        else:
+            out[i] = "TPOT under-predicted" if rp < 1 else "TPOT over-predicted"
+    return out
 
 
 def summarize(table: Mapping[str, np.ndarray], by: Sequence[str] = ("system", "backend", "mode"),
