@@ -34,8 +34,9 @@ Mapping rules (each is a modelling assumption, stated where it is applied):
 * Disaggregated rows: ``N`` from ``silicon_concurrency=N`` in ``silicon_data_source``; where it
   is absent, ``N = decode_batch_size * decode_attention_dp_size * decode_num_workers`` (this
   identity holds in all 36 rows that carry both). Blank ``*_num_workers`` are derived by
-  ``serving.evaluate_disagg`` as a deployment would be sized: the fewest decode workers whose KV
-  caches hold all N requests, and prefill workers rate-matched to them at 80% utilization. The
+  ``serving.evaluate_disagg`` as a deployment would be sized: decode workers each running the
+  knee batch (``serving.decode_knee_batch``: the largest whose step is at most 3 one-request
+  steps, capped by its KV cache), and prefill workers rate-matched to them at 80% utilization. The
   per-pool batch is not read: ``evaluate_disagg`` derives the decode batch from ``N``.
   ``cross_network``: the deployment's GPUs, ``x * G_prefill + y * G_decode``, exceed one
   scale-up domain, so the KV cache crosses the scale-out network.
