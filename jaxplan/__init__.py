@@ -31,6 +31,7 @@ _API = {
     "Workload": ("specs", "Workload"),
     "bench": ("calibrate.bench", "measure"),
     "default_params": ("params", "default_params"),
+    "derive_profile": ("params", "derive_profile"),
     "elasticities": ("sensitivity", "elasticities"),
     "evaluate": ("serving", "evaluate"),
     "evaluate_disagg": ("serving", "evaluate_disagg"),

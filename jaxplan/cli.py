@@ -4,6 +4,7 @@ file, the key and what is allowed; never a traceback."""
 from __future__ import annotations
 
 import argparse
+import collections
 import math
 import os
 import sys
@@ -22,7 +23,7 @@ from .calibrate.serving_predict import scheduler_of, summarize, validate
 from .codesign import load_prices, run_codesign
 from .cost import sum_costs
 from .layouts import Layout, check_parallel
-from .params import params_for
+from .params import derive_profile, params_for
 from .sensitivity import METRICS, elasticities, ranked, row_args, run_sensitivity
 from .serving import explain, explain_disagg
 from .specs import (
@@ -437,12 +438,43 @@ def cmd_codesign(args) -> int:
 
 # ----------------------------------------------------------------------------- fit, validate, bench
 
+def parse_adjust(items) -> dict[str, float]:
+    """``["attn_softmax_dim=0.5", ...]`` (``jaxplan fit --adjust``) -> parameter -> factor."""
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise SpecError(f"--adjust: '{item}' is not PARAMETER=FACTOR (e.g. attn_softmax_dim=0.5)")
+    return out
+
+
+def cmd_fit_derive(args) -> int:
+    if args.kernels or args.serving:
+        raise SpecError("fit --derive-from derives a profile without measurements; drop --kernels/--serving")
+    params, meta = derive_profile(args.derive_from, args.hardware, parse_adjust(args.adjust))
+    out = report.save_params(params, args.out, meta=meta)
+    print(f"derived {meta['hardware']} from {meta['derived_from']} ({meta['rule']})")
+    for key, what in (meta.get("adjusted") or {}).items():
+        print(f"  adjusted {key}: {what}")
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_fit(args) -> int:
     report.prepare_out_file(args.out)
+    if args.derive_from:
+        return cmd_fit_derive(args)
+    if args.adjust:
+        raise SpecError("--adjust goes with --derive-from PROFILE")
     from_hw = load_hardware(args.hardware)
     kernels = Path(args.kernels) if args.kernels else default_kernels_dir(from_hw.name)
     if not kernels.exists():
-        raise SpecError(f"--kernels: '{kernels}' does not exist (give a folder of kernel tables or a bench CSV)")
+        raise SpecError(f"--kernels: '{kernels}' does not exist (give a folder of kernel tables or a bench CSV, "
+                        f"or derive a profile from a related chip's with --derive-from PROFILE)")
     res = kernel_fit.fit_profile(from_hw.name, kernels, steps=args.steps, seed=args.seed,
                                  max_rows_per_kind=args.max_rows, return_result=True)
     print(report.kernel_error_table(res.report))
@@ -489,15 +521,23 @@ def cmd_validate(args) -> int:
 
 
 def validate_serving_command(args) -> int:
-    path = args.serving
+    paths = [args.serving] if isinstance(args.serving, str) else list(args.serving)
     override = args.params
     if override and not Path(override).is_file():
         raise SpecError(f"params file '{override}' does not exist")
+    for path in paths:
+        if not Path(path).is_file():
+            raise SpecError(f"serving file '{path}' does not exist")
     out = report.prepare_out_dir(args.out or "out/validate")
     t0 = time.perf_counter()
-    cases, unmapped = load_serving(path)
-    print(f"jaxplan validate: {len(cases) + len(unmapped)} rows in {path}: {len(cases)} mapped, "
-          f"{len(unmapped)} unmapped", file=sys.stderr)
+    cases, unmapped = [], []
+    for path in paths:
+        c, u = load_serving(path)
+        print(f"jaxplan validate: {len(c) + len(u)} rows in {path}: {len(c)} mapped, {len(u)} unmapped",
+              file=sys.stderr)
+        cases += c
+        unmapped += u
+    path = " + ".join(paths)
     for reason, n, example in unmapped_counts(unmapped):
         print(f"  unmapped {n:4d}: {reason}  (e.g. {example})", file=sys.stderr)
     if not cases:
@@ -515,7 +555,17 @@ def validate_serving_command(args) -> int:
     print()
     print(f"unique measurements only ({int(v.table['unique'].sum())} of {len(v.cases)} mapped rows; "
           f"the file repeats some measurements under several ids):")
+    print(report.serving_error_table(summarize(v.table, ("system", "backend", "mode"), mask=v.table["unique"]),
+                                     ("system", "backend", "mode")))
+    print()
+    print(report.serving_error_table(summarize(v.table, ("model",), mask=v.table["unique"]), ("model",)))
+    print()
     print(report.serving_error_table(summarize(v.table, ("mode",), mask=v.table["unique"]), ("mode",)))
+    far = [v.table["far_off"][i] for i in range(len(v.cases)) if v.table["unique"][i] and v.table["far_off"][i]]
+    if far:
+        print(f"\n{len(far)} unique measurements predicted more than {report.FAR_OFF:g}x off: "
+              + ", ".join(f"{n} {r}" for r, n in collections.Counter(far).most_common())
+              + " (per row: predictions.csv, column far_off; per model: summary.md)")
     print(f"\nwrote {', '.join(str(p) for p in files.values())} ({time.perf_counter() - t0:.1f} s)",
           file=sys.stderr)
     return 0
@@ -596,6 +646,13 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--out", required=True, metavar="PROFILE.yaml", help="where to write the fitted profile")
     fp.add_argument("--steps", type=_positive(int), default=kernel_fit.DEFAULT_STEPS,
                     help=f"optimizer steps (default {kernel_fit.DEFAULT_STEPS})")
+    fp.add_argument("--derive-from", dest="derive_from", metavar="PROFILE",
+                    help="no kernel tables for --hardware: derive its profile from a fitted one (a YAML file or a "
+                         "shipped profile's name, e.g. b200): efficiencies, latencies and shape constants carry "
+                         "over, peak rates and bandwidths come from the --hardware preset")
+    fp.add_argument("--adjust", action="append", metavar="PARAMETER=FACTOR",
+                    help="with --derive-from: multiply a parameter for a documented architectural change "
+                         "(repeatable), e.g. attn_softmax_dim=0.5 for Blackwell Ultra's doubled exponential rate")
     fp.add_argument("--seed", type=_nonneg_int, default=0, help="subsample seed (default 0)")
     fp.add_argument("--max-rows", dest="max_rows", type=_positive(int), default=kernel_fit.DEFAULT_MAX_ROWS_PER_KIND,
                     help=f"train rows per kind the optimizer sees (stratified subsample; default "
@@ -603,7 +660,9 @@ def build_parser() -> argparse.ArgumentParser:
     fp.set_defaults(fn=cmd_fit)
     vp = sub.add_parser("validate", help="compare predictions with measured kernels or serving rows")
     vp.add_argument("--kernels", metavar="FILE", help="a kernel table (*.csv.gz) or a `jaxplan bench` CSV")
-    vp.add_argument("--serving", metavar="FILE", help="serving measurements CSV (silicon_hopper.csv format)")
+    vp.add_argument("--serving", metavar="FILE", nargs="+",
+                    help="serving measurements CSV(s) (silicon_hopper.csv format); several are validated together "
+                         "and reported per (system, backend, mode), per model and on unique measurements")
     vp.add_argument("--hardware", help="hardware preset name or YAML path (required with --kernels)")
     vp.add_argument("--params", help="parameter profile YAML (default: the hardware's shipped profile)")
     vp.add_argument("--out", metavar="DIR", help="folder for predictions.csv and the scatter plot")

@@ -436,8 +436,10 @@ def p2p(p, hw: Hardware, nbytes, cross_network):
 # ----------------------------------------------------------------------------- layer composition
 
 def heads_per_gpu(model: Model, tp):
-    """Query heads per GPU, and KV heads per GPU (replicated once TP exceeds the KV heads)."""
-    return model.num_heads / tp, jnp.maximum(model.num_kv_heads / tp, 1.0)
+    """Query heads on the busiest GPU, padded where TP does not divide them (``ceil``; the layouts
+    sweeps search divide them exactly, so there it is ``heads / tp``), and KV heads per GPU
+    (replicated once TP exceeds the KV heads)."""
+    return jnp.ceil(model.num_heads / tp), jnp.maximum(model.num_kv_heads / tp, 1.0)
 
 
 def attention_block(p, hw, model: Model, prec, dec_seqs, pre_tokens, kv_len, ctx, tp, q: float = 1.0) -> dict:
@@ -632,8 +634,16 @@ def memory_per_gpu(p, hw: Hardware, model: Model, prec: Precision, isl, osl, tp,
     act = tokens * (4 * d + 2 * widest / tpa) * prec.act_bytes + batch / adp * model.vocab_size / tpa * 4.0
     reserve = p["mem_reserve_gb"] * 1e9
     total = weights + kv + act + reserve
+    # The engines size the KV cache from the memory left once the weights are loaded and a
+    # forward pass has run: TensorRT-LLM gives it ``free_gpu_memory_fraction`` (0.9 by default) of
+    # that free memory; vLLM's ``gpu_memory_utilization`` and SGLang's ``mem_fraction_static``
+    # leave a similar margin. ``mem_usable_frac`` is that fraction; what is fixed (weights,
+    # activations, the reserve) is not discounted. ``hw.hbm_capacity`` is the bytes the GPU
+    # exposes (nvidia-smi).
+    fixed = weights + act + reserve
+    capacity = fixed + p["mem_usable_frac"] * (hw.hbm_capacity - fixed)
     return {"weights": weights, "kv_cache": kv, "activations": act, "reserve": reserve, "total": total,
-            "capacity": hw.hbm_capacity * p["mem_usable_frac"]}
+            "capacity": capacity}
 
 
 def max_batch_that_fits(p, hw: Hardware, model: Model, prec: Precision, isl, osl, tp, ep, adp, pp, chunk,

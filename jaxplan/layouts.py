@@ -49,8 +49,11 @@ def divisors(n: int) -> list[int]:
 
 
 def check_parallel(model: Model, gpus: int, tp: int, pp: int, ep: int, dp: int | None = None,
-                   adp: int | None = None, where: str = "layout") -> int:
-    """Raise SpecError naming the offending value; return dp. ``adp`` defaults to ``ep``."""
+                   adp: int | None = None, where: str = "layout", heads: bool = True) -> int:
+    """Raise SpecError naming the offending value; return dp. ``adp`` defaults to ``ep``.
+    ``heads=False`` accepts an attention TP that does not divide the query heads (what engines
+    serve by padding heads, ``cost.heads_per_gpu``; the validator maps such measured rows), which
+    sweeps do not search."""
     adp = ep if adp is None else adp
     if gpus < 1:
         raise SpecError(f"{where}: gpus must be at least 1, got {gpus}")
@@ -60,7 +63,7 @@ def check_parallel(model: Model, gpus: int, tp: int, pp: int, ep: int, dp: int |
     if (tp * ep) % adp:
         raise SpecError(f"{where}: adp={adp} must divide tp*ep={tp * ep}; allowed adp: {divisors(tp * ep)}")
     tpa = tp * ep // adp
-    if model.num_heads % tpa:
+    if heads and model.num_heads % tpa:
         ok = [t for t in divisors(model.num_heads) if t <= gpus]
         raise SpecError(f"{where}: attention tp = tp*ep/adp = {tpa} does not divide the {model.num_heads} "
                         f"attention heads of {model.name}; allowed: {ok}")

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import yaml
 
-from .specs import BACKENDS, SpecError, config_file, read_yaml
+from .specs import BACKENDS, HARDWARE_NUMBERS, Hardware, SpecError, config_file, load_hardware, preset_names, read_yaml
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +92,9 @@ PARAM_SPECS: dict[str, ParamSpec] = {
                                               "client's closed-loop cycle), costs no GPU time",
                              log=True),
     # --- memory
-    "mem_usable_frac": _p(0.92, 0.5, 1.0, "share of HBM the runtime may fill (fragmentation, allocator)"),
+    "mem_usable_frac": _p(0.92, 0.5, 1.0, "share of the HBM left free by weights, activations and the reserve "
+                                           "that the engine gives the KV cache (TensorRT-LLM "
+                                           "free_gpu_memory_fraction, 0.9 by default)"),
     "mem_reserve_gb": _p(4.0, 0.1, 40.0, "per-GPU runtime reserve: CUDA context, NCCL buffers, graphs", log=True),
     # --- kernel-shape terms fitted to the TensorRT-LLM kernel tables (jaxplan.fit). Every default
     #     is neutral: with it the op costs the same as without the term; fitted profiles set them.
@@ -281,3 +283,87 @@ def params_for(hardware_name: str, override: str | Path | None = None,
         p, source = (load_params(prof), str(prof)) if prof is not None else \
             (default_params(), "defaults (no fitted profile for this hardware)")
     return (for_backend(p, backend) if backend is not None else p), source
+
+
+# ----------------------------------------------------------------------------- profiles for new chips
+
+# Blackwell Ultra's special-function units evaluate the softmax exponentials at twice Blackwell's
+# rate while its BF16/FP8 tensor-core rates (the attention matmuls) stay those of B200 (NVIDIA,
+# "Inside NVIDIA Blackwell Ultra", 2025: "2x attention-layer acceleration" from doubled SFU
+# throughput for exponentials). ``attn_softmax_dim`` counts the exponentials in units of MMA
+# work, so it halves. The shipped b300 / gb300-nvl72 profiles were derived with this adjustment.
+BLACKWELL_ULTRA_ADJUST = {"attn_softmax_dim": 0.5}
+
+
+def derive_profile(profile: str | Path, hardware, adjust: Mapping[str, float] | None = None) -> tuple[Params, dict]:
+    """A parameter profile for a chip without kernel tables, derived from one fitted on a related
+    chip: ``profile`` (a YAML path or a shipped profile's hardware name), ``hardware`` (the new
+    chip: preset name, YAML path or :class:`~jaxplan.specs.Hardware`). Returns ``(params, meta)``;
+    ``report.save_params(params, out, meta)`` writes it (``jaxplan fit --derive-from``).
+
+    The rule. Every parameter of a profile is a fraction of a hardware peak, a latency or a shape
+    constant; none is a rate. What the new chip changes, its peak FLOP/s per precision, HBM
+    bandwidth and capacity, NVLink and network bandwidths and latencies and the scale-up domain,
+    is read from its hardware preset (datasheet figures) by the cost model at use time, not
+    stored in the profile. So:
+
+    * efficiencies (``*_eff*``, ``mem_eff``, ``*_bw_eff_*``, ``mem_usable_frac``) carry over: a
+      kernel of the same architecture family (same SM design, tensor-core generation, NVLink
+      generation) reaches the same share of the new peaks, so compute-bound time scales with
+      1 / peak rate and memory-bound time with 1 / bandwidth;
+    * latencies (``*_latency*``, ``*_overhead*``, ``kernel_latency_s``, ``moe_pair_s``) carry
+      over: they are set by kernel prologues, the driver, NCCL's protocol and the serving
+      engine's host code, which do not scale with peak rates;
+    * shape constants (half-saturation points, tile and wave sizes, split-K thresholds,
+      padding) carry over: the same kernels on the same SM design tile the same way (the wave
+      sizes scale with the SM count, which datasheets do not always give and which changes by
+      less than 10% within a generation);
+    * ``adjust`` multiplies named parameters for a documented architectural change that is not a
+      peak rate (e.g. :data:`BLACKWELL_ULTRA_ADJUST`); each factor is recorded in ``meta``.
+
+    This holds within a generation (B200 -> B300, GB200 -> GB300) and is a first guess across
+    generations; fit the new chip's own kernel tables (``jaxplan fit``) once they exist."""
+    src = Path(profile) if Path(profile).suffix in (".yaml", ".yml") or Path(profile).is_file() \
+        else profile_path(str(profile))
+    if src is None or not src.is_file():
+        raise SpecError(f"--derive-from: profile '{profile}' is neither a file nor a shipped profile; shipped: "
+                        f"{', '.join(preset_names('profiles')) or 'none'}")
+    params = load_params(src)
+    src_meta = read_yaml(src).get("meta") or {}
+    to_hw = hardware if isinstance(hardware, Hardware) else load_hardware(hardware)
+    from_name = src_meta.get("hardware")
+    try:
+        label = str(src.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        label = str(src)
+    meta = {"hardware": to_hw.name, "derived_from": label, "from_hardware": from_name,
+            "fitted_on": src_meta.get("source", "?"),
+            "rule": "efficiencies, latencies and shape constants carry over; peak rates, bandwidths, capacity and "
+                    "fabric come from the hardware preset (params.derive_profile)"}
+    if from_name:
+        try:
+            from_hw = load_hardware(from_name)
+            meta["preset_ratios"] = {n: round(float(getattr(to_hw, n)) / float(getattr(from_hw, n)), 4)
+                                     for n in HARDWARE_NUMBERS if float(getattr(from_hw, n)) > 0}
+        except SpecError:
+            pass
+    adjusted = {}
+    for key, factor in (adjust or {}).items():
+        if key not in PARAM_SPECS:
+            raise SpecError(f"--adjust: unknown parameter '{key}'; allowed: {', '.join(PARAM_SPECS)}")
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) \
+                or factor <= 0:
+            raise SpecError(f"--adjust: factor of '{key}' must be a positive number, got {factor!r}")
+        spec, old = PARAM_SPECS[key], float(params[key])
+        new = old * float(factor)
+        if not spec.lo <= new <= spec.hi:
+            raise SpecError(f"--adjust: {key} = {old:g} x {factor:g} = {new:g} is outside its range "
+                            f"[{spec.lo:g}, {spec.hi:g}]")
+        params[key] = jnp.asarray(new, jnp.float32)
+        adjusted[key] = f"x {float(factor):g} ({old:.6g} -> {new:.6g})"
+    if adjusted:
+        meta["adjusted"] = adjusted
+    src_fitted = {k: src_meta[k] for k in ("date", "tables", "serving_fit") if k in src_meta}
+    if src_fitted:
+        meta["source_profile"] = src_fitted
+    return params, meta

@@ -2,6 +2,7 @@
 tables it prints. The library returns numbers, names and rows; this module words them."""
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
 import json
@@ -15,7 +16,7 @@ import numpy as np
 import yaml
 
 from .calibrate.serving_data import unmapped_counts
-from .calibrate.serving_predict import summarize
+from .calibrate.serving_predict import FAR_OFF, summarize
 from .calibrate.stats import error_stats
 from .params import profile_text
 from .specs import HARDWARE_NUMBERS, Experiment, Hardware, SpecError
@@ -582,6 +583,8 @@ def _validation_layout_columns(cases, pred) -> dict[str, np.ndarray]:
     res = {k: np.asarray(v, object if k == "note" else np.float64) for k, v in out.items()}
     res["predicted_decode_batch"] = np.asarray(pred["decode_batch"])
     res["predicted_requests_per_s"] = np.asarray(pred["requests_per_s"])
+    for pool in ("prefill", "decode"):
+        res[f"predicted_{pool}_workers"] = np.asarray(pred.get(f"{pool}_workers", np.full(len(cases), np.nan)))
     return res
 
 
@@ -591,7 +594,8 @@ VALIDATION_CSV_COLUMNS = (
     "prefill_workers", "prefill_tp", "prefill_pp", "prefill_ep", "prefill_adp", "prefill_chunk",
     "decode_workers", "decode_tp", "decode_pp", "decode_ep", "decode_adp", "cross_network",
     "measured_ttft_ms", "predicted_ttft_ms", "ttft_ape", "measured_tpot_ms", "predicted_tpot_ms",
-    "tpot_ape", "predicted_decode_batch", "predicted_requests_per_s", "note")
+    "tpot_ape", "predicted_decode_batch", "predicted_requests_per_s", "predicted_prefill_workers",
+    "predicted_decode_workers", "far_off", "note")
 
 
 def write_serving_predictions(path, v) -> Path:
@@ -663,6 +667,16 @@ def plot_serving_scatter(path, tab: Mapping[str, np.ndarray], color_by: str = "m
     return Path(path)
 
 
+def far_off_markdown(t) -> str:
+    """Counts of the unique rows predicted more than FAR_OFF x off, per reason
+    (``serving_predict.far_off_reasons``) and (model, backend, mode); the rows are in predictions.csv."""
+    counts = collections.Counter((t["far_off"][i], t["model"][i], t["backend"][i], t["mode"][i])
+                                 for i in range(len(t["id"])) if t["unique"][i] and t["far_off"][i])
+    lines = ["| reason | model | backend | mode | rows |", "|---|---|---|---|---|"]
+    lines += [f"| {r} | {m} | {b} | {mo} | {n} |" for (r, m, b, mo), n in sorted(counts.items())]
+    return "\n".join(lines) if counts else "none"
+
+
 def validation_markdown(v) -> str:
     """The error tables as Markdown: per (system, backend, mode), per model, per (mode, how the
     worker counts are known), and over unique measurements; then the unmapped rows by reason."""
@@ -674,6 +688,8 @@ def validation_markdown(v) -> str:
              f"## Unique measurements only ({int(t['unique'].sum())} of {len(t['id'])} rows)",
              serving_error_markdown(summarize(t, ("system", "backend", "mode"), mask=t["unique"]),
                                     ("system", "backend", "mode")),
+             f"## Predictions more than {FAR_OFF:g}x off (unique measurements), by reason",
+             far_off_markdown(t),
              "## Unmapped rows",
              "\n".join(["| reason | rows | example |", "|---|---|---|"]
                        + [f"| {r} | {n} | {ex.replace('|', '/')} |" for r, n, ex in unmapped_counts(v.unmapped)])]

@@ -386,6 +386,17 @@ def decode_worker(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, 
 
 
 DERIVED_PREFILL_UTILIZATION = 0.8
+# A decode pool left unsized is sized for the balance deployment planners aim at: each worker runs
+# the largest batch whose step stays within DECODE_KNEE times a one-request step. Below that knee
+# a decode step is dominated by what does not grow with the batch (streaming the weights, fixed
+# kernel and step times), so more requests per worker are nearly free; beyond it the step grows
+# about in proportion to the batch, so TPOT worsens as fast as the worker's throughput rises and a
+# planner adds workers instead. Checked on the 56 B200 disaggregated rows that give their worker
+# counts (named quantities only, no measured latency): the derived decode workers are within a
+# factor 1.8 of the given ones on average (|log2| 0.88), against 2.0x for "the fewest workers whose
+# KV caches hold all requests" (benchmarks/serving_validation.md, issue 13).
+DECODE_KNEE = 3.0
+KNEE_SEARCH_STEPS = 14           # bisection steps on log2(batch) (1 .. 2^14 requests per worker)
 
 
 def prefill_workers_needed(decode_workers, decode_rate, prefill_rate, utilization):
@@ -463,6 +474,26 @@ def explain_disagg(p, hw: Hardware, model: Model, prec: Precision, wl: Workload,
                           "decode": {k: float(v) / 1e9 for k, v in mem_d.items()}}}
 
 
+def decode_knee_batch(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, dec: Layout,
+                      knee: float = DECODE_KNEE):
+    """Requests per decode worker at the knee: the largest batch (a multiple of ``dec.adp``,
+    unrounded; found by bisection on its logarithm, the step time being monotone in it) whose
+    decode step takes at most ``knee`` times a step with one request per attention group."""
+    def t(b):
+        return round_time(p, hw, model, prec, wl, dec._replace(batch=b), b, jnp.float32(0.0))
+
+    limit = knee * t(dec.adp)
+
+    def step(_, lohi):
+        lo, hi = lohi
+        mid = (lo + hi) / 2.0
+        below = t(dec.adp * 2.0 ** mid) <= limit
+        return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+
+    lo, _ = jax.lax.fori_loop(0, KNEE_SEARCH_STEPS, step, (jnp.float32(0.0), jnp.float32(KNEE_SEARCH_STEPS)))
+    return dec.adp * 2.0 ** lo
+
+
 def evaluate_disagg(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, pre: Layout, dec: Layout,
                     x, y, concurrency, cross_network) -> dict:
     """A disaggregated deployment of ``x`` prefill and ``y`` decode workers (0: derive them) under
@@ -480,10 +511,12 @@ def evaluate_disagg(p, hw: Hardware, model: Model, prec: Precision, wl: Workload
     pw = prefill_worker(p, hw, model, prec, wl, pre)
     t_kv = kv_transfer_time(p, hw, model, prec, wl.isl, pre, dec, cross_network)
     b_max = admitted_batch(p, hw, model, prec, wl, dec) * dec.adp   # decode requests whose KV fits
-    # Worker counts given as 0 are derived the way a deployment would be sized: the fewest decode
-    # workers whose KV caches hold all requests, and prefill workers rate-matched to them at
-    # DERIVED_PREFILL_UTILIZATION.
-    y = jnp.where(y > 0, y, jnp.ceil(concurrency / b_max))
+    # Worker counts given as 0 are derived the way a deployment would be sized: decode workers
+    # running the knee batch (decode_knee_batch), never more than their KV caches hold, and
+    # prefill workers rate-matched to them at DERIVED_PREFILL_UTILIZATION.
+    y = jnp.where(y > 0, y, jnp.maximum(jnp.ceil(concurrency / jnp.minimum(decode_knee_batch(p, hw, model, prec, wl,
+                                                                                             dec), b_max)
+                                                 - 1e-6), 1.0))
     b_guess = concurrency / y
     rate_d = b_guess / (osl * round_time(p, hw, model, prec, wl, dec._replace(batch=b_guess), b_guess,
                                          jnp.float32(0.0)))

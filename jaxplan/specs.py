@@ -908,8 +908,12 @@ def scheduler_for(name: str, where: str = "scheduler") -> str:
                     f"({', '.join(BACKENDS)})")
 
 
-# The measured data's system names (kernel tables and serving CSVs) -> hardware presets.
-SYSTEMS = {"h100_sxm": "h100-sxm", "h200_sxm": "h200-sxm", "b200_sxm": "b200", "gb200": "gb200-nvl72"}
+# The measured data's system names (kernel tables, serving CSVs and aiconfigurator's system files)
+# -> hardware presets: the one map every loader uses (``calibrate.kernels.default_kernels_dir``,
+# ``calibrate.serving_data``). Blackwell Ultra (b300_sxm, gb300) has presets but no kernel tables;
+# its profiles are derived (``jaxplan fit --derive-from``).
+SYSTEMS = {"h100_sxm": "h100-sxm", "h200_sxm": "h200-sxm", "b200_sxm": "b200", "gb200": "gb200-nvl72",
+           "b300_sxm": "b300", "gb300": "gb300-nvl72"}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -94,7 +94,7 @@ def test_presets_by_name_and_a_users_own_folder_first(tmp_path, monkeypatch):
         jaxplan.load_experiment("no-such-study")
     own = tmp_path / "mine"
     (own / "hardware").mkdir(parents=True)
-    text = (REPO / "configs" / "hardware" / "h100-sxm.yaml").read_text().replace("hbm_capacity_gb: 80",
+    text = (REPO / "configs" / "hardware" / "h100-sxm.yaml").read_text().replace("hbm_capacity_gb: 85.5",
                                                                                   "hbm_capacity_gb: 96")
     (own / "hardware" / "h100-sxm.yaml").write_text(text)
     monkeypatch.setenv("JAXPLAN_CONFIGS", str(own))

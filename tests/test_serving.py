@@ -24,7 +24,7 @@ from jaxplan.sweep import batched_evaluator
 
 N = 16                                   # rows per evaluation: one compile per model
 EPS32 = float(np.finfo(np.float32).eps)
-H100_HBM_CAP = 80e9
+H100_HBM_CAP = 85.5e9      # 81,559 MiB (nvidia-smi)
 L405_PARAMS = 405.9e9                    # Llama 3.1 405B model card
 BF16_BYTES = 2
 

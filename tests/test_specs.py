@@ -208,7 +208,7 @@ def test_gpt_1p8t_moe_size():
     total = m.total_params()
     assert 1.75e12 <= total <= 1.85e12
     gpu_bytes = load_hardware("gb200-nvl72").hbm_capacity
-    assert gpu_bytes == 192e9
+    assert gpu_bytes == 198.7e9                     # 189,471 MiB (nvidia-smi)
     assert math.ceil(total * 0.5 / gpu_bytes) == 5
 
 
@@ -217,7 +217,7 @@ def test_gpt_1p8t_moe_size():
 def test_hardware_si_units():
     h100 = load_hardware("h100-sxm")
     assert h100.hbm_bandwidth == 3.35e12
-    assert h100.hbm_capacity == 80e9
+    assert h100.hbm_capacity == 85.5e9              # 81,559 MiB (nvidia-smi)
     assert h100.bf16_flops == 989e12 and h100.fp8_flops == 1979e12
     assert h100.fp4_flops == 0 and h100.rates == ("bf16", "fp8")
     assert h100.scale_up_domain == 8
@@ -225,16 +225,16 @@ def test_hardware_si_units():
     assert h100.scale_up_latency == pytest.approx(3e-6) and h100.scale_out_latency == pytest.approx(5e-6)
 
     h200 = load_hardware("h200-sxm")
-    assert (h200.hbm_bandwidth, h200.hbm_capacity, h200.fp8_flops) == (4.8e12, 141e9, 1979e12)
+    assert (h200.hbm_bandwidth, h200.hbm_capacity, h200.fp8_flops) == (4.8e12, 150.8e9, 1979e12)
 
     b200 = load_hardware("b200")
     assert (b200.bf16_flops, b200.fp8_flops, b200.fp4_flops) == (2250e12, 4500e12, 9000e12)
-    assert (b200.hbm_bandwidth, b200.hbm_capacity, b200.scale_up_bandwidth) == (8e12, 180e9, 900e9)
+    assert (b200.hbm_bandwidth, b200.hbm_capacity, b200.scale_up_bandwidth) == (8e12, 192.3e9, 900e9)
     assert b200.rates == ("bf16", "fp8", "fp4") and b200.scale_up_domain == 8
 
     gb200 = load_hardware("gb200-nvl72")
     assert (gb200.bf16_flops, gb200.fp8_flops, gb200.fp4_flops) == (2500e12, 5000e12, 10000e12)
-    assert (gb200.hbm_bandwidth, gb200.hbm_capacity) == (8e12, 192e9)
+    assert (gb200.hbm_bandwidth, gb200.hbm_capacity) == (8e12, 198.7e9)
     assert (gb200.scale_up_domain, gb200.scale_up_bandwidth, gb200.scale_out_bandwidth) == (72, 900e9, 100e9)
 
 

@@ -9,25 +9,34 @@ the ``unmapped`` list with its reason; nothing is dropped silently. Prediction i
 Mapping rules (each is a modelling assumption, stated where it is applied):
 
 * ``model_path``: a preset in ``configs/models`` whose name matches the repository's last path
-  component (case-folded, ``-Instruct``/``-FP8`` suffixes and a ``Meta-`` prefix ignored), else
-  the Hugging Face ``config.json`` of the same name in ``<data>/model_configs``.
+  component (case-folded; quantization and re-release suffixes ``-Instruct``, ``-FP8``,
+  ``-NVFP4``, ``-FP4``, ``-MXFP4``, ``-v0.1``, ``-0528``, ``-0324`` and a ``Meta-`` prefix
+  ignored; renamed releases of one architecture aliased, :data:`ARCHITECTURE_ALIASES`:
+  DeepSeek-V3.1 -> DeepSeek-V3), else the Hugging Face ``config.json`` of the same name in
+  ``<data>/model_configs``. So ``nvidia/DeepSeek-R1-NVFP4`` is DeepSeek-R1 at fp4.
 * ``system``: the data's system names map to presets by ``specs.SYSTEMS``.
-* ``precision``: ``fp8`` -> fp8; blank -> bf16; ``fp4`` -> fp4 where the GPU has FP4 tensor cores,
+* ``precision``: ``fp8`` -> fp8; blank -> the checkpoint name's (``-NVFP4`` fp4, ``-FP8`` fp8),
+  else bf16; ``fp4`` -> fp4 where the GPU has FP4 tensor cores,
   else mxfp4 (gpt-oss ships MXFP4 weights; Hopper dequantizes them to BF16); ``int4`` -> int4.
-* Layout of a pool: stage GPUs ``S = tp_size * attention_dp_size`` (blank adp = 1). MoE models:
-  ``S`` must equal ``moe_tp_size * moe_ep_size`` and the layout is ``Layout(tp=moe_tp, pp,
-  ep=moe_ep, adp=attention_dp_size)``. Dense models: ``Layout(tp=tp_size, ep=1, adp=1)`` (their
-  moe_* columns are ignored; some rows carry 0 there).
+* Layout of a pool (:func:`pool_parallelism`, which states the engines' semantics): stage GPUs
+  ``S = tp_size * attention_dp_size``. MoE models: ``S`` must equal ``moe_tp_size *
+  moe_ep_size`` and the layout is ``Layout(tp=moe_tp, pp, ep=moe_ep, adp=attention_dp_size)``;
+  a blank or 0 ``attention_dp_size`` is ``moe_tp * moe_ep / tp_size`` (engine data parallel),
+  blank or 0 MoE columns are MoE-TP over ``S``. Dense models: ``Layout(tp=tp_size, ep=1,
+  adp=1)`` (their moe_* columns are ignored; some rows carry 0 there). Attention TP need not
+  divide the heads (padded, ``cost.heads_per_gpu``).
 * Batch: aiconfigurator's ``batch_size`` counts requests per attention-DP rank (in every row that
-  has attention-DP > 1, ``silicon_concurrency = batch_size * attention_dp_size``), so the
+  has attention-DP > 1, ``silicon_concurrency = batch_size * attention_dp_size``, except rows
+  where ``N = batch_size``: there it counts the replica), so the
   replica's batch is ``batch_size * attention_dp_size``. Where the concurrency is a multiple of
   that, the benchmark ran ``N / batch`` identical replicas; each sees ``batch`` requests.
 * Chunk: the backend's default prefill token budget per iteration (:data:`CHUNK`).
 * Disaggregated rows: ``N`` from ``silicon_concurrency=N`` in ``silicon_data_source``; where it
   is absent, ``N = decode_batch_size * decode_attention_dp_size * decode_num_workers`` (this
   identity holds in all 36 rows that carry both). Blank ``*_num_workers`` are derived by
-  ``serving.evaluate_disagg`` as a deployment would be sized: the fewest decode workers whose KV
-  caches hold all N requests, and prefill workers rate-matched to them at 80% utilization. The
+  ``serving.evaluate_disagg`` as a deployment would be sized: decode workers each running the
+  knee batch (``serving.decode_knee_batch``: the largest whose step is at most 3 one-request
+  steps, capped by its KV cache), and prefill workers rate-matched to them at 80% utilization. The
   per-pool batch is not read: ``evaluate_disagg`` derives the decode batch from ``N``.
   ``cross_network``: the deployment's GPUs, ``x * G_prefill + y * G_decode``, exceed one
   scale-up domain, so the KV cache crosses the scale-out network.
@@ -129,15 +138,36 @@ class _Skip(Exception):
         self.reason, self.detail = reason, detail
 
 
+# Checkpoint-name suffixes that name a quantization or a re-release of the same architecture, and
+# renamed releases of one architecture: ``nvidia/DeepSeek-R1-NVFP4`` is DeepSeek-R1's architecture
+# at NVFP4, ``DeepSeek-V3.1`` is DeepSeek-V3's (same config.json shapes; V3.1 changed the training
+# and the chat template, not the network). DeepSeek-V3.2 is not aliased: its sparse attention is
+# another architecture.
+CHECKPOINT_SUFFIXES = ("-instruct", "-fp8", "-v0.1", "-nvfp4", "-fp4", "-mxfp4", "-0528", "-0324")
+ARCHITECTURE_ALIASES = {"deepseek-v3.1": "deepseek-v3", "deepseek-v3.1-terminus": "deepseek-v3"}
+# The precision a checkpoint's name gives, where the row's precision column is blank.
+CHECKPOINT_PRECISION = (("-nvfp4", "fp4"), ("-mxfp4", "mxfp4"), ("-fp4", "fp4"), ("-fp8", "fp8"))
+
+
 def _norm_name(s: str) -> str:
     s = s.lower()
     changed = True
     while changed:
         changed = False
-        for suf in ("-instruct", "-fp8", "-v0.1"):
+        for suf in CHECKPOINT_SUFFIXES:
             if s.endswith(suf):
                 s, changed = s[: -len(suf)], True
-    return s[len("meta-"):] if s.startswith("meta-") else s
+    s = s[len("meta-"):] if s.startswith("meta-") else s
+    return ARCHITECTURE_ALIASES.get(s, s)
+
+
+def checkpoint_precision(model_path: str) -> str:
+    """The precision named by a checkpoint's suffix (``nvidia/Qwen3-32B-NVFP4`` -> ``fp4``), else ''."""
+    last = model_path.rstrip("/").split("/")[-1].lower()
+    for suf, name in CHECKPOINT_PRECISION:
+        if suf in last:
+            return name
+    return ""
 
 
 class _Resolver:
@@ -232,34 +262,76 @@ def _int(row, col, default=None):
     return int(v)
 
 
+def pool_parallelism(row: Mapping, prefix: str, model: Model) -> tuple[int, int, int, int, list[str]]:
+    """``(tp, ep, adp, pp, notes)`` of one pool as the engine runs it, from its ``prefix``ed columns.
+
+    What the engines do with their arguments (the rule for rows that leave a column blank or 0):
+
+    * SGLang: ``--tp N`` is the GPUs of one model replica; ``--enable-dp-attention --dp D`` splits
+      them into ``D`` attention groups of ``N / D`` GPUs, each with its own requests, while the
+      MoE layers stay sharded over all ``N`` (tensor-parallel, or expert-parallel with ``--ep``).
+    * TensorRT-LLM: ``enable_attention_dp`` gives every GPU of the ``tp_size`` group its own
+      attention (attention-DP = the group); ``moe_tensor_parallel_size x
+      moe_expert_parallel_size`` shard the experts over the same GPUs (default: MoE TP = tp_size).
+    * vLLM: ``--data-parallel-size D --tensor-parallel-size T`` runs ``D`` attention replicas of
+      ``T`` GPUs; the MoE layers of all ``D x T`` GPUs form one group, tensor-parallel by default
+      and expert-parallel with ``--enable-expert-parallel``.
+
+    aiconfigurator's columns record attention ``tp_size`` and ``attention_dp_size`` per group and
+    ``moe_tp_size x moe_ep_size`` over the whole replica. So: ``attention_dp_size`` blank or 0 means
+    "not recorded", and it is ``moe_tp_size * moe_ep_size / tp_size`` for MoE models (1 where the
+    MoE columns are blank, and for dense models); ``moe_tp_size``/``moe_ep_size`` blank or 0 mean
+    the engines' default, experts tensor-parallel over the replica's ``tp_size *
+    attention_dp_size`` GPUs. Attention TP that does not divide the query heads is what the engine
+    pads: the busiest GPU holds ``ceil(heads / tp)`` heads (``cost.heads_per_gpu``); KV heads are
+    replicated once TP exceeds them."""
+    tp = _int(row, prefix + "tp_size")
+    pp = _int(row, prefix + "pp_size", 1) or 1
+    adp = _int(row, prefix + "attention_dp_size")
+    pool = prefix.rstrip("_") or "replica"
+    notes = []
+    if not tp or tp < 1 or pp < 1 or (adp is not None and adp < 0):
+        raise _Skip("missing or zero tp_size/pp_size (the GPUs of one attention group)",
+                    f"{prefix}tp_size={tp}, {prefix}pp_size={pp}: give the engine's --tp / tensor_parallel_size")
+    if not model.is_moe:
+        if adp and adp != 1:
+            raise _Skip("dense model with attention_dp_size > 1",
+                        f"{prefix}attention_dp_size={adp}: list each data-parallel replica as its own replica "
+                        f"(attention_dp_size 1, the concurrency counts all)")
+        return tp, 1, 1, pp, notes
+    mtp, mep = _int(row, prefix + "moe_tp_size") or 0, _int(row, prefix + "moe_ep_size") or 0
+    if not adp:
+        if mtp and mep and (mtp * mep) % tp == 0:
+            adp = mtp * mep // tp
+            if adp > 1:
+                notes.append(f"{pool} attention_dp_size blank: {mtp}*{mep}/{tp} = {adp} (engine data parallel)")
+        else:
+            adp = 1
+    stage = tp * adp
+    if not mtp or not mep:
+        if mtp and not mep and stage % mtp == 0:
+            mep = stage // mtp
+        elif mep and not mtp and stage % mep == 0:
+            mtp = stage // mep
+        else:
+            mtp, mep = stage, 1
+        notes.append(f"{pool} moe_tp/ep blank: MoE tensor-parallel over the {stage} GPUs (engine default)")
+    if mtp * mep != stage:
+        raise _Skip("stage GPUs tp_size*attention_dp_size != moe_tp_size*moe_ep_size",
+                    f"{pool}: {tp}*{adp} = {stage} but {mtp}*{mep} = {mtp * mep}: the MoE layers must shard over "
+                    f"the replica's GPUs; fix attention_dp_size or moe_tp_size/moe_ep_size")
+    return mtp, mep, adp, pp, notes
+
+
 def pool_layout(row: Mapping, prefix: str, model: Model, where: str, batch_per_rank: float,
-                chunk: float) -> Layout:
-    """The Layout of one pool (agg replica, prefill or decode worker) from its ``prefix``ed columns.
+                chunk: float, parallel=None) -> Layout:
+    """The Layout of one pool (agg replica, prefill or decode worker) from its ``prefix``ed columns
+    (:func:`pool_parallelism`, or ``parallel`` already read from them).
 
     ``batch_per_rank``: requests per attention-DP rank (the replica batch is that times adp)."""
-    tp = _int(row, prefix + "tp_size")
-    pp = _int(row, prefix + "pp_size", 1)
-    adp = _int(row, prefix + "attention_dp_size", 1)
-    if not tp or tp < 1 or pp < 1 or adp < 1:
-        raise _Skip("missing or zero tp_size/pp_size/attention_dp_size",
-                    f"{prefix}tp_size={tp}, {prefix}pp_size={pp}, {prefix}attention_dp_size={adp}")
-    stage = tp * adp
-    pool = prefix.rstrip("_") or "replica"
-    if model.is_moe:
-        mtp, mep = _int(row, prefix + "moe_tp_size"), _int(row, prefix + "moe_ep_size")
-        if not mtp or not mep:
-            raise _Skip("MoE model with moe_tp_size/moe_ep_size blank or 0",
-                        f"{prefix}moe_tp_size={mtp}, {prefix}moe_ep_size={mep}")
-        if mtp * mep != stage:
-            raise _Skip("stage GPUs tp_size*attention_dp_size != moe_tp_size*moe_ep_size",
-                        f"{pool}: {tp}*{adp} = {stage} but {mtp}*{mep} = {mtp * mep}")
-        ltp, lep, ladp = mtp, mep, adp
-    else:
-        if adp != 1:
-            raise _Skip("dense model with attention_dp_size > 1", f"{prefix}attention_dp_size={adp}")
-        ltp, lep, ladp = tp, 1, 1
+    ltp, lep, ladp, pp, _ = parallel or pool_parallelism(row, prefix, model)
     try:
-        check_parallel(model, stage * pp, ltp, pp, lep, 1, ladp, where=where)
+        check_parallel(model, ltp * lep * pp, ltp, pp, lep, 1, ladp, where=where, heads=False)
     except SpecError as e:
         raise _Skip("layout rejected by check_parallel", str(e)) from None
     f = np.float32
@@ -286,7 +358,7 @@ def map_row(row: Mapping, res: _Resolver) -> ServingCase:
         raise _Skip("unknown backend", f"backend '{backend}'; known: {', '.join(BACKENDS)}")
     model = res.model(row["model_path"])
     hw = res.hardware(row["system"])
-    prec = map_precision(row.get("precision", ""), hw)
+    prec = map_precision((row.get("precision") or "").strip() or checkpoint_precision(row["model_path"]), hw)
     isl, osl = _num(row, "isl"), _num(row, "osl")
     ttft, tpot = _num(row, "silicon_ttft_ms"), _num(row, "silicon_tpot_ms")
     if not (isl and osl and isl > 0 and osl > 0):
@@ -301,10 +373,19 @@ def map_row(row: Mapping, res: _Resolver) -> ServingCase:
         b = _int(row, "batch_size")
         if not b or b < 1:
             raise _Skip("missing batch_size", f"batch_size={b}")
-        lay = pool_layout(row, "", model, rid, b, chunk)
-        note = ""
+        par = pool_parallelism(row, "", model)
+        notes = par[4]
+        adp = par[2]
+        if n is not None and adp > 1 and n < b * adp and n == b:
+            # a few exports count the replica's requests in batch_size (N = batch_size, not
+            # batch_size * attention_dp_size): each attention group then holds N / adp
+            b = b / adp
+            notes.append("batch_size counts the replica (N = batch_size): per attention group N / adp")
+        lay = pool_layout(row, "", model, rid, b, chunk, par)
         if n is None:
-            n, note = float(lay.batch), "concurrency absent: N = batch_size * attention_dp_size"
+            n = float(lay.batch)
+            notes.append("concurrency absent: N = batch_size * attention_dp_size")
+        note = "; ".join(notes)
         replicas = n / float(lay.batch)
         if replicas < 1 - 1e-9:
             raise _Skip("concurrency below the replica batch",
@@ -314,11 +395,12 @@ def map_row(row: Mapping, res: _Resolver) -> ServingCase:
                         f"N={n:g}, batch_size*attention_dp_size={float(lay.batch):g}")
         return ServingCase(**common, concurrency=n, layout=lay, replicas=float(round(replicas)), note=note)
     # disaggregated
-    pre = pool_layout(row, "prefill_", model, rid, 1.0, chunk)
-    dec = pool_layout(row, "decode_", model, rid, 1.0, 0.0)
+    ppar, dpar = pool_parallelism(row, "prefill_", model), pool_parallelism(row, "decode_", model)
+    pre = pool_layout(row, "prefill_", model, rid, 1.0, chunk, ppar)
+    dec = pool_layout(row, "decode_", model, rid, 1.0, 0.0, dpar)
     x = _int(row, "prefill_num_workers") or 0       # 0: evaluate_disagg derives the count
     y = _int(row, "decode_num_workers") or 0
-    note = []
+    note = ppar[4] + dpar[4]
     if not (row.get("prefill_num_workers") or "").strip() or not (row.get("decode_num_workers") or "").strip():
         note.append("blank *_num_workers -> derived")
     if n is None:

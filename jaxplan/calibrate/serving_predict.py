@@ -56,9 +56,9 @@ def _arch_key(model: Model) -> Model:
 
 
 OUT_KEYS_AGG = ("ttft_s", "tpot_s", "requests_per_s", "decode_batch", "prefill_saturated", "memory_per_gpu_gb",
-                "feasible", "steady_ttft_s")
+                "feasible", "steady_ttft_s", "fixed_overhead_s")
 OUT_KEYS_DISAGG = ("ttft_s", "tpot_s", "requests_per_s", "decode_batch", "kv_transfer_s", "prefill_latency_s",
-                   "prefill_utilization", "steady_ttft_s")
+                   "prefill_utilization", "steady_ttft_s", "prefill_workers", "decode_workers", "fixed_overhead_s")
 # evaluate() names the solved number of decoding requests "decoding_requests" (older: "decode_batch").
 _ALIASES = {"decode_batch": ("decode_batch", "decoding_requests")}
 
@@ -95,6 +95,7 @@ def agg_evaluator(model: Model, prec: Precision, scheduler: str = "mixed") -> Co
         out["steady_ttft_s"] = out["ttft_s"]
         cold = cold_start_ttft(p, hw, model, prec, wl, lay, m, scheduler)
         out["ttft_s"] = benchmark_ttft({**m, "cold_start_ttft_s": cold})
+        out["fixed_overhead_s"] = jnp.broadcast_to(p["request_overhead_s"], jnp.shape(out["ttft_s"]))
         return out
     return Compiled(jax.jit(jax.vmap(one, in_axes=(None, None, 0, 0, 0)), compiler_options=CHEAP_COMPILER_OPTIONS))
 
@@ -130,6 +131,8 @@ def disagg_evaluator(model: Model, prec: Precision) -> Compiled:
         # state's own queue (what switches were tried: benchmarks/serving_validation.md, "Decisions and
         # their evidence").
         out["ttft_s"] = benchmark_ttft({**m, "cold_start_ttft_s": disagg_cold_start_ttft(m, n)})
+        out["fixed_overhead_s"] = jnp.broadcast_to(p["request_overhead_s"] + p["disagg_overhead_s"],
+                                                   jnp.shape(out["ttft_s"]))
         return out
     return Compiled(jax.jit(jax.vmap(one, in_axes=(None, None) + (0,) * 8), compiler_options=CHEAP_COMPILER_OPTIONS))
 
@@ -256,7 +259,52 @@ def prediction_table(cases: Sequence[ServingCase], pred: Mapping[str, np.ndarray
             "isl": np.asarray([x.isl for x in c]), "osl": np.asarray([x.osl for x in c]),
             "concurrency": np.asarray([x.concurrency for x in c]),
             "measured_ttft_ms": t_meas, "predicted_ttft_ms": t_pred, "ttft_ape": ape(t_pred, t_meas),
-            "measured_tpot_ms": p_meas, "predicted_tpot_ms": p_pred, "tpot_ape": ape(p_pred, p_meas)}
+            "measured_tpot_ms": p_meas, "predicted_tpot_ms": p_pred, "tpot_ape": ape(p_pred, p_meas),
+            "far_off": far_off_reasons(c, pred, t_pred, t_meas, p_pred, p_meas)}
+
+
+# A prediction more than FAR_OFF times (or less than 1/FAR_OFF of) the measurement gets a reason.
+FAR_OFF = 3.0
+
+
+def far_off_reasons(cases: Sequence[ServingCase], pred: Mapping[str, np.ndarray], t_pred, t_meas, p_pred,
+                    p_meas) -> np.ndarray:
+    """Why a prediction is more than :data:`FAR_OFF` x off, from named quantities of the row and the
+    model ('' where it is within). The first that applies:
+
+    * ``infeasible``: the memory model does not fit the row's weights and KV cache in HBM;
+    * ``derived workers``: a disaggregated row without worker counts (derived; the campaign's
+      fixed pools are not recorded);
+    * ``TTFT beyond serial prefill``: the measured TTFT exceeds N times the predicted TTFT, more
+      than prefilling all N prompts one after another would take: a wait outside the engine's
+      compute (benchmark ramp-up, warm-up, an admission limit the row does not record);
+    * ``fixed overhead above the measured TTFT``: the backend's fitted per-request overheads
+      (``request_overhead_s``, plus ``disagg_overhead_s`` disaggregated) alone exceed the measured
+      TTFT: overheads fitted to another campaign's protocol that do not carry over;
+    * ``TTFT under-predicted``, ``TTFT over-predicted``, ``TPOT under-predicted``,
+      ``TPOT over-predicted``: the model's own error, for the benchmark notes to explain."""
+    out = np.full(len(cases), "", object)
+    feasible = np.asarray(pred.get("feasible", np.ones(len(cases))), float)
+    overhead = np.asarray(pred.get("fixed_overhead_s", np.zeros(len(cases))), float) / MS
+    for i, c in enumerate(cases):
+        rt, rp = t_pred[i] / t_meas[i], p_pred[i] / p_meas[i]
+        if max(rt, 1 / rt, rp, 1 / rp) <= FAR_OFF:
+            continue
+        if c.mode == "agg" and feasible[i] == 0:
+            out[i] = "infeasible"
+        elif c.mode == "disagg" and "blank *_num_workers" in c.note:
+            out[i] = "derived workers"
+        elif rt > FAR_OFF and t_meas[i] < overhead[i]:
+            out[i] = "fixed overhead above the measured TTFT"
+        elif rt < 1 / FAR_OFF and t_meas[i] > c.concurrency * t_pred[i]:
+            out[i] = "TTFT beyond serial prefill"
+        elif rt < 1 / FAR_OFF:
+            out[i] = "TTFT under-predicted"
+        elif rt > FAR_OFF:
+            out[i] = "TTFT over-predicted"
+        else:
+            out[i] = "TPOT under-predicted" if rp < 1 else "TPOT over-predicted"
+    return out
 
 
 def summarize(table: Mapping[str, np.ndarray], by: Sequence[str] = ("system", "backend", "mode"),
