@@ -33,7 +33,7 @@ class SpecError(ValueError):
 
 # ----------------------------------------------------------------------------- config lookup
 
-CONFIG_KINDS = ("models", "hardware", "experiments", "profiles", "prices", "measurements")
+CONFIG_KINDS = ("models", "hardware", "experiments", "profiles", "prices", "measurements", "tco")
 
 
 def packaged_config_root() -> Path:
