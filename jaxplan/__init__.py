@@ -42,6 +42,7 @@ _API = {
     "fit_serving": ("calibrate.serving_fit", "fit_serving"),
     "for_backend": ("params", "for_backend"),
     "get_precision": ("specs", "get_precision"),
+    "load_costs": ("energy", "load_costs"),
     "load_experiment": ("specs", "load_experiment"),
     "load_hardware": ("specs", "load_hardware"),
     "load_model": ("specs", "load_model"),
@@ -68,8 +69,8 @@ _API = {
     "write_validation": ("report", "write_validation"),
 }
 # submodules reachable as attributes (jaxplan.report.label, ...)
-_SUBMODULES = ("calibrate", "codesign", "cost", "layouts", "params", "report", "sensitivity", "serving", "specs",
-               "sweep")
+_SUBMODULES = ("calibrate", "codesign", "cost", "energy", "layouts", "params", "report", "sensitivity", "serving",
+               "specs", "sweep")
 
 __all__ = list(_API)
 __version__ = "0.1.0"

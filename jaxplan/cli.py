@@ -162,7 +162,7 @@ def cmd_sweep(args) -> int:
     print(f"jaxplan sweep: {report.title(exp0, scales)}; serving: {args.serving}; parameters: {source}",
           file=sys.stderr)
     pl = plan(exp0, p, source, serving=args.serving, attention_dp=args.attention_dp, scales=scales,
-              compare=args.compare, progress=True)
+              compare=args.compare, progress=True, objective=args.objective, costs=args.costs)
     exp = pl.experiment
     report.write_plan(pl, out)
     summary = pl.summary()
@@ -183,7 +183,9 @@ def cmd_sweep(args) -> int:
         print(f"\nBest at SLA ({report.sla_text(exp)}): {report.label(best_row)}: "
               f"{best_row['tokens_per_s_per_gpu']:.1f} tokens/s/GPU, "
               f"{best_row['tokens_per_s_per_user']:.1f} tokens/s/user, "
-              f"TTFT {best_row['ttft_s']:.2f} s, {best_row['memory_per_gpu_gb']:.0f} GB/GPU")
+              f"TTFT {best_row['ttft_s']:.2f} s, {best_row['memory_per_gpu_gb']:.0f} GB/GPU"
+              + (f" (best by {args.objective})" if args.objective != "throughput" else ""))
+        print("  " + report.energy_text(best_row, pl.costs))
     if pl.baseline:
         b = summary["baseline_best_at_sla"]
         print(f"Baseline ({pl.base_experiment.hardware.name} as shipped): "
@@ -193,7 +195,8 @@ def cmd_sweep(args) -> int:
     if "disagg_over_agg_at_sla" in summary:
         print(f"Disaggregated / aggregated tokens/s/GPU at the SLA: {summary['disagg_over_agg_at_sla']:.2f}x")
     print(f"compiled in {summary['seconds']['compile']:.1f} s, evaluated {summary['counts']['layouts']:,} layouts in "
-          f"{summary['seconds']['evaluate']:.3f} s; wrote {out}/layouts.csv, frontier.csv, summary.json, frontier.png")
+          f"{summary['seconds']['evaluate']:.3f} s; wrote {out}/layouts.csv, frontier.csv, summary.json, frontier.png"
+          + (", frontier_cost.png" if (out / "frontier_cost.png").exists() else ""))
     return 0
 
 
@@ -600,6 +603,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="aggregated space: attention-DP equal to EP (default), or every divisor of the stage")
     sp.add_argument("--compare", action="store_true",
                     help="with --scale: also sweep the hardware as shipped and draw both frontiers on one chart")
+    sp.add_argument("--objective", choices=("throughput", "cost", "energy"), default="throughput",
+                    help="what the SLA pick optimizes: tokens/s/GPU (default), $/Mtoken or joules/token "
+                         "(cost and energy need the hardware's power block)")
+    sp.add_argument("--costs", metavar="FILE",
+                    help="cost file for $/Mtoken: GPU prices (purchase + years + electricity, or per GPU-hour); "
+                         "default configs/tco/default.yaml (illustrative, not quotes)")
     sp.set_defaults(fn=cmd_sweep)
     ep = sub.add_parser("explain", help="one layout's metrics and per-op time breakdown")
     _add_experiment_args(ep)

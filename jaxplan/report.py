@@ -410,7 +410,7 @@ def plot_codesign(path: Path, res, title: str):
 def write_plan(plan: Plan, out: str | Path) -> list[Path]:
     """The files of ``jaxplan sweep``: ``layouts.csv`` (every evaluated layout), ``frontier.csv``,
     ``frontier.png`` and ``summary.json``."""
-    out = start_run(out, ("summary.json", "layouts.csv", "frontier.csv", "frontier.png"))
+    out = start_run(out, ("summary.json", "layouts.csv", "frontier.csv", "frontier.png", "frontier_cost.png"))
     exp, cols, front, best = plan.experiment, plan.columns, plan.frontier, plan.best
     names = AGG_COLUMNS if plan.serving == "agg" else DISAGG_COLUMNS
     write_csv(out / "layouts.csv", cols, names)
@@ -428,8 +428,68 @@ def write_plan(plan: Plan, out: str | Path) -> list[Path]:
                 r.columns["tokens_per_s_per_user"][fi], r.columns["tokens_per_s_per_gpu"][fi])
     plot_frontier(out / "frontier.png", cols, [] if extra else front, best, title(exp, plan.scales),
                   exp.sla.min_tokens_per_user, extra=extra, max_ttft_s=exp.sla.max_ttft_s)
+    files = [out / n for n in ("layouts.csv", "frontier.csv", "summary.json", "frontier.png")]
+    if plot_cost_frontier(out / "frontier_cost.png", plan.results, plan.best_row, title(exp, plan.scales),
+                          exp.sla.min_tokens_per_user, plan.costs):
+        files.append(out / "frontier_cost.png")
     write_json(out / "summary.json", plan.summary())
-    return [out / n for n in ("layouts.csv", "frontier.csv", "summary.json", "frontier.png")]
+    return files
+
+
+def energy_text(r: Mapping, costs=None) -> str:
+    """One line of a layout's power, energy and cost per token."""
+    def num(k):
+        v = r.get(k)
+        return float(v) if v is not None else math.nan
+    if not math.isfinite(num("joules_per_token")):
+        return "energy and cost: unknown (the hardware YAML has no power block)"
+    cur = costs.currency if costs is not None else "USD"
+    usd = num("usd_per_mtoken")
+    return (f"{num('busy_share'):.0%} busy, {num('gpu_power_w'):.0f} W per GPU board, "
+            f"{num('facility_power_per_gpu_w'):.0f} W per GPU at the facility; {num('joules_per_token'):.2f} J/token, "
+            f"{num('tokens_per_s_per_mw'):,.0f} tokens/s per MW"
+            + (f", {usd:.3f} {cur}/Mtoken" if math.isfinite(usd) else ", cost: no price for this hardware"))
+
+
+def plot_cost_frontier(path: Path, results: Mapping, best_row: Mapping | None, title_text: str,
+                       min_tokens_per_user: float = 0.0, costs=None) -> bool:
+    """``frontier_cost.png``: per serving mode, the lowest $/Mtoken and the most tokens/s per MW at
+    each interactivity (the frontiers of each metric against tokens/s/user), the SLA pick marked.
+    Returns False (draws nothing) when no layout has an energy figure."""
+    panels = (("usd_per_mtoken", f"{costs.currency if costs else 'USD'} per million output tokens", False),
+              ("tokens_per_s_per_mw", "output tokens/s per MW (facility)", True))
+    if not any(np.isfinite(np.asarray(r.columns.get("joules_per_token", []), float)).any() for r in results.values()):
+        return False
+    fig, axes = figure(1, 2, figsize=(12, 5), dpi=110)
+    for ax, (col, ylabel, larger) in zip(axes, panels):
+        for mode, r in results.items():
+            c = r.columns
+            ok = np.asarray(c["feasible"], bool) & np.isfinite(np.asarray(c[col], float))
+            if not ok.any():
+                continue
+            u = np.asarray(c["tokens_per_s_per_user"], float)[ok]
+            v = np.asarray(c[col], float)[ok]
+            ax.scatter(u, v, s=5, alpha=0.12, label=f"{mode}: {ok.sum():,} feasible")
+            # frontier: best value among points at or above each interactivity
+            order = np.argsort(-u)
+            best = (np.maximum if larger else np.minimum).accumulate(v[order])
+            keep = np.r_[True, best[1:] != best[:-1]]
+            ax.plot(u[order][keep], best[keep], "-o", ms=3, lw=1.5, label=f"{mode} frontier")
+        if best_row is not None and best_row.get(col) is not None and math.isfinite(float(best_row[col])):
+            ax.plot([best_row["tokens_per_s_per_user"]], [best_row[col]], marker="*", ms=15, color="tab:orange",
+                    mec="k", ls="none", label=f"SLA pick: {label(best_row)}")
+        if min_tokens_per_user > 0:
+            ax.axvline(min_tokens_per_user, color="tab:red", ls="--", lw=1, alpha=0.7)
+        ax.set_xlabel("interactivity (output tokens/s per user)")
+        ax.set_ylabel(ylabel)
+        ax.set_yscale("log")
+        ax.set_xlim(left=0)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=6, loc="best")
+    fig.suptitle(wrap(title_text, 140), fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+    return True
 
 
 # ----------------------------------------------------------------------------- jaxplan sensitivity

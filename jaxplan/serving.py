@@ -40,6 +40,7 @@ from .cost import (
     stage_costs,
     sum_costs,
 )
+from .energy import busy_share, disagg_busy_share, power_metrics
 from .layouts import Layout
 from .specs import Hardware, Model, Precision, SpecError, Workload, scheduler_for
 
@@ -109,6 +110,13 @@ def round_time(p, hw, model, prec, wl, lay, dec, pre):
     return sum_costs(round_costs(p, hw, model, prec, wl, lay, dec, pre).values()).total()
 
 
+def round_time_busy(p, hw, model, prec, wl, lay, dec, pre):
+    """A round's time and the share of it a GPU is compute- or memory-bound (``energy.busy_share``;
+    a GPU has work in ``n`` of the ``pp`` micro-batch slots of a round)."""
+    c = sum_costs(round_costs(p, hw, model, prec, wl, lay, dec, pre).values())
+    return c.total(), busy_share(c, micro_batches(lay, dec, pre) / lay.pp)
+
+
 def admitted_batch(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: Layout):
     """Requests per attention group the KV cache can hold while they run: paged engines allocate
     the context a request has, on average ``isl + osl/2`` tokens over its life."""
@@ -130,6 +138,8 @@ class Steady(NamedTuple):
     tpot: jax.Array
     ttft0: jax.Array
     saturated: jax.Array
+    u_chunk: jax.Array     # busy share (energy.busy_share) of a prompt-carrying iteration
+    u_plain: jax.Array     # and of a decode-only iteration
 
 
 def wave(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: Layout, Br, isl, osl) -> Steady:
@@ -141,12 +151,12 @@ def wave(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: Layo
     zero = jnp.zeros_like(Br)
     c = jnp.minimum(lay.chunk, Br * isl)
     k = jnp.maximum(Br * isl / lay.chunk, 1.0)
-    t_chunk = round_time(p, hw, model, prec, wl, lay, zero, g * c)
-    t_plain = round_time(p, hw, model, prec, wl, lay, g * Br, 0.0)
+    t_chunk, u_chunk = round_time_busy(p, hw, model, prec, wl, lay, zero, g * c)
+    t_plain, u_plain = round_time_busy(p, hw, model, prec, wl, lay, g * Br, 0.0)
     tpot = t_plain + (k - 1.0) / 2.0 * t_chunk / osl
     ttft0 = (k + 1.0) / 2.0 * t_chunk + o_req
     x_g = Br / (k * t_chunk + osl * t_plain + o_req)
-    return Steady(Br, c, t_chunk, t_plain, x_g, tpot, ttft0, jnp.zeros_like(Br, dtype=bool))
+    return Steady(Br, c, t_chunk, t_plain, x_g, tpot, ttft0, jnp.zeros_like(Br, dtype=bool), u_chunk, u_plain)
 
 
 def _staggered(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: Layout, Br, isl, osl,
@@ -169,8 +179,9 @@ def _staggered(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay
         # d / osl per iteration (the completion rate), up to what the chunk holds.
         m = jnp.clip(1.0 + d / osl, 1.0, m_max)
         c = jnp.minimum(lay.chunk, m * isl)
-        t_plain = round_time(p, hw, model, prec, wl, lay, g * d, 0.0)
-        t_chunk = round_time(p, hw, model, prec, wl, lay, prompt_iteration_decoders(scheduler, g * d), g * c)
+        t_plain, u_plain = round_time_busy(p, hw, model, prec, wl, lay, g * d, 0.0)
+        t_chunk, u_chunk = round_time_busy(p, hw, model, prec, wl, lay, prompt_iteration_decoders(scheduler, g * d),
+                                           g * c)
         own = 1.0 - jnp.minimum(m / jnp.maximum(Br, 1.0), 1.0)   # a request never waits on its own prompt
         if mixed:
             f = jnp.clip(d * isl / (osl * c), 0.0, 1.0)      # share of iterations with a chunk
@@ -188,21 +199,21 @@ def _staggered(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay
         # already started the next iteration for the others, so the prompt waits about one
         # mean iteration (not when it is alone: nothing runs without it).
         residual = (1.0 - 1.0 / jnp.maximum(Br, 1.0)) * t_iter
-        return c, t_chunk, t_plain, t_dec, tpot, o_req + residual + n_iter * t_chunk
+        return c, t_chunk, t_plain, t_dec, tpot, o_req + residual + n_iter * t_chunk, u_chunk, u_plain
 
     def step(_, carry):
         d = carry[0]
         t = times(d)
-        _, _, _, t_dec, tpot, ttft0 = t
+        _, _, _, t_dec, tpot, ttft0, _, _ = t
         return (jnp.minimum(Br * osl * t_dec / (ttft0 + osl * tpot), d_sat), d) + t
 
     # The cost model is traced once (inside the loop body); the outputs are those of the last
     # iterate d, which the loop carries beside its successor.
-    carry = jax.lax.fori_loop(0, FIXED_POINT_STEPS, step, (d0, d0, zero, zero, zero, zero, zero, zero))
-    d, c, t_chunk, t_plain, t_dec, tpot, ttft0 = carry[1:]
+    carry = jax.lax.fori_loop(0, FIXED_POINT_STEPS, step, (d0, d0) + (zero,) * 8)
+    d, c, t_chunk, t_plain, t_dec, tpot, ttft0, u_chunk, u_plain = carry[1:]
     x_g = d / (osl * t_dec)
     saturated = (d >= d_sat * (1 - 1e-4)) & mixed
-    return Steady(d, c, t_chunk, t_plain, x_g, tpot, ttft0, saturated)
+    return Steady(d, c, t_chunk, t_plain, x_g, tpot, ttft0, saturated, u_chunk, u_plain)
 
 
 def mixed(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: Layout, Br, isl, osl) -> Steady:
@@ -257,19 +268,24 @@ def evaluate(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: 
     isl, osl, g = wl.prompt_tokens, wl.osl / per_step, lay.adp
     B = lay.batch / g
     Br = jnp.minimum(B, admitted_batch(p, hw, model, prec, wl, lay))
-    d, c, t_chunk, t_plain, x_g, tpot, ttft0, saturated = SCHEDULERS[scheduler](p, hw, model, prec, wl, lay, Br,
-                                                                                 isl, osl)
+    d, c, t_chunk, t_plain, x_g, tpot, ttft0, saturated, u_chunk, u_plain = SCHEDULERS[scheduler](
+        p, hw, model, prec, wl, lay, Br, isl, osl)
     x = g * x_g                                            # completed requests/s per replica
+    # Power: each request needs isl / c prompt-carrying iterations, so they take a share
+    # x_g * isl / c * t_chunk of the time; decode-only iterations the rest (energy.py).
+    chunk_share = jnp.clip(x_g * isl / c * t_chunk, 0.0, 1.0)
+    busy = chunk_share * u_chunk + (1.0 - chunk_share) * u_plain
     ttft = jnp.maximum(lay.batch / x - osl * tpot, ttft0)
     gpus_per_replica = lay.tp * lay.ep * lay.pp
     mem = memory_per_gpu(p, hw, model, prec, wl.isl, wl.osl, lay.tp, lay.ep, lay.adp, lay.pp, lay.batch, lay.chunk,
                          draft_layers(wl))
     tpot = tpot / per_step
+    tokens_per_gpu = x * wl.osl / gpus_per_replica
     return {
         "ttft_s": ttft,
         "tpot_s": tpot,
         "tokens_per_s_per_user": 1.0 / tpot,
-        "tokens_per_s_per_gpu": x * wl.osl / gpus_per_replica,
+        "tokens_per_s_per_gpu": tokens_per_gpu,
         "requests_per_s": x * lay.dp,
         "decoding_requests": g * d,
         "prefill_tokens_per_iter": g * c,
@@ -279,6 +295,7 @@ def evaluate(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: 
         "decode_iter_s": t_plain,
         "memory_per_gpu_gb": mem["total"] / 1e9,
         "feasible": mem["total"] <= mem["capacity"],
+        **power_metrics(hw, busy, tokens_per_gpu),
     }
 
 
@@ -368,20 +385,21 @@ def prefill_worker(p, hw: Hardware, model: Model, prec: Precision, wl: Workload,
     isl = wl.prompt_tokens                 # computed; the KV cache (memory) holds all wl.isl
     m = jnp.clip(jnp.floor(lay.chunk / isl), 1.0, jnp.maximum(lay.batch / lay.adp, 1.0))
     c = jnp.minimum(lay.chunk, m * isl)
-    t_iter = round_time(p, hw, model, prec, wl, lay, jnp.float32(0.0), lay.adp * c)
+    t_iter, busy = round_time_busy(p, hw, model, prec, wl, lay, jnp.float32(0.0), lay.adp * c)
     mem = memory_per_gpu(p, hw, model, prec, wl.isl, 0.0, lay.tp, lay.ep, lay.adp, lay.pp, lay.adp * m, c)
     return {"rate": lay.adp * c / isl / t_iter, "latency_s": jnp.maximum(isl / lay.chunk, 1.0) * t_iter,
-            "iter_s": t_iter, "prompts_per_iter": m, "memory_per_gpu_gb": mem["total"] / 1e9,
+            "iter_s": t_iter, "prompts_per_iter": m, "busy_share": busy, "memory_per_gpu_gb": mem["total"] / 1e9,
             "feasible": mem["total"] <= mem["capacity"]}
 
 
 def decode_worker(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: Layout) -> dict:
     """A decode-only worker holding ``batch`` requests at full context. Returns TPOT, its request
     rate, and memory."""
-    tpot = round_time(p, hw, model, prec, wl, lay, lay.batch, jnp.float32(0.0)) / wl.tokens_per_step
+    t_iter, busy = round_time_busy(p, hw, model, prec, wl, lay, lay.batch, jnp.float32(0.0))
+    tpot = t_iter / wl.tokens_per_step
     mem = memory_per_gpu(p, hw, model, prec, wl.isl, wl.osl, lay.tp, lay.ep, lay.adp, lay.pp, lay.batch, 0.0,
                          draft_layers(wl))
-    return {"tpot_s": tpot, "rate": lay.batch / (wl.osl * tpot),
+    return {"tpot_s": tpot, "rate": lay.batch / (wl.osl * tpot), "busy_share": busy,
             "memory_per_gpu_gb": mem["total"] / 1e9, "feasible": mem["total"] <= mem["capacity"]}
 
 
@@ -440,10 +458,12 @@ def disagg_deployment(p, hw: Hardware, model: Model, prec: Precision, wl: Worklo
     pw = prefill_worker(p, hw, model, prec, wl, pre)
     dw = decode_worker(p, hw, model, prec, wl, dec)
     t_kv = kv_transfer_time(p, hw, model, prec, wl.isl, pre, dec, cross_network)
-    gpus = x * pre.tp * pre.ep * pre.pp + y * dec.tp * dec.ep * dec.pp
-    m = disagg_pair(p, wl.osl, pw["rate"], pw["latency_s"], dw["rate"], dw["tpot_s"], x, y, t_kv, gpus,
+    gp, gd = x * pre.tp * pre.ep * pre.pp, y * dec.tp * dec.ep * dec.pp
+    m = disagg_pair(p, wl.osl, pw["rate"], pw["latency_s"], dw["rate"], dw["tpot_s"], x, y, t_kv, gp + gd,
                     max_utilization)
-    return m | {"prefill_prompts_per_iter": pw["prompts_per_iter"]}
+    busy = disagg_busy_share(gp, pw["busy_share"], m["prefill_utilization"], gd, dw["busy_share"])
+    return m | {"prefill_prompts_per_iter": pw["prompts_per_iter"]} | power_metrics(hw, busy,
+                                                                                      m["tokens_per_s_per_gpu"])
 
 
 def explain_disagg(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, pre: Layout, dec: Layout,

@@ -33,7 +33,7 @@ class SpecError(ValueError):
 
 # ----------------------------------------------------------------------------- config lookup
 
-CONFIG_KINDS = ("models", "hardware", "experiments", "profiles", "prices", "measurements")
+CONFIG_KINDS = ("models", "hardware", "experiments", "profiles", "prices", "measurements", "tco")
 
 
 def packaged_config_root() -> Path:
@@ -143,6 +143,8 @@ LIMITS = {
     "bf16_dense_tflops": 1e6, "fp8_dense_tflops": 1e6, "fp4_dense_tflops": 1e6, "hbm_bandwidth_tb_s": 1e3,
     "hbm_capacity_gb": 1e6, "scaleup_domain_gpus": MAX_GPUS, "scaleup_bandwidth_gb_s": 1e6,
     "scaleout_bandwidth_gb_s": 1e6, "scaleup_latency_us": 1e6, "scaleout_latency_us": 1e6,
+    # power, per GPU
+    "tdp_w": 1e5, "system_power_per_gpu_w": 1e5, "idle_share_of_tdp": 1.0, "pue": 10.0,
 }
 
 
@@ -713,7 +715,7 @@ def _pytree_dataclass(meta: tuple[str, ...]):
     return wrap
 
 
-@_pytree_dataclass(meta=("name", "rates", "source"))
+@_pytree_dataclass(meta=("name", "rates", "source", "power_source"))
 @dataclasses.dataclass(frozen=True)
 class Hardware:
     """One GPU and the fabrics around it, in SI units (FLOP/s, bytes, bytes/s, s).
@@ -735,6 +737,17 @@ class Hardware:
     scale_out_bandwidth: float
     scale_out_latency: float
     source: str = ""
+    # Power (:data:`POWER_NUMBERS`, the YAML's optional ``power`` block), NaN when the preset has
+    # none: then energy and cost per token are NaN and ``--objective cost|energy`` is refused.
+    tdp: float = math.nan               # board power, W
+    idle_share: float = math.nan        # share of TDP drawn while not compute- or memory-bound
+    system_power: float = math.nan      # CPU, NICs, switches, fans around each GPU, W
+    pue: float = math.nan               # facility power / IT power
+    power_source: str = ""
+
+    @property
+    def has_power(self) -> bool:
+        return all(math.isfinite(float(getattr(self, f))) for f in POWER_NUMBERS)
 
     def peak(self, rate: str):
         return {"bf16": self.bf16_flops, "fp8": self.fp8_flops, "fp4": self.fp4_flops}[rate]
@@ -770,6 +783,16 @@ HARDWARE_NUMBERS: dict[str, HardwareNumber] = {n.field: n for n in (
     HardwareNumber("scale_out_bandwidth", "scaleout_bandwidth_gb_s", BYTES_PER_GB, "scale-out bandwidth", "GB/s"),
     HardwareNumber("scale_out_latency", "scaleout_latency_us", SECONDS_PER_US, "scale-out latency", "us"),
 )}
+# The power of a GPU and what surrounds it: the keys of a hardware YAML's ``power`` block (all
+# required when the block is there, with its ``source``); the model that uses them is ``energy.py``.
+POWER_NUMBERS: dict[str, HardwareNumber] = {n.field: n for n in (
+    HardwareNumber("tdp", "tdp_w", 1.0, "board power (TDP)", "W"),
+    HardwareNumber("idle_share", "idle_share_of_tdp", 1.0, "idle share of TDP", "of TDP"),
+    HardwareNumber("system_power", "system_power_per_gpu_w", 1.0, "system power per GPU (CPU, NICs, switches)",
+                   "W"),
+    HardwareNumber("pue", "pue", 1.0, "facility factor (PUE)", ""),
+)}
+POWER_BY_KEY = {h.key: h for h in POWER_NUMBERS.values()}
 # The continuous numbers: what ``--scale``, sensitivity and codesign act on.
 CONTINUOUS_HARDWARE = tuple(n for n, h in HARDWARE_NUMBERS.items() if not h.integer)
 HARDWARE_BY_KEY = {h.key: h for h in HARDWARE_NUMBERS.values()}
@@ -806,9 +829,33 @@ def hardware_from_dict(data: Mapping, where: str) -> Hardware:
     for h in HARDWARE_NUMBERS.values():
         v = r.num(h.key, 0.0 if h.optional else None, positive=not h.optional, min_value=0, integer=h.integer)
         kw[h.field] = float(v) * h.scale
+    pw = r.sub("power")
+    if pw is not None:
+        kw.update(power_from_reader(pw))
     r.finish()
     kw["rates"] = tuple(p for p in ("bf16", "fp8", "fp4") if kw[f"{p}_flops"] > 0)
     return Hardware(**kw)
+
+
+def _power_number(r: _Reader, h: HardwareNumber, required: bool = True) -> float | None:
+    """One power number, checked: TDP positive, system power >= 0, idle share in [0, 1], PUE >= 1."""
+    if h.field == "tdp":
+        return r.num(h.key, required=required)
+    if h.field == "pue":
+        return r.num(h.key, required=required, min_value=1.0)
+    if h.field == "idle_share":
+        v = r.data.get(h.key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 1:
+            raise SpecError(f"{r.where}: key '{h.key}' = {v!r} is a share of TDP: it must be between 0 and 1")
+    return r.num(h.key, required=required, positive=False, min_value=0.0)
+
+
+def power_from_reader(r: _Reader) -> dict[str, Any]:
+    """The ``power`` block of a hardware YAML as :class:`Hardware` fields (W, shares)."""
+    kw: dict[str, Any] = {h.field: _power_number(r, h) * h.scale for h in POWER_NUMBERS.values()}
+    kw["power_source"] = r.str("source")
+    r.finish()
+    return kw
 
 
 def apply_hardware_overrides(hw: Hardware, overrides: Mapping, where: str) -> Hardware:
@@ -818,6 +865,9 @@ def apply_hardware_overrides(hw: Hardware, overrides: Mapping, where: str) -> Ha
         if key in HARDWARE_BY_KEY:
             h = HARDWARE_BY_KEY[key]
             kw[h.field] = r.num(key, integer=h.integer) * h.scale
+        elif key in POWER_BY_KEY:
+            h = POWER_BY_KEY[key]
+            kw[h.field] = _power_number(r, h) * h.scale
     r.finish()
     return hw.replace(**kw)
 

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from . import energy as E
 from . import layouts as L
 from .cost import max_batch_that_fits
 from .layouts import Layout
@@ -38,7 +39,10 @@ DEFAULT_CHUNK = 4096
 METRIC_COLUMNS = ("feasible", "ttft_s", "tpot_s", "tokens_per_s_per_user", "tokens_per_s_per_gpu",
                   "memory_per_gpu_gb", "on_frontier", "requests_per_s", "decoding_requests", "admitted_requests",
                   "prefill_tokens_per_iter", "prefill_saturated", "chunk_iter_s", "decode_iter_s")
-AGG_COLUMNS = ("tp", "pp", "ep", "dp", "adp", "batch", "chunk") + METRIC_COLUMNS
+# Power, energy and cost per output token (energy.py; NaN where the hardware has no power block or
+# the cost file no price for it).
+ENERGY_COLUMNS = E.ENERGY_COLUMNS
+AGG_COLUMNS = ("tp", "pp", "ep", "dp", "adp", "batch", "chunk") + METRIC_COLUMNS + ENERGY_COLUMNS
 # A disaggregated deployment: its two worker layouts (Layout field -> column) and their counts.
 PREFILL_COLUMNS = {"tp": "prefill_tp", "pp": "prefill_pp", "ep": "prefill_ep", "adp": "prefill_adp",
                    "chunk": "prefill_chunk", "batch": "prefill_batch"}
@@ -134,13 +138,50 @@ def meets_sla(res: dict[str, np.ndarray], min_tokens_per_user: float, max_ttft_s
             & (res["ttft_s"] <= max_ttft_s))
 
 
-def sla_pick(res: dict[str, np.ndarray], min_tokens_per_user: float, max_ttft_s: float) -> int | None:
-    """Index of the highest tokens/s/GPU among feasible layouts meeting the SLA, or None."""
+def objective_score(res: dict[str, np.ndarray], objective: str = "throughput") -> np.ndarray:
+    """Larger is better: tokens/s/GPU (``throughput``), minus $/Mtoken (``cost``) or minus J/token
+    (``energy``); -inf where the value is not finite."""
+    if objective not in E.OBJECTIVES:
+        raise SpecError(f"--objective '{objective}' is unknown; allowed: {', '.join(E.OBJECTIVES)}")
+    col, larger = E.OBJECTIVE_COLUMNS[objective]
+    v = np.asarray(res[col], np.float64)
+    v = v if larger else -v
+    return np.where(np.isfinite(v), v, -np.inf)
+
+
+def sla_pick(res: dict[str, np.ndarray], min_tokens_per_user: float, max_ttft_s: float,
+             objective: str = "throughput") -> int | None:
+    """Index of the best layout by ``objective`` (highest tokens/s/GPU, lowest $/Mtoken or lowest
+    J/token) among feasible layouts meeting the SLA, or None."""
     ok = meets_sla(res, min_tokens_per_user, max_ttft_s)
-    if not ok.any():
+    score = np.where(ok, objective_score(res, objective), -np.inf)
+    if not ok.any() or not np.isfinite(score).any():
         return None
-    gpu = np.where(ok, res["tokens_per_s_per_gpu"], -np.inf)
-    return int(np.argmax(gpu))
+    return int(np.argmax(score))
+
+
+def cost_column(hw: Hardware, costs: E.Costs | None, busy, tokens_per_s_per_gpu) -> np.ndarray:
+    """$/Mtoken of each layout (``energy.usd_per_mtoken``), NaN where the cost file has no price for
+    the hardware (or no cost file is given) or the hardware no power block."""
+    n = np.shape(tokens_per_s_per_gpu)
+    if costs is None or hw.name not in costs.gpus:
+        return np.full(n, np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.asarray(E.usd_per_mtoken(costs, hw, np.asarray(busy, np.float64),
+                                           np.asarray(tokens_per_s_per_gpu, np.float64)), np.float64)
+
+
+def check_objective(objective: str, hw: Hardware, costs: E.Costs | None) -> None:
+    """Refuse an objective the hardware's power block or the cost file cannot serve."""
+    if objective not in E.OBJECTIVES:
+        raise SpecError(f"--objective '{objective}' is unknown; allowed: {', '.join(E.OBJECTIVES)}")
+    if objective in ("cost", "energy"):
+        E.require_power(hw, f"--objective {objective}")
+    if objective == "cost":
+        if costs is None:
+            raise SpecError("--objective cost needs a cost file (--costs FILE; default configs/tco/default.yaml)")
+        costs.gpu(hw)
+
 
 
 # ----------------------------------------------------------------------------- a whole sweep
@@ -172,9 +213,14 @@ def experiment_params(exp: Experiment, p=None, params_source: str | None = None)
 
 
 def run_sweep(exp: Experiment, p=None, params_source: str = "", chunk: int = DEFAULT_CHUNK,
-              progress: bool = False, attention_dp: str = "ep") -> SweepResult:
+              progress: bool = False, attention_dp: str = "ep", objective: str = "throughput",
+              costs: E.Costs | str | None = None) -> SweepResult:
     """Every aggregated layout of ``exp``: parallel configs x batches up to memory x chunk sizes.
-    ``p``: parameters (default: :func:`experiment_params`, as the CLI)."""
+    ``p``: parameters (default: :func:`experiment_params`, as the CLI). The SLA pick is the best by
+    ``objective`` (``throughput``, ``cost``, ``energy``); ``costs``: a cost file or its path for the
+    $/Mtoken column (default: ``configs/tco/default.yaml``)."""
+    costs = E.load_costs(costs) if not isinstance(costs, E.Costs) else costs
+    check_objective(objective, exp.hardware, costs)
     p, params_source = experiment_params(exp, p, params_source)
     model, hw, prec, wl = exp.model, exp.hardware, exp.precision, exp.workload
     configs = L.parallel_configs(model, exp.gpus, attention_dp)
@@ -196,11 +242,12 @@ def run_sweep(exp: Experiment, p=None, params_source: str = "", chunk: int = DEF
     t2 = time.perf_counter()
     res = {k: np.asarray(v) for k, v in res.items()}
     res["feasible"] = res["feasible"].astype(bool) & np.isfinite(res["tokens_per_s_per_gpu"])
+    res["usd_per_mtoken"] = cost_column(hw, costs, res["busy_share"], res["tokens_per_s_per_gpu"])
     on = pareto_mask(res["tokens_per_s_per_user"], res["tokens_per_s_per_gpu"], res["feasible"])
     columns = {**{k: cols[k].astype(np.int64) for k in Layout._fields}, **res, "on_frontier": on}
     front = np.flatnonzero(on)
     front = front[np.argsort(res["tokens_per_s_per_user"][front])]
-    best = sla_pick(res, exp.sla.min_tokens_per_user, exp.sla.max_ttft_s)
+    best = sla_pick(res, exp.sla.min_tokens_per_user, exp.sla.max_ttft_s, objective)
     return SweepResult(columns, front, best, len(configs), t1 - t0, t2 - t1, params_source)
 
 
@@ -255,7 +302,8 @@ def _pareto_by_size(a: np.ndarray, b: np.ndarray, size: np.ndarray) -> np.ndarra
     return np.flatnonzero(keep)
 
 
-def run_disagg_sweep(exp: Experiment, p=None, params_source: str = "", progress: bool = False) -> SweepResult:
+def run_disagg_sweep(exp: Experiment, p=None, params_source: str = "", progress: bool = False,
+                     objective: str = "throughput", costs: E.Costs | str | None = None) -> SweepResult:
     """Search prefill-pool and decode-pool layouts and their worker counts x:y within the budget.
 
     Each pool is evaluated on its own (vmapped); only Pareto-optimal workers go on to pairing
@@ -263,7 +311,10 @@ def run_disagg_sweep(exp: Experiment, p=None, params_source: str = "", progress:
     is exact for rate matching. For each pair and each decode worker count y, the prefill pool is
     sized to a target utilization, x = ceil(y * decode rate / (rho * prefill rate)), and kept if
     x and y workers fit the budget. Throughput per GPU counts the GPUs the deployment uses.
-    ``p``: parameters (default: :func:`experiment_params`, as the CLI)."""
+    ``p``: parameters (default: :func:`experiment_params`, as the CLI); ``objective``, ``costs``: as
+    :func:`run_sweep` (power: the GPU-weighted busy share of both pools, ``energy.disagg_busy_share``)."""
+    costs = E.load_costs(costs) if not isinstance(costs, E.Costs) else costs
+    check_objective(objective, exp.hardware, costs)
     p, params_source = experiment_params(exp, p, params_source)
     model, hw, prec, wl, G = exp.model, exp.hardware, exp.precision, exp.workload, exp.gpus
     t0 = time.perf_counter()
@@ -337,13 +388,16 @@ def run_disagg_sweep(exp: Experiment, p=None, params_source: str = "", progress:
             "memory_per_gpu_gb": np.maximum(pres["memory_per_gpu_gb"][i_p], dres["memory_per_gpu_gb"][i_d]),
             "kv_transfer_s": t_kv, "prefill_utilization": rho, "prefill_latency_s": pres["latency_s"][i_p],
             "prefill_load_pct": np.round(100.0 * uu)}
+    busy = E.disagg_busy_share(xx * g_p[pair], pres["busy_share"][i_p], rho, yy * g_d[pair], dres["busy_share"][i_d])
+    cols |= {k: np.asarray(v) for k, v in E.power_metrics(hw, busy, cols["tokens_per_s_per_gpu"]).items()}
+    cols["usd_per_mtoken"] = cost_column(hw, costs, busy, cols["tokens_per_s_per_gpu"])
     for k in INT_COLUMNS & set(cols):
         cols[k] = np.asarray(cols[k]).astype(np.int64)
     on = pareto_mask(cols["tokens_per_s_per_user"], cols["tokens_per_s_per_gpu"], cols["feasible"])
     cols["on_frontier"] = on
     front = np.flatnonzero(on)
     front = front[np.argsort(cols["tokens_per_s_per_user"][front])]
-    best = sla_pick(cols, exp.sla.min_tokens_per_user, exp.sla.max_ttft_s)
+    best = sla_pick(cols, exp.sla.min_tokens_per_user, exp.sla.max_ttft_s, objective)
     t2 = time.perf_counter()
     return SweepResult(cols, front, best, len(cfg), 0.0, (t1 - t0) + (t2 - t1), params_source)
 
@@ -353,9 +407,9 @@ def run_disagg_sweep(exp: Experiment, p=None, params_source: str = "", progress:
 SERVING_MODES = ("agg", "disagg", "both")
 
 
-def merge_results(results: dict) -> tuple[dict, np.ndarray, int | None]:
+def merge_results(results: dict, objective: str = "throughput") -> tuple[dict, np.ndarray, int | None]:
     """One table of every mode's layouts (union of columns, None where a column does not apply),
-    each mode's frontier, and the overall SLA pick (the best of the modes' picks)."""
+    each mode's frontier, and the overall SLA pick (the best of the modes' picks by ``objective``)."""
     n = {m: r.n for m, r in results.items()}
     total = sum(n.values())
     keys = []
@@ -371,12 +425,14 @@ def merge_results(results: dict) -> tuple[dict, np.ndarray, int | None]:
     cols["mode"] = np.concatenate([np.full(n[m], m, dtype=object) for m in results])
     for k in ("feasible", "on_frontier"):
         cols[k] = cols[k].astype(bool)
-    for k in ("tokens_per_s_per_user", "tokens_per_s_per_gpu", "ttft_s", "tpot_s", "memory_per_gpu_gb"):
-        cols[k] = cols[k].astype(np.float64)
+    for k in ("tokens_per_s_per_user", "tokens_per_s_per_gpu", "ttft_s", "tpot_s", "memory_per_gpu_gb",
+              *ENERGY_COLUMNS):
+        if k in cols:
+            cols[k] = cols[k].astype(np.float64)
     offsets = np.cumsum([0] + list(n.values()))[:-1]
     front = np.concatenate([r.frontier + o for r, o in zip(results.values(), offsets)]) if total else np.zeros(0, int)
     picks = [r.best + o for r, o in zip(results.values(), offsets) if r.best is not None]
-    best = max(picks, key=lambda i: cols["tokens_per_s_per_gpu"][i]) if picks else None
+    best = max(picks, key=lambda i: objective_score(cols, objective)[i]) if picks else None
     return cols, front.astype(int), best
 
 
@@ -396,9 +452,11 @@ class Plan:
     scales: dict[str, float]
     results: dict[str, SweepResult]          # by mode: "agg", "disagg"
     baseline: dict[str, SweepResult]         # the same sweeps on the unscaled hardware (compare)
+    objective: str = "throughput"            # what the SLA pick maximizes (throughput) or minimizes
+    costs: E.Costs | None = None             # the cost file behind usd_per_mtoken
 
     def __post_init__(self):
-        self.columns, self.frontier, self.best = merge_results(self.results)
+        self.columns, self.frontier, self.best = merge_results(self.results, self.objective)
 
     @property
     def best_row(self) -> dict | None:
@@ -417,6 +475,11 @@ class Plan:
             "serving": self.serving, "hardware_scales": self.scales,
             "sla": {"min_tokens_per_s_per_user": exp.sla.min_tokens_per_user, "max_ttft_s": exp.sla.max_ttft_s},
             "params_source": self.params_source,
+            "objective": self.objective,
+            "costs": ({"file": self.costs.source, "currency": self.costs.currency} if self.costs else None),
+            "power": {"source": exp.hardware.power_source, "tdp_w": exp.hardware.tdp,
+                      "idle_share_of_tdp": exp.hardware.idle_share,
+                      "system_power_per_gpu_w": exp.hardware.system_power, "pue": exp.hardware.pue},
             "counts": {"layouts": int(len(cols["tokens_per_s_per_gpu"])), "feasible": int(cols["feasible"].sum()),
                        "frontier": int(len(self.frontier)),
                        "meeting_sla": int(meets_sla(cols, exp.sla.min_tokens_per_user, exp.sla.max_ttft_s).sum())},
@@ -434,7 +497,7 @@ class Plan:
             out["disagg_over_agg_at_sla"] = (results["disagg"].row(results["disagg"].best)["tokens_per_s_per_gpu"]
                                              / results["agg"].row(results["agg"].best)["tokens_per_s_per_gpu"])
         if self.baseline:
-            bcols, _, base_best = merge_results(self.baseline)
+            bcols, _, base_best = merge_results(self.baseline, self.objective)
             out["baseline_best_at_sla"] = row(bcols, base_best) if base_best is not None else None
             if base_best is not None and self.best is not None:
                 out["whatif_over_baseline_at_sla"] = (self.best_row["tokens_per_s_per_gpu"]
@@ -444,11 +507,15 @@ class Plan:
 
 def plan(exp: Experiment, p=None, params_source: str | None = None, *, serving: str = "agg",
          attention_dp: str = "ep", scales: dict[str, float] | None = None, compare: bool = False,
-         progress: bool = False) -> Plan:
+         progress: bool = False, objective: str = "throughput", costs: E.Costs | str | None = None) -> Plan:
     """``jaxplan sweep`` as a library call: sweep ``exp`` in the serving mode(s) ``serving`` ("agg",
     "disagg" or "both") with its hardware numbers scaled by ``scales`` (a what-if), and, with
     ``compare``, also as shipped. ``p``: parameters (default: the hardware's fitted profile for the
-    experiment's backend, as the CLI uses)."""
+    experiment's backend, as the CLI uses). The SLA pick is the best by ``objective``
+    ("throughput": tokens/s/GPU, "cost": $/Mtoken, "energy": J/token); ``costs``: a cost file, its
+    path or preset name (default: ``configs/tco/default.yaml``)."""
+    costs = E.load_costs(costs) if not isinstance(costs, E.Costs) else costs
+    check_objective(objective, exp.hardware, costs)
     if serving not in SERVING_MODES:
         raise SpecError(f"serving mode '{serving}' is unknown; allowed: {', '.join(SERVING_MODES)}")
     scales = dict(scales or {})
@@ -461,11 +528,13 @@ def plan(exp: Experiment, p=None, params_source: str | None = None, *, serving: 
     def sweeps(e):
         r = {}
         if serving in ("agg", "both"):
-            r["agg"] = run_sweep(e, p, params_source=params_source, progress=progress, attention_dp=attention_dp)
+            r["agg"] = run_sweep(e, p, params_source=params_source, progress=progress, attention_dp=attention_dp,
+                                 objective=objective, costs=costs)
         if serving in ("disagg", "both"):
-            r["disagg"] = run_disagg_sweep(e, p, params_source=params_source, progress=progress)
+            r["disagg"] = run_disagg_sweep(e, p, params_source=params_source, progress=progress,
+                                           objective=objective, costs=costs)
         return r
 
     results = sweeps(scaled)
     baseline = sweeps(exp) if compare else {}
-    return Plan(scaled, exp, serving, params_source, scales, results, baseline)
+    return Plan(scaled, exp, serving, params_source, scales, results, baseline, objective, costs)

@@ -10,8 +10,11 @@ import math
 import numpy as np
 import pytest
 
-from jaxplan.layouts import parallel_configs
+from jaxplan import energy
+from jaxplan.cost import sum_costs
+from jaxplan.layouts import Layout, parallel_configs
 from jaxplan.params import default_params
+from jaxplan.serving import explain
 from jaxplan.specs import RAW_FP4_WEIGHT_BYTES, config_root, get_precision, load_experiment, load_model
 from jaxplan.sweep import family_frontier, interactivity_at, run_sweep, throughput_at
 
@@ -20,6 +23,11 @@ GPUS = 64
 GB200_HBM_BYTES = 192e9          # per GPU, as the post states
 SLA_TOKENS_PER_USER = 20.0       # NVIDIA's GB200-vs-H100 comparison
 SLA_TTFT_S = 5.0
+POST_PARALLEL_LAYOUTS = 73       # the post's count of parallelism configurations (claim 3)
+POST_COMBINATIONS = 2700         # "over 2,700" parallelism x chunk combinations
+READING_SPEED = (15.0, 18.0)     # tokens/s/user at which the post names its pick (claim 8)
+POST_PICK = {"tp": 2, "ep": 16, "pp": 2, "dp": 1, "chunk": 896}
+POST_RATIOS = {"throughput": 30.0, "energy": 25.0, "cost": 25.0}   # GB200 NVL72 over H100 (claim 9)
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +173,123 @@ def test_claim7_gb200_fp4_vs_h100_fp8(gb200, h100):
     # Decode streams weights and KV from HBM: at equal batch the per-GPU ratio is at least the HBM
     # bandwidth ratio times the weight-bytes ratio; the 72-GPU NVLink domain and 2.4x the memory add.
     assert ratio > bw_ratio * bytes_ratio
+
+
+def test_chunk_grid_is_the_posts():
+    """The default study's chunk grid: 128 in steps of 128 or 256 up to 8,192, with at least 2,700
+    parallelism x chunk combinations as in the post (with the post's 73 layouts and with jaxplan's)."""
+    exp = load_experiment(EXPERIMENT)
+    chunks = np.asarray(exp.chunk_sizes)
+    steps = set(np.diff(chunks).tolist())
+    configs = parallel_configs(exp.model, GPUS)
+    print(f"\n[grid] {len(chunks)} chunk sizes {chunks[0]}..{chunks[-1]} in steps of {sorted(steps)}: "
+          f"{len(configs)} x {len(chunks)} = {len(configs) * len(chunks):,} combinations "
+          f"(post: over {POST_COMBINATIONS:,}; with its {POST_PARALLEL_LAYOUTS} layouts {POST_PARALLEL_LAYOUTS * len(chunks):,})")
+    assert chunks[0] == 128 and chunks[-1] == 8192 and steps == {128, 256}
+    assert POST_PICK["chunk"] in chunks
+    assert len(chunks) == 37
+    assert POST_PARALLEL_LAYOUTS * len(chunks) > POST_COMBINATIONS
+    assert len(configs) * len(chunks) == 80 * 37 > POST_COMBINATIONS
+
+
+def _op_kinds(ops) -> dict:
+    tot = sum_costs(ops.values())
+    return {k: float(getattr(tot, k)) for k in ("compute", "memory", "comm_tp", "comm_ep", "comm_pp", "overhead")}
+
+
+def test_claim8_posts_pick_at_reading_speed(gb200):
+    """The post's pick at 15-18 tokens/s/user is TP2·EP16·PP2 with chunks of 896 tokens. Where does
+    it rank among jaxplan's parallel layouts there (each at its best batch and chunk within the TTFT
+    limit), how far is it from jaxplan's best, and why."""
+    exp, res = gb200
+    c = res.columns
+    u, g = c["tokens_per_s_per_user"], c["tokens_per_s_per_gpu"]
+    band = c["feasible"] & (u >= READING_SPEED[0]) & (u <= READING_SPEED[1]) & (c["ttft_s"] <= SLA_TTFT_S)
+    keys = np.stack([c[k] for k in ("tp", "pp", "ep", "dp", "adp")], 1)
+    best_of = {}
+    for i in np.flatnonzero(band):
+        k = tuple(int(v) for v in keys[i])
+        if k not in best_of or g[i] > g[best_of[k]]:
+            best_of[k] = i
+    ranking = sorted(best_of, key=lambda k: -g[best_of[k]])
+    post_key = (POST_PICK["tp"], POST_PICK["pp"], POST_PICK["ep"], POST_PICK["dp"], POST_PICK["ep"])
+    rank = ranking.index(post_key) + 1
+    post_family = best_of[post_key]
+    at_896 = np.flatnonzero(band & (keys == post_key).all(1) & (c["chunk"] == POST_PICK["chunk"]))
+    post = int(at_896[np.argmax(g[at_896])])
+    top = best_of[ranking[0]]
+    gap = g[top] / g[post]
+
+    def name(i):
+        return (f"TP{c['tp'][i]}·EP{c['ep'][i]}·PP{c['pp'][i]}" + (f"·DP{c['dp'][i]}" if c["dp"][i] > 1 else "")
+                + f" B{c['batch'][i]} C{c['chunk'][i]}")
+    ops = {}
+    for tag, i in (("post", post), ("best", top)):
+        lay = Layout(*(float(c[f][i]) for f in Layout._fields))
+        ex = explain(default_params(), exp.hardware, exp.model, exp.precision, exp.workload, lay)
+        ops[tag] = {"decode": _op_kinds(ex["decode_iteration"]), "chunk": _op_kinds(ex["chunk_iteration"])}
+    pd, pc = ops["post"]["decode"], ops["post"]["chunk"]
+    print(f"\n[claim 8] post: at 15-18 tok/s/user TP2·EP16·PP2 with chunk 896 gives the most throughput per GPU.\n"
+          f"  jaxplan ({READING_SPEED[0]:g}-{READING_SPEED[1]:g} tok/s/user, TTFT <= {SLA_TTFT_S:g} s): TP2·EP16·PP2 "
+          f"ranks {rank} of {len(ranking)} parallel layouts; its best point there is {name(post_family)}; at chunk 896: "
+          f"{name(post)} {g[post]:.1f} tok/s/GPU at {u[post]:.1f} tok/s/user, TTFT {c['ttft_s'][post]:.2f} s.\n"
+          f"  jaxplan's best: {name(top)} {g[top]:.1f} tok/s/GPU at {u[top]:.1f} tok/s/user: {gap:.2f}x the post's pick.\n"
+          f"  why: TP2 adds two all-reduces per layer ({1e3 * pd['comm_tp']:.1f} ms of a "
+          f"{1e3 * sum(pd.values()):.1f} ms decode iteration, {1e3 * pc['comm_tp']:.1f} of {1e3 * sum(pc.values()):.1f} ms "
+          f"with a chunk) that TP1 does not pay; both spread the weights over all 64 GPUs, and jaxplan's best "
+          f"runs {c['batch'][top]} requests instead of {c['batch'][post]} ({c['memory_per_gpu_gb'][top]:.0f} vs "
+          f"{c['memory_per_gpu_gb'][post]:.0f} GB/GPU in use), taking the band's slow end ({u[top]:.1f} vs "
+          f"{u[post]:.1f} tok/s/user) for throughput; busy {c['busy_share'][top]:.0%} vs {c['busy_share'][post]:.0%} "
+          f"of the time")
+    # The post's layout is among jaxplan's best few at reading speed, and its own best point there uses
+    # the post's chunk size.
+    assert rank <= 5
+    assert c["chunk"][post_family] == POST_PICK["chunk"]
+    # jaxplan's best avoids TP: no TP all-reduce, where the post's pick pays one in every iteration.
+    assert c["tp"][top] == 1 and ops["best"]["decode"]["comm_tp"] == 0.0 < pd["comm_tp"]
+    assert 1.0 < gap < 1.5
+
+
+def test_claim9_gb200_vs_h100_energy_and_cost(gb200, h100):
+    """GB200 NVL72 over H100 on GPT-1.8T-MoE at 20 tok/s/user (32k/1k, TTFT <= 5 s): the ratios of
+    energy and cost per token beside the throughput ratio. Both are the throughput ratio times a
+    ratio of power (or of dollars) per GPU, so the test rebuilds them from named quantities."""
+    (exp_b, rb), (exp_h, rh) = gb200, h100
+    b, h = rb.row(rb.best), rh.row(rh.best)
+    hb, hh = exp_b.hardware, exp_h.hardware
+    costs = energy.load_costs()
+
+    def facility_w(hw, busy):       # (idle + (TDP - idle) x busy + system) x PUE, per GPU
+        return (hw.tdp * hw.idle_share + hw.tdp * (1 - hw.idle_share) * busy + hw.system_power) * hw.pue
+
+    def usd_per_hour(hw, watts):    # purchase over the years + electricity
+        gpu = costs.gpu(hw)
+        return gpu.capex_usd / (costs.amortization_years * 8760) + watts / 1e3 * costs.electricity_usd_per_kwh
+
+    w_b, w_h = facility_w(hb, b["busy_share"]), facility_w(hh, h["busy_share"])
+    d_b, d_h = usd_per_hour(hb, w_b), usd_per_hour(hh, w_h)
+    throughput = b["tokens_per_s_per_gpu"] / h["tokens_per_s_per_gpu"]
+    energy_ratio = h["joules_per_token"] / b["joules_per_token"]
+    cost_ratio = h["usd_per_mtoken"] / b["usd_per_mtoken"]
+    print(f"\n[claim 9] GB200 NVL72 / H100 at >= {SLA_TOKENS_PER_USER:g} tok/s/user, TTFT <= {SLA_TTFT_S:g} s: "
+          f"throughput {throughput:.1f}x (post {POST_RATIOS['throughput']:g}x), energy per token "
+          f"{energy_ratio:.1f}x less (post {POST_RATIOS['energy']:g}x), cost per token {cost_ratio:.1f}x less "
+          f"(post {POST_RATIOS['cost']:g}x; illustrative prices, configs/tco/default.yaml)\n"
+          f"  drivers, GB200 vs H100 per GPU: busy {b['busy_share']:.0%} vs {h['busy_share']:.0%}; board "
+          f"{b['gpu_power_w']:.0f} vs {h['gpu_power_w']:.0f} W (TDP {hb.tdp:.0f} vs {hh.tdp:.0f}); system "
+          f"{hb.system_power:.0f} vs {hh.system_power:.0f} W; PUE {hb.pue:g} vs {hh.pue:g}; facility {w_b:.0f} vs "
+          f"{w_h:.0f} W (x{w_b / w_h:.2f}); {d_b:.2f} vs {d_h:.2f} USD per GPU-hour (x{d_b / d_h:.2f}). "
+          f"J/token {b['joules_per_token']:.1f} vs {h['joules_per_token']:.1f}; USD/Mtoken "
+          f"{b['usd_per_mtoken']:.2f} vs {h['usd_per_mtoken']:.2f}")
+    for row, hw, w in ((b, hb, w_b), (h, hh, w_h)):
+        assert row["facility_power_per_gpu_w"] == pytest.approx(w, rel=1e-5)
+        assert row["joules_per_token"] == pytest.approx(w / row["tokens_per_s_per_gpu"], rel=1e-5)
+        assert hw.tdp * hw.idle_share <= row["gpu_power_w"] <= hw.tdp
+    # energy ratio = throughput ratio x facility power per GPU (H100 / GB200); cost likewise with
+    # dollars per GPU-hour.
+    assert energy_ratio == pytest.approx(throughput * w_h / w_b, rel=1e-4)
+    assert cost_ratio == pytest.approx(throughput * d_h / d_b, rel=1e-4)
+    # A GB200 draws more power and costs more per GPU than an H100, so both ratios fall short of the
+    # throughput ratio, as in the post (25x against 30x).
+    assert w_b > w_h and d_b > d_h
+    assert cost_ratio < energy_ratio < throughput

@@ -68,12 +68,13 @@ def test_blog_reproduction_notebook():
     # one figure per section: frontier, EP vs PP, TP64, chunk size, GB200 vs H100, the ratio walk
     assert _figures(nb) >= 6
     # every claim printed with jaxplan's figures, and the closing table names each claim
-    for k in range(1, 8):
+    for k in range(1, 10):
         assert f"[claim {k}]" in text, f"claim {k} printed nowhere"
     summary = text[text.rindex("agrees?"):]
-    for k in range(1, 8):
+    for k in range(1, 10):
         assert re.search(rf"^{k} \S", summary, re.M), f"claim {k} missing from the summary table"
     assert "30x" in summary and "~2x" in summary and "~3x" in summary and "73" in summary
+    assert "30x / 25x / 25x" in summary
     # claim 1: bare 4-bit weights need 5 GPUs of 192 GB
     assert re.search(r"\[claim 1\].*need 5 GPUs", text)
     # claim 4: the interactivity ratio at 90% of EP-only's peak is a number
@@ -85,6 +86,13 @@ def test_blog_reproduction_notebook():
     # claim 7: GB200-NVL72 FP4 over H100 FP8 at the SLA, with defaults and with the fitted profiles
     assert _ratio(text, "[claim 7]") > 1.0
     assert _ratio(text, "[claim 7, fitted profiles]") > 1.0
+    # claim 8: the post's TP2·EP16·PP2 C896 ranked among jaxplan's layouts at 15-18 tok/s/user
+    assert re.search(r"^\[claim 8\] .*TP2·EP16·PP2 ranks \d+ of \d+ parallel layouts", text, re.M)
+    assert _ratio(text, "  jaxplan's best:", "x the post's pick") >= 1.0
+    # claim 9: energy and cost ratios beside the throughput ratio, each below it (GB200 draws and costs more per GPU)
+    line9 = next(ln for ln in text.splitlines() if ln.startswith("[claim 9]"))
+    t9, e9, c9 = (float(v) for v in re.findall(r"(\d+(?:\.\d+)?)x", line9)[::2])
+    assert 1.0 < c9 < e9 < t9
 
 
 def test_hardware_sensitivity_notebook():

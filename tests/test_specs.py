@@ -239,10 +239,12 @@ def test_hardware_si_units():
 
 
 def test_hardware_keys_cover_presets():
-    """Presets use only the hardware numbers' YAML keys plus name/source, and give every required one."""
+    """Presets use only the hardware numbers' YAML keys plus name/source/power, and give every
+    required one; every shipped preset has its power block."""
     for name in HARDWARE_PRESETS:
         data = yaml.safe_load((CONFIGS / "hardware" / f"{name}.yaml").read_text())
-        assert set(data) - {"name", "source"} <= set(HARDWARE_BY_KEY)
+        assert set(data) - {"name", "source", "power"} <= set(HARDWARE_BY_KEY)
+        assert load_hardware(name).has_power
         assert {k for k, h in HARDWARE_BY_KEY.items() if not h.optional} <= set(data)
 
 
