@@ -263,8 +263,38 @@ def run_disagg_sweep(exp: Experiment, p=None, params_source: str = "", progress:
     x and y workers fit the budget. Throughput per GPU counts the GPUs the deployment uses.
     ``p``: parameters (default: :func:`experiment_params`, as the CLI)."""
     p, params_source = experiment_params(exp, p, params_source)
-    model, hw, prec, wl, G = exp.model, exp.hardware, exp.precision, exp.workload, exp.gpus
     t0 = time.perf_counter()
+    pools = disagg_pools(exp, p, progress)
+    t1 = time.perf_counter()
+    cols = disagg_rows(pools)
+    on = pareto_mask(cols["tokens_per_s_per_user"], cols["tokens_per_s_per_gpu"], cols["feasible"])
+    cols["on_frontier"] = on
+    front = np.flatnonzero(on)
+    front = front[np.argsort(cols["tokens_per_s_per_user"][front])]
+    best = sla_pick(cols, exp.sla.min_tokens_per_user, exp.sla.max_ttft_s)
+    t2 = time.perf_counter()
+    return SweepResult(cols, front, best, len(pools.cfg), 0.0, (t1 - t0) + (t2 - t1), params_source)
+
+
+@dataclasses.dataclass
+class DisaggPools:
+    """The disaggregated search before pairing: both pools' candidate workers, their metrics, and
+    the Pareto-optimal (prefill, decode) pairs, ``pairs`` (n, 2) in pairing order."""
+    exp: Experiment
+    p: object
+    cfg: np.ndarray
+    pc: dict
+    pres: dict
+    dc: dict
+    dres: dict
+    pairs: np.ndarray
+    t_kv: np.ndarray        # (n, 2): each pair's KV transfer time on NVLink and across the network
+
+
+def disagg_pools(exp: Experiment, p, progress: bool = False) -> DisaggPools:
+    """Evaluate the prefill and decode pools and keep their Pareto-optimal workers (see
+    :func:`run_disagg_sweep`)."""
+    model, hw, prec, wl, G = exp.model, exp.hardware, exp.precision, exp.workload, exp.gpus
     cfg = _worker_configs(model, G)
     # prefill candidates: configs x chunk sizes
     chunks = sorted({int(c) for c in exp.chunk_sizes})
@@ -285,18 +315,30 @@ def run_disagg_sweep(exp: Experiment, p=None, params_source: str = "", progress:
     gd = dc["tp"] * dc["ep"] * dc["pp"]
     ok = dres["feasible"].astype(bool)
     keep_d = np.flatnonzero(ok)[_pareto_by_size(dres["rate"][ok] * wl.osl / gd[ok], 1.0 / dres["tpot_s"][ok], gd[ok])]
-    t1 = time.perf_counter()
     if progress:
         print(f"jaxplan: disaggregated: {len(pc['tp']):,} prefill and {len(dc['tp']):,} decode worker layouts; "
               f"pairing {len(keep_p)} x {len(keep_d)} Pareto-optimal workers", file=sys.stderr)
-    # all pairs (i, j)
+    # all pairs (i, j) and the KV transfer of each, within and across the NVLink domain
     pi, pj = np.meshgrid(keep_p, keep_d, indexing="ij")
     pi, pj = pi.ravel(), pj.ravel()
     pre_lay = Layout(*(jnp.asarray(pc[f][pi]) for f in Layout._fields))
     dec_lay = Layout(*(jnp.asarray(dc[f][pj]) for f in Layout._fields))
     kv = jax.jit(jax.vmap(lambda a, b, cross: kv_transfer_time(p, hw, model, prec, wl.isl, a, b, cross),
                           in_axes=(0, 0, None)))
-    t_kv_nv, t_kv_net = np.asarray(kv(pre_lay, dec_lay, False)), np.asarray(kv(pre_lay, dec_lay, True))
+    t_kv = np.stack([np.asarray(kv(pre_lay, dec_lay, False)), np.asarray(kv(pre_lay, dec_lay, True))], 1)
+    return DisaggPools(exp, p, cfg, pc, pres, dc, dres, np.stack([pi, pj], 1), t_kv)
+
+
+def disagg_rows(pools: DisaggPools, which: slice = slice(None)) -> dict[str, np.ndarray]:
+    """The deployments of the pairs ``pools.pairs[which]``: for each, every decode worker count y
+    with the prefill pool sized to each utilization target, within the budget; distinct (pair, x, y)
+    in that order. Columns as :data:`DISAGG_COLUMNS` less ``on_frontier``."""
+    exp, p, pc, pres, dc, dres = pools.exp, pools.p, pools.pc, pools.pres, pools.dc, pools.dres
+    hw, wl, G = exp.hardware, exp.workload, exp.gpus
+    gp = pc["tp"] * pc["ep"] * pc["pp"]
+    gd = dc["tp"] * dc["ep"] * dc["pp"]
+    pi, pj = pools.pairs[which, 0], pools.pairs[which, 1]
+    t_kv_nv, t_kv_net = pools.t_kv[which, 0], pools.t_kv[which, 1]
     r_p, r_d = pres["rate"][pi], dres["rate"][pj]
     g_p, g_d = gp[pi], gd[pj]
     ys = np.arange(1, G + 1, dtype=np.float32)
@@ -329,13 +371,7 @@ def run_disagg_sweep(exp: Experiment, p=None, params_source: str = "", progress:
             "kv_transfer_s": t_kv, "prefill_utilization": rho, "prefill_latency_s": pres["latency_s"][i_p]}
     for k in INT_COLUMNS & set(cols):
         cols[k] = np.asarray(cols[k]).astype(np.int64)
-    on = pareto_mask(cols["tokens_per_s_per_user"], cols["tokens_per_s_per_gpu"], cols["feasible"])
-    cols["on_frontier"] = on
-    front = np.flatnonzero(on)
-    front = front[np.argsort(cols["tokens_per_s_per_user"][front])]
-    best = sla_pick(cols, exp.sla.min_tokens_per_user, exp.sla.max_ttft_s)
-    t2 = time.perf_counter()
-    return SweepResult(cols, front, best, len(cfg), 0.0, (t1 - t0) + (t2 - t1), params_source)
+    return cols
 
 
 # ----------------------------------------------------------------------------- a plan: what `jaxplan sweep` does

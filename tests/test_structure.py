@@ -13,7 +13,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "jaxplan"
 CORE = {"specs", "params", "layouts", "cost", "serving"}
-SEARCH = {"sweep", "sensitivity", "codesign"}
+SEARCH = {"sweep", "sensitivity", "codesign", "stream"}
 APP = {"report", "cli", "__init__"}
 # what each layer may import from jaxplan (its own layer and those below)
 ALLOWED = {"core": CORE, "search": CORE | SEARCH, "calibrate": CORE | {"calibrate"}, "app": None}
