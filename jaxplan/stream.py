@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,12 +34,26 @@ from collections.abc import Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from . import layouts as L
 from .layouts import Layout
 from .serving import evaluator
-from .specs import HARDWARE_NUMBERS, Experiment, Hardware, SpecError
-from .sweep import SweepResult, experiment_params, max_batch, meets_sla, pareto_mask
+from .specs import HARDWARE_BY_KEY, HARDWARE_NUMBERS, Experiment, Hardware, SpecError
+from .sweep import (
+    PREFILL_UTILIZATIONS,
+    SweepResult,
+    disagg_pools,
+    disagg_rows,
+    evaluate_layouts,
+    experiment_params,
+    max_batch,
+    meets_sla,
+    pareto_mask,
+    run_disagg_sweep,
+    run_sweep,
+)
+from .sweep import plan as sweep_plan
 
 # A sweep larger than this many layouts is streamed by default (and writes its frontier, not every layout).
 STREAM_THRESHOLD = 1_000_000
@@ -315,7 +330,11 @@ class StreamResult(SweepResult):
 
     @property
     def kept(self) -> int:
-        return len(self.columns["tp"])
+        return len(self.columns.get("tp", ()))
+
+    def count(self, what: str, sla: tuple[float, float] = (0.0, 0.0)) -> int:
+        """Over every layout of the space (``sla`` is the one the sweep ran with)."""
+        return self.counts[what]
 
 
 def _np_rows(state_part: dict) -> dict:
@@ -351,19 +370,56 @@ def process_share(total: int, index: int, count: int) -> tuple[int, int]:
     return total * index // count, total * (index + 1) // count
 
 
+def init_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                     process_id: int | None = None) -> tuple[int, int]:
+    """Join a ``jax.distributed`` run (before any JAX computation): with no arguments the cluster
+    (Slurm, Open MPI, TPU) says who is who; on CPUs the processes talk through Gloo. Returns
+    (this process's index, the number of processes)."""
+    if jax.default_backend() == "cpu" or jax.config.jax_platforms == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+    return jax.process_index(), jax.process_count()
+
+
 def _gather(tree):
-    """All processes' copies of a host pytree, stacked on a new leading axis (one process: as is)."""
+    """All processes' copies of a host pytree, stacked on a new leading axis (one process: as is).
+    Integers travel as two int32 halves (JAX without x64 has no int64), so counts stay exact."""
     if jax.process_count() == 1:
         return jax.tree.map(lambda x: np.asarray(x)[None], tree)
-    from jax.experimental import multihost_utils
-    return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree))
+    base = 1 << 30
+
+    def split(x):
+        x = np.asarray(x)
+        return (x // base, x % base) if x.dtype.kind in "iu" else x
+
+    def join(orig, got):
+        if np.asarray(orig).dtype.kind in "iu":
+            hi, lo = got
+            return np.asarray(hi).astype(np.int64) * base + np.asarray(lo).astype(np.int64)
+        return np.asarray(got)
+
+    got = multihost_utils.process_allgather(jax.tree.map(split, tree))
+    return jax.tree.map(join, tree, got, is_leaf=lambda x: isinstance(x, tuple))
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(fn, *args):
+    """``fn`` compiled ahead of time for these argument shapes, once per process (so the compile
+    time is reported apart from the evaluation's)."""
+    leaves, tree = jax.tree.flatten(args)
+    key = (fn, tree, tuple((np.shape(x), np.result_type(x).str, getattr(x, "weak_type", None)) for x in leaves))
+    if key not in _COMPILED:
+        _COMPILED[key] = fn.lower(*args).compile()
+    return _COMPILED[key]
 
 
 def stream_space(space: Space, model, prec, metric_fn, p, hw, wl, sla: tuple[float, float], *,
                  chunk: int = CHUNK, steps: int = CHUNKS_PER_CALL, capacity: int = FRONTIER_CAPACITY,
                  top_k: int = TOP_K, hw_batched: bool = False, with_frontier: bool = True,
                  distributed: bool = False, progress: Callable | None = None, names: Sequence[str] | None = None,
-                 segment_rows: int = SEGMENT_ROWS):
+                 segment_rows: int = SEGMENT_ROWS, pad_configs: int = 0):
     """Stream the whole ``space``; returns (parts for :func:`finish`, counts int64, hist int64,
     compile_s, evaluate_s). With ``distributed`` each process streams its share and the reductions
     of every process come back to each. ``progress(done, total, seconds)`` is called between calls."""
@@ -373,10 +429,11 @@ def stream_space(space: Space, model, prec, metric_fn, p, hw, wl, sla: tuple[flo
     ndev = len(jax.local_devices())
     chunk = max(ndev, int(math.ceil(chunk / ndev)) * ndev)
     # small spaces: fewer, smaller calls (same shapes across the calls of one sweep)
-    per_proc = max(1, -(-space.total // nproc))
-    chunk = min(chunk, max(ndev, int(math.ceil(per_proc / ndev)) * ndev))
-    steps = max(1, min(steps, -(-per_proc // chunk)))
-    padded = space.padded(1 << max(0, int(math.ceil(math.log2(max(len(space.configs), 1))))))
+    if not pad_configs:       # sized to this space; explore passes sizes shared by its budgets
+        per_proc = max(1, -(-space.total // nproc))
+        chunk = min(chunk, max(ndev, int(math.ceil(per_proc / ndev)) * ndev))
+        steps = max(1, min(steps, -(-per_proc // chunk)))
+    padded = space.padded(max(pad_configs, 1 << max(0, int(math.ceil(math.log2(max(len(space.configs), 1)))))))
     fn = stream_fn(model, prec, metric_fn, len(space.chunks), chunk, steps, capacity, top_k, hw_batched,
                    with_frontier)
     lead = (jax.tree.leaves(hw)[0].shape[0],) if hw_batched else ()
@@ -384,7 +441,6 @@ def stream_space(space: Space, model, prec, metric_fn, p, hw, wl, sla: tuple[flo
     counts = np.zeros(lead + (3,), np.int64)
     hist = np.zeros(lead + (HIST_BINS, HIST_BINS), np.int64)
     parts, compile_s, t_eval, done, compiled = [], 0.0, 0.0, 0, None
-    t_start = time.perf_counter()
     for c0, c1 in segments(space, segment_rows):
         offset = int(space.starts[c0])
         seg_total = int(space.rows[c0:c1].sum())
@@ -396,7 +452,7 @@ def stream_space(space: Space, model, prec, metric_fn, p, hw, wl, sla: tuple[flo
         step = chunk * steps
         if compiled is None:
             t0 = time.perf_counter()
-            compiled = fn.lower(state, p, hw, wl, tab, sla_arr, jnp.int32(0), jnp.int32(0)).compile()
+            compiled = _compiled(fn, state, p, hw, wl, tab, sla_arr, jnp.int32(0), jnp.int32(0))
             compile_s = time.perf_counter() - t0
         for s in range(lo, hi, step):
             t0 = time.perf_counter()
@@ -407,7 +463,7 @@ def stream_space(space: Space, model, prec, metric_fn, p, hw, wl, sla: tuple[flo
             hist += h
             done += min(step, hi - s)
             if progress is not None:
-                progress(done * nproc, space.total, time.perf_counter() - t_start)
+                progress(min(done * nproc, space.total), space.total, t_eval)
         host = jax.tree.map(np.asarray, state)
         if distributed and nproc > 1:
             allst = _gather(host)
@@ -445,7 +501,6 @@ def run_streamed(exp: Experiment, p=None, params_source: str = "", *, attention_
         capacity *= 4             # a frontier longer than the buffer: rerun exactly with a larger one
     rows = [front, top]
     if sample:
-        from .sweep import evaluate_layouts
         idx = np.sort(np.random.default_rng(seed).integers(0, space.total, sample))
         cols = space.decode(idx)
         res = evaluate_layouts(p, hw, model, prec, wl, cols, metric_fn=fn)
@@ -521,7 +576,6 @@ def run_disagg_streamed(exp: Experiment, p=None, params_source: str = "", *, blo
     """:func:`sweep.run_disagg_sweep` with the pairing streamed in blocks of worker pairs (at most
     about ``block_rows`` candidate deployments each) and reduced as it goes: the same frontier and
     pick, the deployments never all held. ``columns`` hold the frontier and the best ``top_k``."""
-    from .sweep import PREFILL_UTILIZATIONS, disagg_pools, disagg_rows
     p, params_source = experiment_params(exp, p, params_source)
     t0 = time.perf_counter()
     pools = disagg_pools(exp, p)
@@ -532,8 +586,11 @@ def run_disagg_streamed(exp: Experiment, p=None, params_source: str = "", *, blo
         red.add(disagg_rows(pools, slice(s, s + block)))
         if progress is not None:
             progress(min(s + block, npairs), npairs, time.perf_counter() - t0)
-    front = red.front or {}
-    top = red.top or {}
+    if red.front is None or red.top is None:          # no pair at all: empty columns of the right names
+        empty = {**disagg_rows(pools, slice(0, 0)), "idx": np.zeros(0, np.int64)}
+        red.front = red.front if red.front is not None else empty
+        red.top = red.top if red.top is not None else empty
+    front, top = red.front, red.top
     keys = list(front)
     idx = np.concatenate([front.get("idx", np.zeros(0, int)), top.get("idx", np.zeros(0, int))])
     uniq, first = np.unique(idx, return_index=True)
@@ -560,7 +617,6 @@ def parse_grid(items: Sequence[str] | Mapping[str, Sequence[float]], where: str 
     """``NAME=V1,V2,...`` or ``NAME=START:STOP:COUNT`` (geometric from START to STOP, COUNT values)
     per axis; NAME is a hardware number (its field or YAML key, in the YAML key's units) or ``gpus``.
     Returns {field: values in YAML units}. A bad axis raises SpecError naming it."""
-    from .specs import HARDWARE_BY_KEY
     out: dict[str, list] = {}
     pairs = items.items() if isinstance(items, Mapping) else [tuple(s.partition("=")[::2]) for s in items]
     for name, spec in pairs:
@@ -618,7 +674,6 @@ def explore(exp: Experiment, grid: Mapping[str, Sequence], p=None, params_source
     """Best tokens/s/GPU at the SLA, and its layout, for every point of ``grid`` (field -> values;
     hardware numbers in their YAML units, ``gpus`` a list of budgets): per budget one streamed sweep
     of the union space, every hardware point evaluated at once (``vmap`` over the hardware)."""
-    import itertools
     p, params_source = experiment_params(exp, p, params_source)
     model, prec, wl = exp.model, exp.precision, exp.workload
     hw_axes = {k: v for k, v in grid.items() if k != "gpus"}
@@ -630,12 +685,21 @@ def explore(exp: Experiment, grid: Mapping[str, Sequence], p=None, params_source
     fn = evaluator(exp.scheduler_name)
     sla = (exp.sla.min_tokens_per_user, exp.sla.max_ttft_s)
     rows, total, compile_s, eval_s = [], 0, 0.0, 0.0
+    spaces = {}
     for g in budgets:
-        e = dataclasses.replace(exp, gpus=int(g))
         try:
-            space = aggregated_space(e, p, attention_dp, hws)
+            spaces[g] = aggregated_space(dataclasses.replace(exp, gpus=int(g)), p, attention_dp, hws)
         except ValueError:
-            space = None
+            spaces[g] = None
+    # one compiled stream for every budget: shared chunk size, chunks per call and config table length
+    sizes = [s.total for s in spaces.values() if s is not None] or [1]
+    ndev = len(jax.local_devices())
+    chunk = min(chunk, max(ndev, int(math.ceil(max(sizes) / ndev)) * ndev))
+    steps = max(1, min(CHUNKS_PER_CALL, -(-max(sizes) // chunk)))
+    pad = 1 << max(0, int(math.ceil(math.log2(max([len(s.configs) for s in spaces.values() if s is not None]
+                                                      or [1])))))
+    for g in budgets:
+        space = spaces[g]
         if space is None:
             for c in combos:
                 rows.append({**dict(zip(hw_axes, c)), "gpus": int(g), "layouts": 0, "feasible": 0,
@@ -643,7 +707,7 @@ def explore(exp: Experiment, grid: Mapping[str, Sequence], p=None, params_source
             continue
         parts, counts, _, cs, es = stream_space(space, model, prec, fn, p, hw_b, wl, sla, chunk=chunk, top_k=1,
                                                 hw_batched=True, with_frontier=False, distributed=distributed,
-                                                progress=progress, capacity=1)
+                                                progress=progress, capacity=1, steps=steps, pad_configs=pad)
         compile_s, eval_s, total = compile_s + cs, eval_s + es, total + space.total * len(combos)
         for h, c in enumerate(combos):
             one = [{**{k: jax.tree.map(lambda x, h=h: x[h], pt[k]) for k in ("front", "top")},
@@ -658,3 +722,52 @@ def explore(exp: Experiment, grid: Mapping[str, Sequence], p=None, params_source
             rows.append({**dict(zip(hw_axes, c)), "gpus": int(g), "layouts": int(counts[h, 0]),
                          "feasible": int(counts[h, 1]), "meeting_sla": int(counts[h, 2]), "best": best})
     return ExploreResult({**hw_axes, "gpus": budgets}, rows, total, compile_s, eval_s, params_source)
+
+
+# ----------------------------------------------------------------------------- what `jaxplan sweep` runs
+
+WRITE_LAYOUTS = ("auto", "all", "frontier", "sample:N")
+
+
+def parse_write_layouts(spec: str) -> tuple[str, int]:
+    """``auto`` (every layout up to :data:`STREAM_THRESHOLD`, else streamed), ``all`` (materialized:
+    every layout, whatever the size), ``frontier`` (streamed: the frontier and the best at the SLA)
+    or ``sample:N`` (streamed, plus N layouts drawn uniformly). Returns (kind, N)."""
+    kind, _, n = str(spec).partition(":")
+    if kind in ("auto", "all", "frontier") and not n:
+        return kind, 0
+    if kind == "sample" and n.isdigit() and int(n) > 0:
+        return kind, int(n)
+    raise SpecError(f"--write-layouts '{spec}' is unknown; allowed: {', '.join(WRITE_LAYOUTS)} (N a positive "
+                    f"whole number)")
+
+
+def agg_space_size(exp: Experiment, p, attention_dp: str = "ep") -> int:
+    return aggregated_space(exp, p, attention_dp).total
+
+
+def plan(exp: Experiment, p=None, params_source: str | None = None, *, serving: str = "agg",
+         attention_dp: str = "ep", scales: dict[str, float] | None = None, compare: bool = False,
+         write_layouts: str = "auto", distributed: bool = False, progress: Callable | None = None,
+         threshold: int = STREAM_THRESHOLD):
+    """:func:`sweep.plan` that streams where ``write_layouts`` asks for it (see
+    :func:`parse_write_layouts`; ``auto`` streams a space above ``threshold`` layouts, and a
+    disaggregated pairing above that many candidate deployments). ``distributed``: every process of
+    a ``jax.distributed`` run streams its share (streamed sweeps only)."""
+    kind, n_sample = parse_write_layouts(write_layouts)
+    p, params_source = experiment_params(exp, p, params_source)
+    tell = progress
+
+    def agg(e, q, src):
+        if kind == "all" or (kind == "auto" and not distributed and agg_space_size(e, q, attention_dp) <= threshold):
+            return run_sweep(e, q, params_source=src, attention_dp=attention_dp, progress=tell is not None)
+        return run_streamed(e, q, src, attention_dp=attention_dp, sample=n_sample, distributed=distributed,
+                            progress=tell)
+
+    def disagg(e, q, src):
+        if kind == "all" or (kind == "auto" and e.gpus * len(PREFILL_UTILIZATIONS) * 64 <= threshold):
+            return run_disagg_sweep(e, q, params_source=src, progress=tell is not None)
+        return run_disagg_streamed(e, q, src, progress=tell)
+
+    return sweep_plan(exp, p, params_source, serving=serving, attention_dp=attention_dp, scales=scales,
+                             compare=compare, progress=tell is not None, runners={"agg": agg, "disagg": disagg})

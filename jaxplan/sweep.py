@@ -63,7 +63,7 @@ def batched_evaluator(model: Model, prec: Precision, metric_fn: Callable = evalu
 
 
 def _mesh():
-    devs = jax.devices()
+    devs = jax.local_devices()   # this process's devices (all of them without jax.distributed)
     return (Mesh(np.asarray(devs), ("layouts",)), len(devs)) if len(devs) > 1 else (None, 1)
 
 
@@ -155,7 +155,19 @@ class SweepResult:
 
     @property
     def n(self) -> int:
+        """Layouts (deployments) evaluated."""
         return len(self.columns["tp"])
+
+    @property
+    def kept(self) -> int:
+        """Rows held in ``columns``: every layout here; a streamed sweep keeps only some."""
+        return len(self.columns.get("tp", ()))
+
+    def count(self, what: str, sla: tuple[float, float]) -> int:
+        """Layouts that are "feasible" or "meeting_sla" (``sla``: min tokens/s/user, max TTFT)."""
+        if not self.kept:
+            return 0
+        return int(self.columns["feasible"].sum() if what == "feasible" else meets_sla(self.columns, *sla).sum())
 
     def row(self, i: int) -> dict:
         return {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in self.columns.items()}
@@ -382,7 +394,7 @@ SERVING_MODES = ("agg", "disagg", "both")
 def merge_results(results: dict) -> tuple[dict, np.ndarray, int | None]:
     """One table of every mode's layouts (union of columns, None where a column does not apply),
     each mode's frontier, and the overall SLA pick (the best of the modes' picks)."""
-    n = {m: r.n for m, r in results.items()}
+    n = {m: r.kept for m, r in results.items()}
     total = sum(n.values())
     keys = []
     for r in results.values():
@@ -434,6 +446,7 @@ class Plan:
         """``summary.json``: the experiment, the SLA, counts, the pick, timings, per-mode picks."""
         exp, results, cols = self.experiment, self.results, self.columns
         wl = exp.workload
+        sla = (exp.sla.min_tokens_per_user, exp.sla.max_ttft_s)
         evaluate_s = sum(r.evaluate_s for r in results.values())
         out = {
             "experiment": exp.name, "model": exp.model.name, "hardware": exp.hardware.name, "gpus": exp.gpus,
@@ -443,9 +456,11 @@ class Plan:
             "serving": self.serving, "hardware_scales": self.scales,
             "sla": {"min_tokens_per_s_per_user": exp.sla.min_tokens_per_user, "max_ttft_s": exp.sla.max_ttft_s},
             "params_source": self.params_source,
-            "counts": {"layouts": int(len(cols["tokens_per_s_per_gpu"])), "feasible": int(cols["feasible"].sum()),
+            "counts": {"layouts": sum(r.n for r in results.values()),
+                       "feasible": sum(r.count("feasible", sla) for r in results.values()),
                        "frontier": int(len(self.frontier)),
-                       "meeting_sla": int(meets_sla(cols, exp.sla.min_tokens_per_user, exp.sla.max_ttft_s).sum())},
+                       "meeting_sla": sum(r.count("meeting_sla", sla) for r in results.values()),
+                       "rows_kept": int(len(cols.get("tokens_per_s_per_gpu", ())))},
             "best_at_sla": self.best_row,
             "seconds": {"compile": sum(r.compile_s for r in results.values()), "evaluate": evaluate_s},
             "layouts_per_second": sum(r.n for r in results.values()) / max(evaluate_s, 1e-9),
@@ -470,11 +485,12 @@ class Plan:
 
 def plan(exp: Experiment, p=None, params_source: str | None = None, *, serving: str = "agg",
          attention_dp: str = "ep", scales: dict[str, float] | None = None, compare: bool = False,
-         progress: bool = False) -> Plan:
+         progress: bool = False, runners: dict[str, Callable] | None = None) -> Plan:
     """``jaxplan sweep`` as a library call: sweep ``exp`` in the serving mode(s) ``serving`` ("agg",
     "disagg" or "both") with its hardware numbers scaled by ``scales`` (a what-if), and, with
     ``compare``, also as shipped. ``p``: parameters (default: the hardware's fitted profile for the
-    experiment's backend, as the CLI uses)."""
+    experiment's backend, as the CLI uses). ``runners``: mode -> ``f(exp, p, params_source)`` in
+    place of the materialized sweeps (``stream.plan`` passes streamed ones)."""
     if serving not in SERVING_MODES:
         raise SpecError(f"serving mode '{serving}' is unknown; allowed: {', '.join(SERVING_MODES)}")
     scales = dict(scales or {})
@@ -487,9 +503,11 @@ def plan(exp: Experiment, p=None, params_source: str | None = None, *, serving: 
     def sweeps(e):
         r = {}
         if serving in ("agg", "both"):
-            r["agg"] = run_sweep(e, p, params_source=params_source, progress=progress, attention_dp=attention_dp)
+            r["agg"] = (runners["agg"](e, p, params_source) if runners and "agg" in runners else
+                        run_sweep(e, p, params_source=params_source, progress=progress, attention_dp=attention_dp))
         if serving in ("disagg", "both"):
-            r["disagg"] = run_disagg_sweep(e, p, params_source=params_source, progress=progress)
+            r["disagg"] = (runners["disagg"](e, p, params_source) if runners and "disagg" in runners else
+                           run_disagg_sweep(e, p, params_source=params_source, progress=progress))
         return r
 
     results = sweeps(scaled)
