@@ -375,8 +375,7 @@ def init_distributed(coordinator: str | None = None, num_processes: int | None =
     """Join a ``jax.distributed`` run (before any JAX computation): with no arguments the cluster
     (Slurm, Open MPI, TPU) says who is who; on CPUs the processes talk through Gloo. Returns
     (this process's index, the number of processes)."""
-    if jax.default_backend() == "cpu" or jax.config.jax_platforms == "cpu":
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")    # CPU devices only; GPUs use NCCL
     jax.distributed.initialize(coordinator, num_processes, process_id)
     return jax.process_index(), jax.process_count()
 
@@ -409,7 +408,7 @@ def _compiled(fn, *args):
     """``fn`` compiled ahead of time for these argument shapes, once per process (so the compile
     time is reported apart from the evaluation's)."""
     leaves, tree = jax.tree.flatten(args)
-    key = (fn, tree, tuple((np.shape(x), np.result_type(x).str, getattr(x, "weak_type", None)) for x in leaves))
+    key = (fn, tree, tuple((np.shape(x), str(getattr(x, "dtype", type(x).__name__)), getattr(x, "weak_type", None)) for x in leaves))
     if key not in _COMPILED:
         _COMPILED[key] = fn.lower(*args).compile()
     return _COMPILED[key]

@@ -152,3 +152,67 @@ def test_grid_in_yaml_units_and_geometric_ranges():
     g = T.parse_grid(["hbm_bandwidth_tb_s=2:8:3", "scaleup_domain_gpus=8,72", "gpus=64,128"])
     assert g["hbm_bandwidth"] == pytest.approx([2.0, 4.0, 8.0])
     assert g["scale_up_domain"] == [8, 72] and g["gpus"] == [64, 128]
+
+
+# ----------------------------------------------------------------------------- the command line
+
+def _csv_keys(path, names=KEY):
+    import csv
+    with open(path) as f:
+        return [tuple(int(float(r[k])) for k in names) for r in csv.DictReader(f)]
+
+
+def test_cli_streamed_sweep_writes_the_kept_rows(tmp_path, small_sweeps):
+    from jaxplan.cli import main
+    mat, _ = small_sweeps
+    assert main(["sweep", str(EXPERIMENT), "--write-layouts", "frontier", "--out", str(tmp_path)]) == 0
+    import json
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["counts"]["layouts"] == mat.n
+    assert summary["counts"]["feasible"] == int(mat.columns["feasible"].sum())
+    assert summary["counts"]["rows_kept"] <= T.FRONTIER_CAPACITY + T.TOP_K
+    assert _csv_keys(tmp_path / "frontier.csv") == keys(mat, mat.frontier)
+    assert len(_csv_keys(tmp_path / "layouts.csv")) == summary["counts"]["rows_kept"] < mat.n
+    assert tuple(summary["best_at_sla"][k] for k in KEY) == keys(mat, [mat.best])[0]
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["sweep", "--write-layouts", "some"], "--write-layouts 'some' is unknown"),
+    (["sweep", "--write-layouts", "sample:0"], "--write-layouts 'sample:0' is unknown"),
+    (["explore", "--grid", "hbm_bandwidth=1,-2"], "axis 'hbm_bandwidth': values must be positive"),
+    (["explore", "--grid", "nvlink=8,72"], "unknown axis 'nvlink'"),
+    (["explore", "--grid", "gpus=8,16", "--grid", "hbm_capacity_gb=80", "--heatmap", "gpus,tp"], "--heatmap"),
+])
+def test_cli_refuses_bad_streaming_and_grid_flags(argv, words, capsys, tmp_path):
+    from jaxplan.cli import main
+    assert main([argv[0], str(EXPERIMENT), *argv[1:], "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0]
+
+
+def test_two_processes_equal_one(tmp_path, small_sweeps):
+    """``--distributed`` with two CPU processes on this machine (coordinator on localhost): each
+    streams half of the space; process 0 writes the merged frontier, pick and counts."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    mat, _ = small_sweeps
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "JAX_PLATFORMS": "cpu"}
+    procs = [subprocess.Popen([sys.executable, "-m", "jaxplan", "sweep", str(EXPERIMENT), "--write-layouts", "frontier",
+                               "--distributed", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i),
+                               "--out", str(tmp_path / f"p{i}")], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    assert "process 1 of 2" in outs[1][1]
+    assert not (tmp_path / "p1" / "summary.json").exists()            # only process 0 writes
+    summary = json.loads((tmp_path / "p0" / "summary.json").read_text())
+    assert summary["counts"]["layouts"] == mat.n
+    assert summary["counts"]["feasible"] == int(mat.columns["feasible"].sum())
+    assert _csv_keys(tmp_path / "p0" / "frontier.csv") == keys(mat, mat.frontier)
+    assert tuple(summary["best_at_sla"][k] for k in KEY) == keys(mat, [mat.best])[0]
