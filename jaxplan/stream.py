@@ -408,7 +408,8 @@ def _compiled(fn, *args):
     """``fn`` compiled ahead of time for these argument shapes, once per process (so the compile
     time is reported apart from the evaluation's)."""
     leaves, tree = jax.tree.flatten(args)
-    key = (fn, tree, tuple((np.shape(x), str(getattr(x, "dtype", type(x).__name__)), getattr(x, "weak_type", None)) for x in leaves))
+    key = (fn, tree, tuple((np.shape(x), str(getattr(x, "dtype", type(x).__name__)), getattr(x, "weak_type", None))
+                           for x in leaves))
     if key not in _COMPILED:
         _COMPILED[key] = fn.lower(*args).compile()
     return _COMPILED[key]
@@ -747,26 +748,29 @@ def agg_space_size(exp: Experiment, p, attention_dp: str = "ep") -> int:
 
 def plan(exp: Experiment, p=None, params_source: str | None = None, *, serving: str = "agg",
          attention_dp: str = "ep", scales: dict[str, float] | None = None, compare: bool = False,
-         write_layouts: str = "auto", distributed: bool = False, progress: Callable | None = None,
+         write_layouts: str = "auto", distributed: bool = False, progress: bool | Callable | None = None,
          threshold: int = STREAM_THRESHOLD):
     """:func:`sweep.plan` that streams where ``write_layouts`` asks for it (see
     :func:`parse_write_layouts`; ``auto`` streams a space above ``threshold`` layouts, and a
     disaggregated pairing above that many candidate deployments). ``distributed``: every process of
-    a ``jax.distributed`` run streams its share (streamed sweeps only)."""
+    a ``jax.distributed`` run streams its share (streamed sweeps only). ``progress``: a callback
+    ``f(done, total, seconds)`` (``report.progress_printer``), or True for the materialized sweeps'
+    own lines only."""
     kind, n_sample = parse_write_layouts(write_layouts)
     p, params_source = experiment_params(exp, p, params_source)
-    tell = progress
+    tell = progress if callable(progress) else None
+    said = bool(progress)
 
     def agg(e, q, src):
         if kind == "all" or (kind == "auto" and not distributed and agg_space_size(e, q, attention_dp) <= threshold):
-            return run_sweep(e, q, params_source=src, attention_dp=attention_dp, progress=tell is not None)
+            return run_sweep(e, q, params_source=src, attention_dp=attention_dp, progress=said)
         return run_streamed(e, q, src, attention_dp=attention_dp, sample=n_sample, distributed=distributed,
                             progress=tell)
 
     def disagg(e, q, src):
         if kind == "all" or (kind == "auto" and e.gpus * len(PREFILL_UTILIZATIONS) * 64 <= threshold):
-            return run_disagg_sweep(e, q, params_source=src, progress=tell is not None)
+            return run_disagg_sweep(e, q, params_source=src, progress=said)
         return run_disagg_streamed(e, q, src, progress=tell)
 
     return sweep_plan(exp, p, params_source, serving=serving, attention_dp=attention_dp, scales=scales,
-                             compare=compare, progress=tell is not None, runners={"agg": agg, "disagg": disagg})
+                             compare=compare, progress=said, runners={"agg": agg, "disagg": disagg})
