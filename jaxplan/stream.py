@@ -64,6 +64,10 @@ TOP_K = 16                    # best layouts at the SLA kept
 # Density plot: log10 ranges of tokens/s/user and tokens/s/GPU, clipped to the edge bins.
 HIST_BINS = 160
 HIST_RANGE = ((-1.0, 4.0), (-1.0, 5.0))
+# Before the exact merge, candidates below a better point in a higher bin of this many (log10
+# tokens/s/user over HIST_RANGE) are dropped; the merge sorts at most PREFILTER_SIZE survivors.
+PREFILTER_BINS = 1024
+PREFILTER_SIZE = 4096
 # Flat indices are int32 on the device: a space longer than this is streamed in segments of configs.
 SEGMENT_ROWS = 2 ** 30
 
@@ -176,6 +180,36 @@ def _take(rows: dict, order) -> dict:
     return {k: v[order] for k, v in rows.items()}
 
 
+def prefilter_frontier(front: dict, cand: dict, capacity: int, size: int, bins: int = PREFILTER_BINS):
+    """:func:`merge_frontier` after dropping the candidates surely dominated: a point whose
+    tokens/s/GPU is below that of some point (kept or candidate) in a strictly higher bin of
+    tokens/s/user (so strictly more tokens/s/user) is off the frontier. The survivors (usually a
+    few per bin) are merged when at most ``size`` are left, else all candidates are: exact either way."""
+    (u0, u1), _ = HIST_RANGE
+
+    def user_bin(u):
+        return jnp.clip(jnp.floor((jnp.log10(jnp.maximum(u, 1e-30)) - u0) / (u1 - u0) * bins), 0,
+                        bins - 1).astype(jnp.int32)
+
+    fu = jnp.where(front["valid"], front["tokens_per_s_per_user"], 0.0)
+    fg = jnp.where(front["valid"], front["tokens_per_s_per_gpu"], -jnp.inf)
+    cu = jnp.where(cand["valid"], cand["tokens_per_s_per_user"], 0.0)
+    cg = jnp.where(cand["valid"], cand["tokens_per_s_per_gpu"], -jnp.inf)
+    cb = user_bin(cu)
+    best = jnp.full(bins, -jnp.inf, cg.dtype).at[user_bin(fu)].max(fg).at[cb].max(cg)
+    above = jnp.concatenate([jax.lax.cummax(best[::-1])[::-1][1:], jnp.full(1, -jnp.inf, cg.dtype)])
+    keep = cand["valid"] & (cg >= above[cb])
+    count = keep.sum()
+
+    def few(_):
+        sel = jnp.nonzero(keep, size=size, fill_value=0)[0]
+        sub = _take(cand, sel)
+        sub["valid"] = keep[sel] & (jnp.arange(size) < count)
+        return merge_frontier(front, sub, capacity)
+
+    return jax.lax.cond(count <= size, few, lambda _: merge_frontier(front, cand, capacity), None)
+
+
 def merge_frontier(front: dict, cand: dict, capacity: int):
     """Running frontier + candidates -> the frontier of both (``capacity`` rows, valid first) and
     whether it was longer than ``capacity``. Order: tokens/s/user descending, then tokens/s/GPU
@@ -228,7 +262,9 @@ def reduce_chunk(state: dict, res: dict, idx, valid, sla, capacity: int, top_k: 
     ok = feasible & (res["tokens_per_s_per_user"] >= min_user) & (res["ttft_s"] <= max_ttft)
     state = dict(state)
     if with_frontier:
-        state["front"], over = merge_frontier(state["front"], cand, capacity)
+        size = min(PREFILTER_SIZE, len(idx) // 4)
+        state["front"], over = (prefilter_frontier(state["front"], cand, capacity, size) if size >= 16 else
+                                merge_frontier(state["front"], cand, capacity))
         state["overflow"] = state["overflow"] | over
     state["top"] = merge_top(state["top"], cand, ok, top_k)
     counts = jnp.stack([valid.sum(), feasible.sum(), ok.sum()]).astype(jnp.int32)
