@@ -37,7 +37,7 @@ from .specs import (
     load_hardware,
     scale_hardware,
 )
-from .stream import explore, init_distributed, parse_grid, parse_write_layouts
+from .stream import explore, grid_axis, init_distributed, parse_grid, parse_write_layouts
 from .stream import plan as stream_plan
 from .sweep import DISAGG_KEY, run_disagg_sweep, run_sweep
 
@@ -234,7 +234,7 @@ def cmd_explore(args) -> int:
     grid = parse_grid(args.grid)
     heat = None
     if args.heatmap:
-        heat = tuple(a.strip() for a in args.heatmap.split(","))
+        heat = tuple(grid_axis(a.strip()) or a.strip() for a in args.heatmap.split(","))
         if len(heat) != 2 or any(a not in grid for a in heat):
             raise SpecError(f"--heatmap '{args.heatmap}': expected two of the grid's axes, X,Y; grid axes: "
                             f"{', '.join(grid)}")

@@ -393,14 +393,15 @@ def scaled_label(hw_name: str, scales: Mapping[str, float]) -> str:
     return hw_name + (" (" + ", ".join(f"{k} x{f:g}" for k, f in scales.items()) + ")" if scales else "")
 
 
-def title(exp: Experiment, scales: Mapping[str, float] | None = None) -> str:
-    """One line naming an experiment: model, GPUs, precision, lengths, decoding features."""
+def title(exp: Experiment, scales: Mapping[str, float] | None = None, gpus: str | None = None) -> str:
+    """One line naming an experiment: model, GPUs (``gpus``: in place of the count), precision,
+    lengths, decoding features."""
     wl = exp.workload
     spec = (f", speculative {wl.draft_tokens} draft tokens at {100 * wl.acceptance:.0f}% acceptance "
             f"({float(wl.tokens_per_step):.2f} tokens/step)" if wl.draft_tokens else "")
     if wl.prefix_hit:
         spec += f", {100 * wl.prefix_hit:.0f}% of each prompt cached"
-    return (f"{exp.model.name} on {exp.gpus} × {scaled_label(exp.hardware.name, scales or {})}, "
+    return (f"{exp.model.name} on {gpus or exp.gpus} × {scaled_label(exp.hardware.name, scales or {})}, "
             f"{exp.precision.name}, ISL {int(wl.isl)} / OSL {int(wl.osl)}{spec}")
 
 
@@ -995,7 +996,8 @@ def write_explore(res: ExploreResult, exp: Experiment, out: str | Path, heatmap:
     paths = [out / "explore.csv"]
     if heatmap:
         paths.append(plot_explore(out / "explore.png", res, heatmap[0], heatmap[1],
-                                  f"{title(exp)}: best tokens/s/GPU at the SLA ({sla_text(exp)})"))
+                                  f"{title(exp, gpus='N' if 'gpus' in res.axes else None)}: best tokens/s/GPU "
+                                  f"at the SLA ({sla_text(exp)})"))
     write_json(out / "explore.json", {"experiment": exp.name, "model": exp.model.name, "hardware": exp.hardware.name,
                                       "axes": res.axes, "layouts": res.layouts, "params_source": res.params_source,
                                       "seconds": {"compile": res.compile_s, "evaluate": res.evaluate_s},

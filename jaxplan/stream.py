@@ -649,6 +649,14 @@ def run_disagg_streamed(exp: Experiment, p=None, params_source: str = "", *, blo
 GRID_AXES = tuple(HARDWARE_NUMBERS) + ("gpus",)
 
 
+def grid_axis(name: str) -> str | None:
+    """The field of a grid axis given by field or hardware YAML key (``gpus`` as is), else None."""
+    if name == "gpus":
+        return name
+    h = HARDWARE_NUMBERS.get(name) or HARDWARE_BY_KEY.get(name)
+    return h.field if h else None
+
+
 def parse_grid(items: Sequence[str] | Mapping[str, Sequence[float]], where: str = "--grid") -> dict[str, list]:
     """``NAME=V1,V2,...`` or ``NAME=START:STOP:COUNT`` (geometric from START to STOP, COUNT values)
     per axis; NAME is a hardware number (its field or YAML key, in the YAML key's units) or ``gpus``.
