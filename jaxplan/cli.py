@@ -38,7 +38,9 @@ from .specs import (
     load_hardware,
     scale_hardware,
 )
-from .sweep import DISAGG_KEY, plan, run_disagg_sweep, run_sweep
+from .stream import explore, grid_axis, init_distributed, parse_grid, parse_write_layouts
+from .stream import plan as stream_plan
+from .sweep import DISAGG_KEY, run_disagg_sweep, run_sweep
 
 
 class _Parser(argparse.ArgumentParser):
@@ -132,6 +134,15 @@ def _add_experiment_args(sp):
                          + ", ".join(CONTINUOUS_HARDWARE))
 
 
+def _add_distributed_args(sp):
+    sp.add_argument("--distributed", nargs="?", const="auto", default=None, metavar="COORDINATOR:PORT",
+                    help="stream the sweep over every process of a jax.distributed run (one per node): each takes "
+                         "a share of the layouts; process 0 writes. Without an address the cluster (Slurm, Open "
+                         "MPI) says who is who")
+    sp.add_argument("--num-processes", type=_positive(int), help="with --distributed ADDRESS: processes in the run")
+    sp.add_argument("--process-id", type=_nonneg_int, help="with --distributed ADDRESS: this process's index")
+
+
 def _load_base(args):
     """(experiment as loaded, params for its backend, where the params came from)."""
     exp = load_experiment(args.experiment, model=args.model, hardware=args.hardware,
@@ -155,22 +166,41 @@ def _load(args):
 
 # ----------------------------------------------------------------------------- sweep
 
+def _distributed(args) -> bool:
+    """Join the jax.distributed run if asked (before any JAX computation); True on the process
+    that prints and writes (process 0, or the only one)."""
+    if not getattr(args, "distributed", False):
+        return True
+    coord = args.distributed if isinstance(args.distributed, str) and args.distributed != "auto" else None
+    me, n = init_distributed(coord, args.num_processes, args.process_id)
+    print(f"jaxplan: process {me} of {n} (jax.distributed), {len(jax.local_devices())} local device(s)",
+          file=sys.stderr)
+    return me == 0
+
+
 def cmd_sweep(args) -> int:
+    lead = _distributed(args)
+    parse_write_layouts(args.write_layouts)
     exp0, p, source = _load_base(args)
     scales = parse_scales(args.scale)
-    out = report.prepare_out_dir(args.out or Path("out") / exp0.name)
+    out = report.prepare_out_dir(args.out or Path("out") / exp0.name) if lead else None
     print(f"jaxplan sweep: {report.title(exp0, scales)}; serving: {args.serving}; parameters: {source}",
           file=sys.stderr)
-    pl = plan(exp0, p, source, serving=args.serving, attention_dp=args.attention_dp, scales=scales,
-              compare=args.compare, progress=True, objective=args.objective, costs=args.costs)
+    pl = stream_plan(exp0, p, source, serving=args.serving, attention_dp=args.attention_dp, scales=scales,
+                     compare=args.compare, write_layouts=args.write_layouts, distributed=bool(args.distributed),
+                     progress=report.progress_printer() if lead else None, objective=args.objective,
+                     costs=args.costs)
+    if not lead:
+        return 0
     exp = pl.experiment
     report.write_plan(pl, out)
     summary = pl.summary()
     best_row = pl.best_row
+    sla = (exp.sla.min_tokens_per_user, exp.sla.max_ttft_s)
     for mode, r in pl.results.items():
         tab = report.FRONTIER_TABLE if mode == "agg" else report.DISAGG_TABLE
         print(f"\n{mode} Pareto frontier ({len(r.frontier)} of {r.n:,} layouts, "
-              f"{int(r.columns['feasible'].sum()):,} feasible):")
+              f"{r.count('feasible', sla):,} feasible):")
         print(report.table(report.frontier_rows(r.columns, r.frontier, tab), tab))
     if best_row is None and not summary["counts"]["feasible"]:
         empty = [m for m, r in pl.results.items() if not r.n]
@@ -197,6 +227,36 @@ def cmd_sweep(args) -> int:
     print(f"compiled in {summary['seconds']['compile']:.1f} s, evaluated {summary['counts']['layouts']:,} layouts in "
           f"{summary['seconds']['evaluate']:.3f} s; wrote {out}/layouts.csv, frontier.csv, summary.json, frontier.png"
           + (", frontier_cost.png" if (out / "frontier_cost.png").exists() else ""))
+    kept = report.kept_text(pl)
+    if kept:
+        print(kept)
+    return 0
+
+
+def cmd_explore(args) -> int:
+    lead = _distributed(args)
+    grid = parse_grid(args.grid)
+    heat = None
+    if args.heatmap:
+        heat = tuple(grid_axis(a.strip()) or a.strip() for a in args.heatmap.split(","))
+        if len(heat) != 2 or any(a not in grid for a in heat):
+            raise SpecError(f"--heatmap '{args.heatmap}': expected two of the grid's axes, X,Y; grid axes: "
+                            f"{', '.join(grid)}")
+    elif len(grid) >= 2:
+        heat = tuple(list(grid)[:2])
+    exp, p, source = _load(args)
+    out = report.prepare_out_dir(args.out or Path("out") / f"{exp.name}-explore") if lead else None
+    npts = math.prod(len(v) for v in grid.values())
+    shape = " x ".join(f"{k} {len(v)}" for k, v in grid.items())
+    print(f"jaxplan explore: {report.title(exp)}; {npts} grid points ({shape}); parameters: {source}", file=sys.stderr)
+    res = explore(exp, grid, p, source, attention_dp=args.attention_dp, distributed=bool(args.distributed),
+                  progress=report.progress_printer("layouts (per hardware point)") if lead else None)
+    if not lead:
+        return 0
+    paths = report.write_explore(res, exp, out, heat)
+    print(report.explore_table(res))
+    print(f"compiled in {res.compile_s:.1f} s, evaluated {res.layouts:,} layouts in {res.evaluate_s:.2f} s; wrote "
+          + ", ".join(str(x) for x in paths))
     return 0
 
 
@@ -609,7 +669,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--costs", metavar="FILE",
                     help="cost file for $/Mtoken: GPU prices (purchase + years + electricity, or per GPU-hour); "
                          "default configs/tco/default.yaml (illustrative, not quotes)")
+    sp.add_argument("--write-layouts", default="auto", metavar="auto|all|frontier|sample:N",
+                    help="layouts.csv: auto (default) writes every layout up to 1,000,000 and streams larger "
+                         "spaces in bounded memory, writing the frontier and the best at the SLA; all: every "
+                         "layout whatever the size; frontier: stream and write those only; sample:N: stream and "
+                         "add N layouts drawn at random")
+    _add_distributed_args(sp)
     sp.set_defaults(fn=cmd_sweep)
+    xp = sub.add_parser("explore", help="best tokens/s/GPU at the SLA over a grid of hardware numbers and GPU budgets")
+    _add_experiment_args(xp)
+    xp.add_argument("--grid", action="append", required=True, metavar="AXIS=V1,V2,...|AXIS=START:STOP:COUNT",
+                    help="a grid axis (repeatable): gpus, or a hardware number by field or YAML key in its YAML "
+                         "units (e.g. hbm_bandwidth_tb_s=4,8,16, scaleup_domain_gpus=8,72, hbm_capacity_gb=192,288);"
+                         " START:STOP:COUNT spaces COUNT values geometrically")
+    xp.add_argument("--heatmap", metavar="X,Y", help="the two axes of explore.png (default: the first two given)")
+    xp.add_argument("--attention-dp", choices=("ep", "all"), default="ep", help="layout space, as for sweep")
+    xp.add_argument("--out", help="output folder (default: out/<experiment>-explore)")
+    _add_distributed_args(xp)
+    xp.set_defaults(fn=cmd_explore)
     ep = sub.add_parser("explain", help="one layout's metrics and per-op time breakdown")
     _add_experiment_args(ep)
     for k in ("tp", "pp", "ep", "dp", "adp", "batch", "chunk"):

@@ -44,8 +44,27 @@ class Layout(NamedTuple):
 BATCH_GRID = tuple(sorted({2 ** i for i in range(14)} | {3 * 2 ** i for i in range(13)}))
 
 
+def prime_factors(n: int) -> dict[int, int]:
+    """``{prime: exponent}`` of ``n >= 1`` by trial division up to sqrt(n) (n = 1: empty)."""
+    out: dict[int, int] = {}
+    d = 2
+    while d * d <= n:
+        while n % d == 0:
+            out[d] = out.get(d, 0) + 1
+            n //= d
+        d += 1 if d == 2 else 2
+    if n > 1:
+        out[n] = out.get(n, 0) + 1
+    return out
+
+
 def divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+    """Every divisor of ``n >= 1``, ascending, built from its prime factorization (a budget of
+    millions of GPUs has at most a few thousand divisors; trying every integer up to n does not scale)."""
+    ds = [1]
+    for prime, exp in prime_factors(int(n)).items():
+        ds = [d * prime ** k for d in ds for k in range(exp + 1)]
+    return sorted(ds)
 
 
 def check_parallel(model: Model, gpus: int, tp: int, pp: int, ep: int, dp: int | None = None,

@@ -8,7 +8,9 @@ import csv
 import json
 import math
 import os
+import sys
 import textwrap
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from .calibrate.serving_predict import FAR_OFF, summarize
 from .calibrate.stats import error_stats
 from .params import profile_text
 from .specs import HARDWARE_NUMBERS, Experiment, Hardware, SpecError
+from .stream import HIST_BINS, HIST_RANGE, ExploreResult
 from .sweep import AGG_COLUMNS, DISAGG_COLUMNS, INT_COLUMNS, Plan, row
 
 
@@ -202,17 +205,55 @@ def frontier_rows(columns, idx, spec=FRONTIER_TABLE) -> list[dict]:
     return rows
 
 
-def plot_frontier(path: Path, columns: dict, frontier_idx, best: int | None, title: str,
-                  min_tokens_per_user: float = 0.0, extra: dict | None = None, max_ttft_s: float = float("inf")):
-    """Every feasible layout faintly, the frontier highlighted, the SLA pick marked.
+# Above this many feasible layouts frontier.png draws their density, not a point each.
+DENSITY_ABOVE = 20_000
 
-    ``extra``: optional {label: (user, gpu)} frontiers to overlay (e.g. disaggregated)."""
+
+def layout_density(user, gpu) -> np.ndarray:
+    """Counts of layouts on the streamed sweep's log10 grid (``stream.HIST_RANGE``), [user, gpu]."""
+    (u0, u1), (g0, g1) = HIST_RANGE
+    lu = np.clip(np.log10(np.maximum(user, 1e-30)), u0, u1 - 1e-9)
+    lg = np.clip(np.log10(np.maximum(gpu, 1e-30)), g0, g1 - 1e-9)
+    h, _, _ = np.histogram2d(lu, lg, bins=HIST_BINS, range=HIST_RANGE)
+    return h
+
+
+def _draw_density(ax, hist) -> None:
+    """Layouts per cell of the log grid, shaded on a log colour scale, the axes cut to where there are any."""
+    from matplotlib.colors import LogNorm
+    hist = np.asarray(hist, float)
+    (u0, u1), (g0, g1) = HIST_RANGE
+    ue, ge = 10 ** np.linspace(u0, u1, hist.shape[0] + 1), 10 ** np.linspace(g0, g1, hist.shape[1] + 1)
+    total = int(hist.sum())
+    if not total:
+        return
+    m = ax.pcolormesh(ue, ge, np.where(hist > 0, hist, np.nan).T, cmap="Greys", norm=LogNorm(vmin=1),
+                      shading="flat", alpha=0.6, rasterized=True)
+    iu, ig = np.nonzero(hist)
+    ax.set_xlim(0, ue[iu.max() + 1] * 1.02)
+    ax.set_ylim(0, ge[ig.max() + 1] * 1.02)
+    ax.figure.colorbar(m, ax=ax, pad=0.01, label=f"layouts per cell (of {total:,} feasible)")
+
+
+def plot_frontier(path: Path, columns: dict, frontier_idx, best: int | None, title: str,
+                  min_tokens_per_user: float = 0.0, extra: dict | None = None, max_ttft_s: float = float("inf"),
+                  density=None):
+    """Every feasible layout faintly (their density when there are many), the frontier
+    highlighted, the SLA pick marked.
+
+    ``extra``: optional {label: (user, gpu)} frontiers to overlay (e.g. disaggregated);
+    ``density``: counts on the ``stream.HIST_RANGE`` grid (a streamed sweep's) instead of the points."""
 
     feas = np.asarray(columns["feasible"], bool)
     u = np.asarray(columns["tokens_per_s_per_user"], float)
     g = np.asarray(columns["tokens_per_s_per_gpu"], float)
     fig, ax = figure(figsize=(8, 5.5), dpi=120)
-    ax.scatter(u[feas], g[feas], s=6, alpha=0.15, color="tab:gray", label=f"{feas.sum():,} feasible layouts")
+    if density is None and feas.sum() > DENSITY_ABOVE:
+        density = layout_density(u[feas], g[feas])
+    if density is not None:
+        _draw_density(ax, density)
+    else:
+        ax.scatter(u[feas], g[feas], s=6, alpha=0.15, color="tab:gray", label=f"{feas.sum():,} feasible layouts")
     fi = np.asarray(frontier_idx, int)
     if fi.size:
         ax.plot(u[fi], g[fi], "-o", color="tab:blue", ms=3.5, lw=1.6, label="Pareto frontier")
@@ -235,6 +276,47 @@ def plot_frontier(path: Path, columns: dict, frontier_idx, best: int | None, tit
     ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------- progress
+
+def progress_line(done: int, total: int, seconds: float, what: str = "layouts") -> str:
+    """``evaluated 1,200,000 of 7,200,000 layouts (17%) at 2,400,000/s, about 2.5 s left``."""
+    rate = done / max(seconds, 1e-9)
+    left = (total - done) / rate if rate > 0 and done < total else 0.0
+    eta = f", about {left:.0f} s left" if done < total else f" in {seconds:.1f} s"
+    return f"evaluated {done:,} of {total:,} {what} ({100 * done / max(total, 1):.0f}%) at {rate:,.0f}/s{eta}"
+
+
+def progress_printer(what: str = "layouts", stream=None, every_s: float = 10.0):
+    """A ``progress(done, total, seconds)`` callback for streamed sweeps: one line redrawn in place
+    on a terminal, else a line every ``every_s`` seconds and at the end."""
+    stream = stream or sys.stderr
+    tty = stream.isatty()
+    last = [-math.inf]
+
+    def show(done, total, seconds):
+        now = time.monotonic()
+        end = done >= total
+        if tty:
+            print("\r  " + progress_line(done, total, seconds, what), end="\n" if end else "", file=stream, flush=True)
+        elif end or now - last[0] >= every_s:
+            print("  " + progress_line(done, total, seconds, what), file=stream, flush=True)
+            last[0] = now
+    return show
+
+
+def kept_text(plan: Plan) -> str:
+    """What layouts.csv holds when a streamed sweep did not keep every layout."""
+    parts = []
+    for mode, r in plan.results.items():
+        if r.kept < r.n:
+            parts.append(f"{mode}: {r.kept:,} of {r.n:,}")
+    if not parts:
+        return ""
+    return ("streamed: layouts.csv holds the rows kept (the frontier, the best at the SLA, any sample; "
+            + "; ".join(parts) + "); --write-layouts all writes every layout (memory and disk grow with the "
+              "space), sample:N adds N drawn at random")
 
 
 def figure(nrows: int = 1, ncols: int = 1, **kw):
@@ -312,14 +394,15 @@ def scaled_label(hw_name: str, scales: Mapping[str, float]) -> str:
     return hw_name + (" (" + ", ".join(f"{k} x{f:g}" for k, f in scales.items()) + ")" if scales else "")
 
 
-def title(exp: Experiment, scales: Mapping[str, float] | None = None) -> str:
-    """One line naming an experiment: model, GPUs, precision, lengths, decoding features."""
+def title(exp: Experiment, scales: Mapping[str, float] | None = None, gpus: str | None = None) -> str:
+    """One line naming an experiment: model, GPUs (``gpus``: in place of the count), precision,
+    lengths, decoding features."""
     wl = exp.workload
     spec = (f", speculative {wl.draft_tokens} draft tokens at {100 * wl.acceptance:.0f}% acceptance "
             f"({float(wl.tokens_per_step):.2f} tokens/step)" if wl.draft_tokens else "")
     if wl.prefix_hit:
         spec += f", {100 * wl.prefix_hit:.0f}% of each prompt cached"
-    return (f"{exp.model.name} on {exp.gpus} × {scaled_label(exp.hardware.name, scales or {})}, "
+    return (f"{exp.model.name} on {gpus or exp.gpus} × {scaled_label(exp.hardware.name, scales or {})}, "
             f"{exp.precision.name}, ISL {int(wl.isl)} / OSL {int(wl.osl)}{spec}")
 
 
@@ -408,8 +491,9 @@ def plot_codesign(path: Path, res, title: str):
 # ----------------------------------------------------------------------------- jaxplan sweep
 
 def write_plan(plan: Plan, out: str | Path) -> list[Path]:
-    """The files of ``jaxplan sweep``: ``layouts.csv`` (every evaluated layout), ``frontier.csv``,
-    ``frontier.png`` and ``summary.json``."""
+    """The files of ``jaxplan sweep``: ``layouts.csv`` (every evaluated layout; of a streamed sweep,
+    the rows it kept), ``frontier.csv``, ``frontier.png``, ``frontier_cost.png`` (where the hardware
+    has a power block) and ``summary.json``."""
     out = start_run(out, ("summary.json", "layouts.csv", "frontier.csv", "frontier.png", "frontier_cost.png"))
     exp, cols, front, best = plan.experiment, plan.columns, plan.frontier, plan.best
     names = AGG_COLUMNS if plan.serving == "agg" else DISAGG_COLUMNS
@@ -426,8 +510,17 @@ def write_plan(plan: Plan, out: str | Path) -> list[Path]:
             fi = r.frontier
             extra[f"{mode} frontier, {plan.base_experiment.hardware.name} as shipped"] = (
                 r.columns["tokens_per_s_per_user"][fi], r.columns["tokens_per_s_per_gpu"][fi])
+    hists = [r.hist for r in plan.results.values() if getattr(r, "hist", None) is not None]
+    density = None
+    if hists:            # streamed: every layout's density; add any materialized mode's points to it
+        density = sum(np.asarray(h, float) for h in hists)
+        for r in plan.results.values():
+            if getattr(r, "hist", None) is None and r.kept:
+                f = np.asarray(r.columns["feasible"], bool)
+                density = density + layout_density(np.asarray(r.columns["tokens_per_s_per_user"], float)[f],
+                                                   np.asarray(r.columns["tokens_per_s_per_gpu"], float)[f])
     plot_frontier(out / "frontier.png", cols, [] if extra else front, best, title(exp, plan.scales),
-                  exp.sla.min_tokens_per_user, extra=extra, max_ttft_s=exp.sla.max_ttft_s)
+                  exp.sla.min_tokens_per_user, extra=extra, max_ttft_s=exp.sla.max_ttft_s, density=density)
     files = [out / n for n in ("layouts.csv", "frontier.csv", "summary.json", "frontier.png")]
     if plot_cost_frontier(out / "frontier_cost.png", plan.results, plan.best_row, title(exp, plan.scales),
                           exp.sla.min_tokens_per_user, plan.costs):
@@ -901,3 +994,91 @@ def write_bench(out: str | Path, events, columns: Sequence[str]) -> Path:
             else:
                 write_text(meta_file, yaml.safe_dump(obj, sort_keys=False))
     return out
+
+
+# ----------------------------------------------------------------------------- jaxplan explore
+
+EXPLORE_FIELDS = ("tp", "pp", "ep", "dp", "adp", "batch", "chunk", "tokens_per_s_per_gpu", "tokens_per_s_per_user",
+                  "ttft_s", "memory_per_gpu_gb")
+
+
+def explore_columns(res: ExploreResult) -> tuple[dict[str, np.ndarray], list[str]]:
+    """One row per grid point: its coordinates (YAML units), counts, and the best layout at the SLA."""
+    axes = list(res.axes)
+    names = axes + ["layouts", "feasible", "meeting_sla"] + [f"best_{k}" if k in ("tp", "pp", "ep", "dp", "adp",
+                                                                                   "batch", "chunk") else k
+                                                               for k in EXPLORE_FIELDS]
+    cols: dict[str, list] = {n: [] for n in names}
+    for r in res.rows:
+        for a in axes:
+            cols[a].append(r[a])
+        for k in ("layouts", "feasible", "meeting_sla"):
+            cols[k].append(r[k])
+        b = r["best"] or {}
+        for k, n in zip(EXPLORE_FIELDS, names[len(axes) + 3:]):
+            cols[n].append(b.get(k))
+    return {k: np.asarray(v, dtype=object) for k, v in cols.items()}, names
+
+
+def explore_table(res: ExploreResult) -> str:
+    """A line per grid point: its coordinates and the best layout at the SLA."""
+    rows = []
+    for r in res.rows:
+        b = r["best"]
+        rows.append({**{a: f"{r[a]:g}" for a in res.axes}, "best": label(b) if b else "none meets the SLA",
+                     "gpu": f"{b['tokens_per_s_per_gpu']:.1f}" if b else "-",
+                     "user": f"{b['tokens_per_s_per_user']:.1f}" if b else "-", "n": f"{r['layouts']:,}"})
+    return table(rows, [(a, a, "") for a in res.axes] + [("n", "layouts", ""), ("best", "best at SLA", ""),
+                                                          ("gpu", "tok/s/GPU", ""), ("user", "tok/s/user", "")])
+
+
+def _axis_label(field: str) -> str:
+    if field == "gpus":
+        return "GPU budget"
+    h = HARDWARE_NUMBERS[field]
+    return f"{h.label} ({h.unit})"
+
+
+def plot_explore(path: Path, res: ExploreResult, x: str, y: str, title_text: str) -> Path:
+    """Heatmap of the best tokens/s/GPU at the SLA over two grid axes (the best over any others)."""
+    xs, ys = list(res.axes[x]), list(res.axes[y])
+    z = np.full((len(ys), len(xs)), np.nan)
+    for r in res.rows:
+        v = (r["best"] or {}).get("tokens_per_s_per_gpu", np.nan)
+        i, j = ys.index(r[y]), xs.index(r[x])
+        z[i, j] = v if np.isnan(z[i, j]) else max(z[i, j], v)
+    fig, ax = figure(figsize=(1.2 * len(xs) + 3.5, 0.6 * len(ys) + 2.8), dpi=120)
+    m = ax.imshow(z, origin="lower", aspect="auto", cmap="viridis")
+    ax.set_xticks(range(len(xs)), [f"{v:g}" for v in xs])
+    ax.set_yticks(range(len(ys)), [f"{v:g}" for v in ys])
+    for i in range(len(ys)):
+        for j in range(len(xs)):
+            ax.text(j, i, "-" if np.isnan(z[i, j]) else f"{z[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                    color="w" if np.isnan(z[i, j]) or z[i, j] < np.nanmean(z) else "k")
+    ax.set_xlabel(_axis_label(x))
+    ax.set_ylabel(_axis_label(y))
+    others = [a for a in res.axes if a not in (x, y) and len(res.axes[a]) > 1]
+    ax.set_title(wrap(title_text + (f"; best over {', '.join(others)}" if others else ""), 70), fontsize=9)
+    fig.colorbar(m, ax=ax, label="best tokens/s/GPU at the SLA (- : none meets it)")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def write_explore(res: ExploreResult, exp: Experiment, out: str | Path, heatmap: tuple[str, str] | None) -> list[Path]:
+    """``explore.csv`` (a row per grid point), ``explore.png`` (heatmap over two axes) and
+    ``explore.json`` (the grid, counts, timings; written last)."""
+    out = start_run(out, ("explore.json", "explore.csv", "explore.png"))
+    cols, names = explore_columns(res)
+    write_csv(out / "explore.csv", cols, names)
+    paths = [out / "explore.csv"]
+    if heatmap:
+        paths.append(plot_explore(out / "explore.png", res, heatmap[0], heatmap[1],
+                                  f"{title(exp, gpus='N' if 'gpus' in res.axes else None)}: best tokens/s/GPU "
+                                  f"at the SLA ({sla_text(exp)})"))
+    write_json(out / "explore.json", {"experiment": exp.name, "model": exp.model.name, "hardware": exp.hardware.name,
+                                      "axes": res.axes, "layouts": res.layouts, "params_source": res.params_source,
+                                      "seconds": {"compile": res.compile_s, "evaluate": res.evaluate_s},
+                                      "points": [{**{a: r[a] for a in res.axes}, "layouts": r["layouts"],
+                                                  "feasible": r["feasible"], "meeting_sla": r["meeting_sla"],
+                                                  "best_at_sla": r["best"]} for r in res.rows]})
+    return paths + [out / "explore.json"]

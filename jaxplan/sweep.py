@@ -69,7 +69,7 @@ def batched_evaluator(model: Model, prec: Precision, metric_fn: Callable = evalu
 
 
 def _mesh():
-    devs = jax.devices()
+    devs = jax.local_devices()   # this process's devices (all of them without jax.distributed)
     return (Mesh(np.asarray(devs), ("layouts",)), len(devs)) if len(devs) > 1 else (None, 1)
 
 
@@ -198,7 +198,19 @@ class SweepResult:
 
     @property
     def n(self) -> int:
+        """Layouts (deployments) evaluated."""
         return len(self.columns["tp"])
+
+    @property
+    def kept(self) -> int:
+        """Rows held in ``columns``: every layout here; a streamed sweep keeps only some."""
+        return len(self.columns.get("tp", ()))
+
+    def count(self, what: str, sla: tuple[float, float]) -> int:
+        """Layouts that are "feasible" or "meeting_sla" (``sla``: min tokens/s/user, max TTFT)."""
+        if not self.kept:
+            return 0
+        return int(self.columns["feasible"].sum() if what == "feasible" else meets_sla(self.columns, *sla).sum())
 
     def row(self, i: int) -> dict:
         return {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in self.columns.items()}
@@ -316,8 +328,38 @@ def run_disagg_sweep(exp: Experiment, p=None, params_source: str = "", progress:
     costs = E.load_costs(costs) if not isinstance(costs, E.Costs) else costs
     check_objective(objective, exp.hardware, costs)
     p, params_source = experiment_params(exp, p, params_source)
-    model, hw, prec, wl, G = exp.model, exp.hardware, exp.precision, exp.workload, exp.gpus
     t0 = time.perf_counter()
+    pools = disagg_pools(exp, p, progress)
+    t1 = time.perf_counter()
+    cols = disagg_rows(pools, costs=costs)
+    on = pareto_mask(cols["tokens_per_s_per_user"], cols["tokens_per_s_per_gpu"], cols["feasible"])
+    cols["on_frontier"] = on
+    front = np.flatnonzero(on)
+    front = front[np.argsort(cols["tokens_per_s_per_user"][front])]
+    best = sla_pick(cols, exp.sla.min_tokens_per_user, exp.sla.max_ttft_s, objective)
+    t2 = time.perf_counter()
+    return SweepResult(cols, front, best, len(pools.cfg), 0.0, (t1 - t0) + (t2 - t1), params_source)
+
+
+@dataclasses.dataclass
+class DisaggPools:
+    """The disaggregated search before pairing: both pools' candidate workers, their metrics, and
+    the Pareto-optimal (prefill, decode) pairs, ``pairs`` (n, 2) in pairing order."""
+    exp: Experiment
+    p: object
+    cfg: np.ndarray
+    pc: dict
+    pres: dict
+    dc: dict
+    dres: dict
+    pairs: np.ndarray
+    t_kv: np.ndarray        # (n, 2): each pair's KV transfer time on NVLink and across the network
+
+
+def disagg_pools(exp: Experiment, p, progress: bool = False) -> DisaggPools:
+    """Evaluate the prefill and decode pools and keep their Pareto-optimal workers (see
+    :func:`run_disagg_sweep`)."""
+    model, hw, prec, wl, G = exp.model, exp.hardware, exp.precision, exp.workload, exp.gpus
     cfg = _worker_configs(model, G)
     # prefill candidates: configs x chunk sizes
     chunks = sorted({int(c) for c in exp.chunk_sizes})
@@ -338,18 +380,31 @@ def run_disagg_sweep(exp: Experiment, p=None, params_source: str = "", progress:
     gd = dc["tp"] * dc["ep"] * dc["pp"]
     ok = dres["feasible"].astype(bool)
     keep_d = np.flatnonzero(ok)[_pareto_by_size(dres["rate"][ok] * wl.osl / gd[ok], 1.0 / dres["tpot_s"][ok], gd[ok])]
-    t1 = time.perf_counter()
     if progress:
         print(f"jaxplan: disaggregated: {len(pc['tp']):,} prefill and {len(dc['tp']):,} decode worker layouts; "
               f"pairing {len(keep_p)} x {len(keep_d)} Pareto-optimal workers", file=sys.stderr)
-    # all pairs (i, j)
+    # all pairs (i, j) and the KV transfer of each, within and across the NVLink domain
     pi, pj = np.meshgrid(keep_p, keep_d, indexing="ij")
     pi, pj = pi.ravel(), pj.ravel()
     pre_lay = Layout(*(jnp.asarray(pc[f][pi]) for f in Layout._fields))
     dec_lay = Layout(*(jnp.asarray(dc[f][pj]) for f in Layout._fields))
     kv = jax.jit(jax.vmap(lambda a, b, cross: kv_transfer_time(p, hw, model, prec, wl.isl, a, b, cross),
                           in_axes=(0, 0, None)))
-    t_kv_nv, t_kv_net = np.asarray(kv(pre_lay, dec_lay, False)), np.asarray(kv(pre_lay, dec_lay, True))
+    t_kv = np.stack([np.asarray(kv(pre_lay, dec_lay, False)), np.asarray(kv(pre_lay, dec_lay, True))], 1)
+    return DisaggPools(exp, p, cfg, pc, pres, dc, dres, np.stack([pi, pj], 1), t_kv)
+
+
+def disagg_rows(pools: DisaggPools, which: slice = slice(None), costs: E.Costs | None = None) -> dict[str, np.ndarray]:
+    """The deployments of the pairs ``pools.pairs[which]``: for each, every decode worker count y
+    with the prefill pool sized to each utilization target, within the budget; distinct (pair, x, y,
+    planned prefill load) in that order. Columns as :data:`DISAGG_COLUMNS` less ``on_frontier``;
+    ``costs`` prices ``usd_per_mtoken`` (NaN without it)."""
+    exp, p, pc, pres, dc, dres = pools.exp, pools.p, pools.pc, pools.pres, pools.dc, pools.dres
+    hw, wl, G = exp.hardware, exp.workload, exp.gpus
+    gp = pc["tp"] * pc["ep"] * pc["pp"]
+    gd = dc["tp"] * dc["ep"] * dc["pp"]
+    pi, pj = pools.pairs[which, 0], pools.pairs[which, 1]
+    t_kv_nv, t_kv_net = pools.t_kv[which, 0], pools.t_kv[which, 1]
     r_p, r_d = pres["rate"][pi], dres["rate"][pj]
     g_p, g_d = gp[pi], gd[pj]
     ys = np.arange(1, G + 1, dtype=np.float32)
@@ -393,13 +448,7 @@ def run_disagg_sweep(exp: Experiment, p=None, params_source: str = "", progress:
     cols["usd_per_mtoken"] = cost_column(hw, costs, busy, cols["tokens_per_s_per_gpu"])
     for k in INT_COLUMNS & set(cols):
         cols[k] = np.asarray(cols[k]).astype(np.int64)
-    on = pareto_mask(cols["tokens_per_s_per_user"], cols["tokens_per_s_per_gpu"], cols["feasible"])
-    cols["on_frontier"] = on
-    front = np.flatnonzero(on)
-    front = front[np.argsort(cols["tokens_per_s_per_user"][front])]
-    best = sla_pick(cols, exp.sla.min_tokens_per_user, exp.sla.max_ttft_s, objective)
-    t2 = time.perf_counter()
-    return SweepResult(cols, front, best, len(cfg), 0.0, (t1 - t0) + (t2 - t1), params_source)
+    return cols
 
 
 # ----------------------------------------------------------------------------- a plan: what `jaxplan sweep` does
@@ -410,7 +459,7 @@ SERVING_MODES = ("agg", "disagg", "both")
 def merge_results(results: dict, objective: str = "throughput") -> tuple[dict, np.ndarray, int | None]:
     """One table of every mode's layouts (union of columns, None where a column does not apply),
     each mode's frontier, and the overall SLA pick (the best of the modes' picks by ``objective``)."""
-    n = {m: r.n for m, r in results.items()}
+    n = {m: r.kept for m, r in results.items()}
     total = sum(n.values())
     keys = []
     for r in results.values():
@@ -466,6 +515,7 @@ class Plan:
         """``summary.json``: the experiment, the SLA, counts, the pick, timings, per-mode picks."""
         exp, results, cols = self.experiment, self.results, self.columns
         wl = exp.workload
+        sla = (exp.sla.min_tokens_per_user, exp.sla.max_ttft_s)
         evaluate_s = sum(r.evaluate_s for r in results.values())
         out = {
             "experiment": exp.name, "model": exp.model.name, "hardware": exp.hardware.name, "gpus": exp.gpus,
@@ -480,9 +530,11 @@ class Plan:
             "power": {"source": exp.hardware.power_source, "tdp_w": exp.hardware.tdp,
                       "idle_share_of_tdp": exp.hardware.idle_share,
                       "system_power_per_gpu_w": exp.hardware.system_power, "pue": exp.hardware.pue},
-            "counts": {"layouts": int(len(cols["tokens_per_s_per_gpu"])), "feasible": int(cols["feasible"].sum()),
+            "counts": {"layouts": sum(r.n for r in results.values()),
+                       "feasible": sum(r.count("feasible", sla) for r in results.values()),
                        "frontier": int(len(self.frontier)),
-                       "meeting_sla": int(meets_sla(cols, exp.sla.min_tokens_per_user, exp.sla.max_ttft_s).sum())},
+                       "meeting_sla": sum(r.count("meeting_sla", sla) for r in results.values()),
+                       "rows_kept": int(len(cols.get("tokens_per_s_per_gpu", ())))},
             "best_at_sla": self.best_row,
             "seconds": {"compile": sum(r.compile_s for r in results.values()), "evaluate": evaluate_s},
             "layouts_per_second": sum(r.n for r in results.values()) / max(evaluate_s, 1e-9),
@@ -507,13 +559,16 @@ class Plan:
 
 def plan(exp: Experiment, p=None, params_source: str | None = None, *, serving: str = "agg",
          attention_dp: str = "ep", scales: dict[str, float] | None = None, compare: bool = False,
-         progress: bool = False, objective: str = "throughput", costs: E.Costs | str | None = None) -> Plan:
+         progress: bool = False, objective: str = "throughput", costs: E.Costs | str | None = None,
+         runners: dict[str, Callable] | None = None) -> Plan:
     """``jaxplan sweep`` as a library call: sweep ``exp`` in the serving mode(s) ``serving`` ("agg",
     "disagg" or "both") with its hardware numbers scaled by ``scales`` (a what-if), and, with
     ``compare``, also as shipped. ``p``: parameters (default: the hardware's fitted profile for the
     experiment's backend, as the CLI uses). The SLA pick is the best by ``objective``
     ("throughput": tokens/s/GPU, "cost": $/Mtoken, "energy": J/token); ``costs``: a cost file, its
-    path or preset name (default: ``configs/tco/default.yaml``)."""
+    path or preset name (default: ``configs/tco/default.yaml``). ``runners``: mode ->
+    ``f(exp, p, params_source)`` in place of the materialized sweeps (``stream.plan`` passes
+    streamed ones)."""
     costs = E.load_costs(costs) if not isinstance(costs, E.Costs) else costs
     check_objective(objective, exp.hardware, costs)
     if serving not in SERVING_MODES:
@@ -528,11 +583,13 @@ def plan(exp: Experiment, p=None, params_source: str | None = None, *, serving: 
     def sweeps(e):
         r = {}
         if serving in ("agg", "both"):
-            r["agg"] = run_sweep(e, p, params_source=params_source, progress=progress, attention_dp=attention_dp,
-                                 objective=objective, costs=costs)
+            r["agg"] = (runners["agg"](e, p, params_source) if runners and "agg" in runners else
+                        run_sweep(e, p, params_source=params_source, progress=progress, attention_dp=attention_dp,
+                                  objective=objective, costs=costs))
         if serving in ("disagg", "both"):
-            r["disagg"] = run_disagg_sweep(e, p, params_source=params_source, progress=progress,
-                                           objective=objective, costs=costs)
+            r["disagg"] = (runners["disagg"](e, p, params_source) if runners and "disagg" in runners else
+                           run_disagg_sweep(e, p, params_source=params_source, progress=progress,
+                                            objective=objective, costs=costs))
         return r
 
     results = sweeps(scaled)

@@ -163,3 +163,13 @@ def test_expand_crosses_batches_up_to_the_memory_limit_and_chunks():
     assert np.all(cols["batch"] >= cols["adp"])
     lay = L.to_layout(cols)
     assert isinstance(lay, Layout) and lay.batch.dtype == np.float32 and len(lay.tp) == n
+
+
+def test_divisors_by_factorization_equal_brute_force():
+    for n in range(1, 400):
+        assert L.divisors(n) == [d for d in range(1, n + 1) if n % d == 0], n
+    # a highly composite budget: 8648640 = 2^6 * 3^3 * 5 * 7 * 11 * 13 has 7 * 4 * 2 * 2 * 2 * 2 = 448 divisors
+    assert L.prime_factors(8648640) == {2: 6, 3: 3, 5: 1, 7: 1, 11: 1, 13: 1}
+    ds = L.divisors(8648640)
+    assert len(ds) == 448 and ds[0] == 1 and ds[-1] == 8648640 and all(8648640 % d == 0 for d in ds)
+    assert L.divisors(2_147_483_647) == [1, 2_147_483_647]     # a Mersenne prime: trial division to sqrt only

@@ -13,12 +13,12 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "jaxplan"
 CORE = {"specs", "params", "layouts", "cost", "energy", "serving"}
-SEARCH = {"sweep", "sensitivity", "codesign"}
+SEARCH = {"sweep", "sensitivity", "codesign", "stream"}
 APP = {"report", "cli", "__init__"}
 # what each layer may import from jaxplan (its own layer and those below)
 ALLOWED = {"core": CORE, "search": CORE | SEARCH, "calibrate": CORE | {"calibrate"}, "app": None}
 # imports allowed inside functions: optional or heavy dependencies loaded only when used
-LAZY_OK = {"matplotlib", "matplotlib.figure", "jax.experimental.shard_map"}
+LAZY_OK = {"matplotlib", "matplotlib.figure", "matplotlib.colors", "jax.experimental.shard_map"}
 # the command's entry point imports the CLI (and so JAX) after it has taken over Ctrl-C
 ENTRY_OK = {("entry", "cli")}
 
