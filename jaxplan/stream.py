@@ -377,7 +377,7 @@ def _np_rows(state_part: dict) -> dict:
     return {k: np.asarray(v) for k, v in state_part.items()}
 
 
-def finish(parts: Sequence[dict], capacity: int | None = None) -> tuple[dict, dict, bool]:
+def finish(parts: Sequence[dict]) -> tuple[dict, dict, bool]:
     """Merge reductions of several segments or processes (numpy, in index order): (frontier rows by
     tokens/s/user ascending, top rows best first, overflow). Each part: {"front", "top", "overflow",
     "offset"} where offset (a Python int) is added to its flat indices."""
