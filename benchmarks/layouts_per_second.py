@@ -52,7 +52,7 @@ def synthetic(model, gpus, n, seed=0):
 
 
 def cost_per_layout(p, hw, model, prec, wl, cols, n=4096):
-    """(FLOPs, bytes accessed) per layout from XLA's cost analysis of the evaluator compiled for
+    """(FLOPs, bytes accessed, transcendentals) per layout from XLA's cost analysis of the evaluator compiled for
     ``n`` layouts with every ``fori_loop`` unrolled."""
     orig = jax.lax.fori_loop
     jax.lax.fori_loop = functools.partial(orig, unroll=True)
@@ -63,7 +63,8 @@ def cost_per_layout(p, hw, model, prec, wl, cols, n=4096):
     finally:
         jax.lax.fori_loop = orig
     ca = ca[0] if isinstance(ca, (list, tuple)) else ca
-    return float(ca.get("flops", 0.0)) / n, float(ca.get("bytes accessed", 0.0)) / n
+    return (float(ca.get("flops", 0.0)) / n, float(ca.get("bytes accessed", 0.0)) / n,
+            float(ca.get("transcendentals", 0.0)) / n)
 
 
 def device_peaks(args):
@@ -95,8 +96,9 @@ def main(argv=None):
     kind, (peak_f, peak_b) = device_peaks(args)
     print(f"jax {jax.__version__} on {len(jax.devices())} x {kind}; {args.model} / {args.hardware} / {args.precision}")
 
-    flops, nbytes = cost_per_layout(p, hw, model, prec, wl, cols)
-    print(f"XLA cost analysis (fixed point unrolled): {flops:,.0f} FLOPs and {nbytes:,.0f} bytes per layout")
+    flops, nbytes, trans = cost_per_layout(p, hw, model, prec, wl, cols)
+    print(f"XLA cost analysis (fixed point unrolled): {flops:,.0f} FLOPs, {trans:,.0f} transcendentals (exp, log, "
+          f"pow) and {nbytes:,.0f} bytes per layout")
 
     def share(rate):
         return (f"{rate * flops / peak_f:.2%} of FP32 peak, {rate * nbytes / peak_b:.2%} of memory bandwidth"

@@ -248,7 +248,8 @@ def cmd_explore(args) -> int:
     out = report.prepare_out_dir(args.out or Path("out") / f"{exp.name}-explore") if lead else None
     npts = math.prod(len(v) for v in grid.values())
     shape = " x ".join(f"{k} {len(v)}" for k, v in grid.items())
-    print(f"jaxplan explore: {report.title(exp)}; {npts} grid points ({shape}); parameters: {source}", file=sys.stderr)
+    name = report.title(exp, gpus="N" if "gpus" in grid else None)
+    print(f"jaxplan explore: {name}; {npts} grid points ({shape}); parameters: {source}", file=sys.stderr)
     res = explore(exp, grid, p, source, attention_dp=args.attention_dp, distributed=bool(args.distributed),
                   progress=report.progress_printer("layouts (per hardware point)") if lead else None)
     if not lead:

@@ -1020,12 +1020,16 @@ def explore_columns(res: ExploreResult) -> tuple[dict[str, np.ndarray], list[str
     return {k: np.asarray(v, dtype=object) for k, v in cols.items()}, names
 
 
+def _grid_value(v) -> str:
+    return f"{v:,}" if isinstance(v, (int, np.integer)) else f"{v:g}"
+
+
 def explore_table(res: ExploreResult) -> str:
     """A line per grid point: its coordinates and the best layout at the SLA."""
     rows = []
     for r in res.rows:
         b = r["best"]
-        rows.append({**{a: f"{r[a]:g}" for a in res.axes}, "best": label(b) if b else "none meets the SLA",
+        rows.append({**{a: _grid_value(r[a]) for a in res.axes}, "best": label(b) if b else "none meets the SLA",
                      "gpu": f"{b['tokens_per_s_per_gpu']:.1f}" if b else "-",
                      "user": f"{b['tokens_per_s_per_user']:.1f}" if b else "-", "n": f"{r['layouts']:,}"})
     return table(rows, [(a, a, "") for a in res.axes] + [("n", "layouts", ""), ("best", "best at SLA", ""),
@@ -1049,8 +1053,8 @@ def plot_explore(path: Path, res: ExploreResult, x: str, y: str, title_text: str
         z[i, j] = v if np.isnan(z[i, j]) else max(z[i, j], v)
     fig, ax = figure(figsize=(1.2 * len(xs) + 3.5, 0.6 * len(ys) + 2.8), dpi=120)
     m = ax.imshow(z, origin="lower", aspect="auto", cmap="viridis")
-    ax.set_xticks(range(len(xs)), [f"{v:g}" for v in xs])
-    ax.set_yticks(range(len(ys)), [f"{v:g}" for v in ys])
+    ax.set_xticks(range(len(xs)), [_grid_value(v) for v in xs])
+    ax.set_yticks(range(len(ys)), [_grid_value(v) for v in ys])
     for i in range(len(ys)):
         for j in range(len(xs)):
             ax.text(j, i, "-" if np.isnan(z[i, j]) else f"{z[i, j]:.0f}", ha="center", va="center", fontsize=7,

@@ -379,7 +379,7 @@ def _np_rows(state_part: dict) -> dict:
     return {k: np.asarray(v) for k, v in state_part.items()}
 
 
-def finish(parts: Sequence[dict], capacity: int | None = None) -> tuple[dict, dict, bool]:
+def finish(parts: Sequence[dict]) -> tuple[dict, dict, bool]:
     """Merge reductions of several segments or processes (numpy, in index order): (frontier rows by
     tokens/s/user ascending, top rows best first, overflow). Each part: {"front", "top", "overflow",
     "offset"} where offset (a Python int) is added to its flat indices."""
@@ -519,13 +519,14 @@ def stream_space(space: Space, model, prec, metric_fn, p, hw, wl, sla: tuple[flo
 def run_streamed(exp: Experiment, p=None, params_source: str = "", *, attention_dp: str = "ep",
                  chunk: int = CHUNK, capacity: int = FRONTIER_CAPACITY, top_k: int = TOP_K,
                  sample: int = 0, seed: int = 0, distributed: bool = False,
-                 progress: Callable | None = None, segment_rows: int = SEGMENT_ROWS) -> StreamResult:
+                 progress: Callable | None = None, segment_rows: int = SEGMENT_ROWS,
+                 space: Space | None = None) -> StreamResult:
     """:func:`sweep.run_sweep` streamed: the same frontier and SLA pick in memory that does not grow
     with the space. ``columns`` hold the frontier rows, the best ``top_k`` at the SLA and, with
     ``sample``, that many layouts drawn uniformly (with replacement) from the space."""
     p, params_source = experiment_params(exp, p, params_source)
     model, hw, prec, wl = exp.model, exp.hardware, exp.precision, exp.workload
-    space = aggregated_space(exp, p, attention_dp)
+    space = space or aggregated_space(exp, p, attention_dp)
     fn = evaluator(exp.scheduler_name)
     sla = (exp.sla.min_tokens_per_user, exp.sla.max_ttft_s)
     while True:
@@ -789,10 +790,6 @@ def parse_write_layouts(spec: str) -> tuple[str, int]:
                     f"whole number)")
 
 
-def agg_space_size(exp: Experiment, p, attention_dp: str = "ep") -> int:
-    return aggregated_space(exp, p, attention_dp).total
-
-
 def plan(exp: Experiment, p=None, params_source: str | None = None, *, serving: str = "agg",
          attention_dp: str = "ep", scales: dict[str, float] | None = None, compare: bool = False,
          write_layouts: str = "auto", distributed: bool = False, progress: bool | Callable | None = None,
@@ -818,12 +815,13 @@ def plan(exp: Experiment, p=None, params_source: str | None = None, *, serving: 
     said = bool(progress)
 
     def agg(e, q, src):
-        if kind == "all" or (kind == "auto" and not distributed and agg_space_size(e, q, attention_dp) <= threshold):
+        space = aggregated_space(e, q, attention_dp) if kind != "all" else None
+        if kind == "all" or (kind == "auto" and not distributed and space.total <= threshold):
             return run_sweep(e, q, params_source=src, attention_dp=attention_dp, progress=said, objective=objective,
                              costs=costs)
         streamed("the aggregated space")
         r = run_streamed(e, q, src, attention_dp=attention_dp, sample=n_sample, distributed=distributed,
-                         progress=tell)
+                         progress=tell, space=space)
         if "busy_share" in r.columns:         # the kept rows priced like a materialized sweep's
             r.columns["usd_per_mtoken"] = cost_column(e.hardware, costs, r.columns["busy_share"],
                                                       r.columns["tokens_per_s_per_gpu"])

@@ -216,3 +216,16 @@ def test_two_processes_equal_one(tmp_path, small_sweeps):
     assert summary["counts"]["feasible"] == int(mat.columns["feasible"].sum())
     assert _csv_keys(tmp_path / "p0" / "frontier.csv") == keys(mat, mat.frontier)
     assert tuple(summary["best_at_sla"][k] for k in KEY) == keys(mat, [mat.best])[0]
+
+
+def test_plan_streams_above_the_threshold_with_the_same_summary(small):
+    big = T.plan(small, threshold=100)                 # 448 layouts > 100: streamed
+    few = T.plan(small)                                # below 1,000,000: materialized, as before
+    assert isinstance(big.results["agg"], T.StreamResult) and not isinstance(few.results["agg"], T.StreamResult)
+    a, b = big.summary(), few.summary()
+    for k in ("layouts", "feasible", "frontier", "meeting_sla"):
+        assert a["counts"][k] == b["counts"][k], k
+    assert a["counts"]["rows_kept"] < b["counts"]["rows_kept"] == b["counts"]["layouts"]
+    assert a["best_at_sla"] == b["best_at_sla"]
+    with pytest.raises(SpecError, match="--write-layouts 'everything'"):
+        T.plan(small, write_layouts="everything")
