@@ -411,8 +411,10 @@ DERIVED_PREFILL_UTILIZATION = 0.8
 # about in proportion to the batch, so TPOT worsens as fast as the worker's throughput rises and a
 # planner adds workers instead. Checked on the 56 B200 disaggregated rows that give their worker
 # counts (named quantities only, no measured latency): the derived decode workers are within a
-# factor 1.8 of the given ones on average (|log2| 0.88), against 2.0x for "the fewest workers whose
-# KV caches hold all requests" (benchmarks/serving_validation.md, issue 13).
+# factor 1.8 of the given ones on average (mean |log2 ratio| 0.87; median ratio 0.75), against 2.0x
+# (1.03; 0.5) for "the fewest workers whose KV caches hold all requests" (benchmarks/
+# serving_validation.md, issue 13). The campaigns ran fixed pools over a sweep of N, which no rule
+# of N reproduces exactly.
 DECODE_KNEE = 3.0
 KNEE_SEARCH_STEPS = 14           # bisection steps on log2(batch) (1 .. 2^14 requests per worker)
 

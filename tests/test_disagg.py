@@ -223,16 +223,18 @@ def test_prefill_bound_deployments_when_the_budget_cannot_rate_match(p):
 
 
 def test_derived_worker_counts_hold_every_request_and_match_rates(p):
-    """Worker counts given as 0 are sized like a deployment: decode workers enough to hold all N
-    requests' KV caches, prefill workers rate-matched at 80% utilization."""
-    from jaxplan.serving import DERIVED_PREFILL_UTILIZATION, admitted_batch
+    """Worker counts given as 0 are sized like a deployment: decode workers at the knee batch, never
+    more requests each than their KV caches hold (tests/test_blackwell.py checks the knee),
+    prefill workers rate-matched at 80% utilization."""
+    from jaxplan.serving import DERIVED_PREFILL_UTILIZATION, admitted_batch, decode_knee_batch
     m, hw, prec = load_model("deepseek-v3"), load_hardware("h200-sxm"), get_precision("fp8")
     wl = Workload(8192.0, 1024.0)
     pre, dec = lay(tp=1, ep=8, adp=8, chunk=8192), lay(tp=1, ep=8, adp=8, batch=64)
     n = 4096.0
     r = {k: float(v) for k, v in evaluate_disagg(p, hw, m, prec, wl, pre, dec, 0.0, 0.0, n, True).items()}
-    per_worker = float(admitted_batch(p, hw, m, prec, wl, dec)) * 8
-    assert r["decode_workers"] == math.ceil(n / per_worker)
+    per_worker = min(float(admitted_batch(p, hw, m, prec, wl, dec)) * 8,
+                     float(decode_knee_batch(p, hw, m, prec, wl, dec)))
+    assert r["decode_workers"] == math.ceil(n / per_worker - 1e-6)
     assert r["decode_workers"] * per_worker >= n
     assert r["prefill_workers"] >= 1
     assert r["prefill_utilization"] <= DERIVED_PREFILL_UTILIZATION + 0.05

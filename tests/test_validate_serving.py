@@ -17,6 +17,7 @@ from jaxplan import cli
 from jaxplan.calibrate import serving_data as sd
 from jaxplan.calibrate import serving_fit as sf
 from jaxplan.calibrate import serving_predict as sp
+from jaxplan.cost import memory_per_gpu
 from jaxplan.params import default_params
 from jaxplan.specs import SpecError
 
@@ -299,15 +300,24 @@ def test_duplicate_measurements_keep_the_described_row(loaded):
 
 
 def test_memory_cap_flags_overfull_replicas(by_id):
-    # Qwen3-32B BF16 (65.5 GB of weights) on one 80 GB H100 with 16 requests of 1024 + 512 tokens
-    # (256 KiB of KV per token): the KV of 16 requests (6.4 GB) does not fit beside the weights
-    big = by_id["qwen_qwen3_32b_qwen_qwen3_32b_h100_sxm_sglang_agg_1024x512_c16_tp1_epnone_3"]
+    # Qwen3-32B BF16 (65.5 GB of weights) on one H100 (85.5 GB as nvidia-smi counts), requests of
+    # 2048 + 512 tokens at 256 KiB of KV per token: the KV cache gets mem_usable_frac of what the
+    # weights, one iteration's activations and the reserve leave free, so few requests fit
+    big = by_id["qwen_qwen3_32b_qwen_qwen3_32b_h100_sxm_sglang_agg_2048x512_c16_tp1_epnone_6"]
     small = by_id["meta_llama_llama_3_1_8b_instruct_meta_llama_llama_3_1_8b_instruct_h100_sxm_trtllm_agg_1024x128_c8_tp1_epnone_1"]
     assert big.precision.name == "bf16" and float(big.layout.tp) == 1 and float(big.layout.batch) == 16
-    cases = [small, big]
-    cap = sp.memory_batch_cap(cases, default_params())
+    p = default_params()
+    cap = sp.memory_batch_cap([small, big], p)
     assert cap[0] >= float(small.layout.batch)        # 8 short requests beside 16 GB of Llama-8B
-    assert 0 < cap[1] < float(big.layout.batch)
+    m = big.model
+    kv_request = (2048 + 512) * 2 * m.num_kv_heads * m.head_dim * m.num_layers * 2.0     # BF16 K and V
+    assert kv_request == 2560 * 256 * 1024
+    fixed = memory_per_gpu(p, big.hardware, m, big.precision, 2048.0, 512.0, 1.0, 1.0, 1.0, 1.0, 0.0, 8192.0)
+    fixed = float(fixed["weights"] + fixed["activations"] + fixed["reserve"])
+    assert 65e9 < fixed < 72e9
+    by_hand = 0.92 * (85.5e9 - fixed) / kv_request
+    assert cap[1] == pytest.approx(math.floor(by_hand), abs=1)
+    assert 0 < cap[1] < 2 * float(big.layout.batch)
 
 
 def test_request_overhead_fit_recovers_a_known_front_end_latency(loaded):

@@ -272,7 +272,8 @@ def far_off_reasons(cases: Sequence[ServingCase], pred: Mapping[str, np.ndarray]
     """Why a prediction is more than :data:`FAR_OFF` x off, from named quantities of the row and the
     model ('' where it is within). The first that applies:
 
-    * ``infeasible``: the memory model does not fit the row's weights and KV cache in HBM;
+    * ``batch above the KV cache``: the memory model holds fewer of the replica's requests than
+      its batch (the rest queue for admission; a TTFT error here is the admission model's);
     * ``derived workers``: a disaggregated row without worker counts (derived; the campaign's
       fixed pools are not recorded);
     * ``TTFT beyond serial prefill``: the measured TTFT exceeds N times the predicted TTFT, more
@@ -291,7 +292,7 @@ def far_off_reasons(cases: Sequence[ServingCase], pred: Mapping[str, np.ndarray]
         if max(rt, 1 / rt, rp, 1 / rp) <= FAR_OFF:
             continue
         if c.mode == "agg" and feasible[i] == 0:
-            out[i] = "infeasible"
+            out[i] = "batch above the KV cache"
         elif c.mode == "disagg" and "blank *_num_workers" in c.note:
             out[i] = "derived workers"
         elif rt > FAR_OFF and t_meas[i] < overhead[i]:
