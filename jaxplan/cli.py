@@ -519,7 +519,7 @@ def parse_adjust(items) -> dict[str, float]:
 def cmd_fit_derive(args) -> int:
     if args.kernels or args.serving:
         raise SpecError("fit --derive-from derives a profile without measurements; drop --kernels/--serving")
-    params, meta = derive_profile(args.derive_from, args.hardware, parse_adjust(args.adjust))
+    params, meta = derive_profile(args.derive_from, args.hardware, parse_adjust(getattr(args, "adjust", None)))
     out = report.save_params(params, args.out, meta=meta)
     print(f"derived {meta['hardware']} from {meta['derived_from']} ({meta['rule']})")
     for key, what in (meta.get("adjusted") or {}).items():
@@ -530,9 +530,9 @@ def cmd_fit_derive(args) -> int:
 
 def cmd_fit(args) -> int:
     report.prepare_out_file(args.out)
-    if args.derive_from:
+    if getattr(args, "derive_from", None):
         return cmd_fit_derive(args)
-    if args.adjust:
+    if getattr(args, "adjust", None):
         raise SpecError("--adjust goes with --derive-from PROFILE")
     from_hw = load_hardware(args.hardware)
     kernels = Path(args.kernels) if args.kernels else default_kernels_dir(from_hw.name)

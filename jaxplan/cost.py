@@ -631,16 +631,18 @@ def memory_per_gpu(p, hw: Hardware, model: Model, prec: Precision, isl, osl, tp,
     tokens = chunk + batch / adp                      # one attention group's iteration
     widest = max(model.ffn_intermediate_size, model.top_k * model.expert_intermediate_size,
                  model.num_heads * max(model.qk_head_dim, model.head_dim))
-    act = tokens * (4 * d + 2 * widest / tpa) * prec.act_bytes + batch / adp * model.vocab_size / tpa * 4.0
+    per_token_act = (4 * d + 2 * widest / tpa) * prec.act_bytes
+    act = tokens * per_token_act + batch / adp * model.vocab_size / tpa * 4.0
     reserve = p["mem_reserve_gb"] * 1e9
     total = weights + kv + act + reserve
     # The engines size the KV cache from the memory left once the weights are loaded and a
     # forward pass has run: TensorRT-LLM gives it ``free_gpu_memory_fraction`` (0.9 by default) of
     # that free memory; vLLM's ``gpu_memory_utilization`` and SGLang's ``mem_fraction_static``
-    # leave a similar margin. ``mem_usable_frac`` is that fraction; what is fixed (weights,
-    # activations, the reserve) is not discounted. ``hw.hbm_capacity`` is the bytes the GPU
-    # exposes (nvidia-smi).
-    fixed = weights + act + reserve
+    # leave a similar margin. ``mem_usable_frac`` is that fraction; what is fixed (weights, the
+    # activations of the chunk-sized iteration the engine profiles at start-up, the reserve) is not
+    # discounted. ``hw.hbm_capacity`` is the bytes the GPU exposes (nvidia-smi). The capacity
+    # depends on the layout, not on the batch.
+    fixed = weights + chunk * per_token_act + reserve
     capacity = fixed + p["mem_usable_frac"] * (hw.hbm_capacity - fixed)
     return {"weights": weights, "kv_cache": kv, "activations": act, "reserve": reserve, "total": total,
             "capacity": capacity}

@@ -238,7 +238,9 @@ def test_cli_errors_are_spec_errors(tmp_path):
     with pytest.raises(SpecError):
         cli.cmd_validate(argparse.Namespace(kernels=None, serving=None, hardware=None, params=None, out=None))
     a = cli.build_parser().parse_args(["validate", "--serving", "s.csv"])
-    assert a.serving == "s.csv" and a.fn is cli.cmd_validate
+    assert a.serving == ["s.csv"] and a.fn is cli.cmd_validate
+    a = cli.build_parser().parse_args(["validate", "--serving", "a.csv", "b.csv"])
+    assert a.serving == ["a.csv", "b.csv"]
 
 
 def test_the_committed_h100_jax_measurement_and_its_profile(hw):

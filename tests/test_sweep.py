@@ -181,7 +181,7 @@ def test_max_batch_is_the_largest_batch_that_fits(exp, p):
     def total(b):
         m = memory_per_gpu(p, exp.hardware, exp.model, exp.precision, exp.workload.isl, exp.workload.osl,
                            tp, ep, adp, pp, b.astype(np.float32), chunk)
-        return np.asarray(m["total"], float), float(m["capacity"])
+        return np.asarray(m["total"], float), np.asarray(m["capacity"], float)     # per layout
 
     at, cap = total(bmax.astype(float))
     below, _ = total(bmax.astype(float) - 1)

@@ -285,6 +285,31 @@ def test_command_writes_predictions_and_plot(loaded, validation, tmp_path, capsy
     assert "overall" in text.out and "unmapped" in text.err
 
 
+def test_command_validates_several_files_together(tmp_path, capsys):
+    """``validate --serving A.csv B.csv``: the rows of both, one report; every row gets the far-off
+    column (empty within 3x)."""
+    with open(SERVING, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        rows = [r for r in reader if r["backend"] == "trtllm" and r["mode"] == "agg"
+                and r["model_path"].endswith("Llama-3.1-8B-Instruct")][:12]
+        fields = reader.fieldnames
+    paths = []
+    for name, part in (("a.csv", rows[:5]), ("b.csv", rows[5:])):
+        with open(tmp_path / name, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(part)
+        paths.append(str(tmp_path / name))
+    args = argparse.Namespace(serving=paths, params=None, out=str(tmp_path / "val"))
+    assert cli.validate_serving_command(args) == 0
+    with open(tmp_path / "val" / "predictions.csv", newline="") as f:
+        got = list(csv.DictReader(f))
+    assert sorted(r["id"] for r in got) == sorted(r["id"] for r in rows)
+    assert all("far_off" in r for r in got)
+    err = capsys.readouterr().err
+    assert "5 rows in" in err and "7 rows in" in err
+
+
 def test_duplicate_measurements_keep_the_described_row(loaded):
     cases, _ = loaded
     mask = sd.unique_mask(cases)
