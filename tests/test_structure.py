@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "jaxplan"
-CORE = {"specs", "params", "layouts", "cost", "serving"}
+CORE = {"errors", "specs", "traffic", "params", "layouts", "cost", "serving", "openloop"}
 SEARCH = {"sweep", "sensitivity", "codesign"}
 APP = {"report", "cli", "__init__"}
 # what each layer may import from jaxplan (its own layer and those below)
