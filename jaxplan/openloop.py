@@ -261,7 +261,9 @@ def evaluate_open(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, 
     offsets = (p["request_overhead_s"] + residual
                + jnp.maximum(isl * load.isl_rel / lay.chunk, 1.0) * t_chunk)
     stable = (load.rate < closed["requests_per_s"]) & (rho < 1.0) & (u < 1.0) & (demand <= Br)
-    tpot_at = lambda dd: times(jnp.minimum(dd, Br))[0] / per_step
+
+    def tpot_at(dd):
+        return times(jnp.minimum(dd, Br))[0] / per_step
     tpot_m, dtpot = _tpot_spread(tpot_at, d)
     gpus = lay.tp * lay.ep * lay.pp * lay.dp
     out = {"rate_rps": load.rate, "sustainable_rps": closed["requests_per_s"],
