@@ -24,16 +24,20 @@ _API = {
     "Hardware": ("specs", "Hardware"),
     "Layout": ("layouts", "Layout"),
     "Model": ("specs", "Model"),
+    "PercentileSLA": ("openloop", "PercentileSLA"),
     "Plan": ("sweep", "Plan"),
     "Precision": ("specs", "Precision"),
     "SpecError": ("specs", "SpecError"),
     "SweepResult": ("sweep", "SweepResult"),
+    "Traffic": ("traffic", "Traffic"),
     "Workload": ("specs", "Workload"),
     "bench": ("calibrate.bench", "measure"),
     "default_params": ("params", "default_params"),
     "elasticities": ("sensitivity", "elasticities"),
     "evaluate": ("serving", "evaluate"),
     "evaluate_disagg": ("serving", "evaluate_disagg"),
+    "evaluate_disagg_open": ("openloop", "evaluate_disagg_open"),
+    "evaluate_open": ("openloop", "evaluate_open"),
     "experiment": ("specs", "experiment"),
     "explain": ("serving", "explain"),
     "explain_disagg": ("serving", "explain_disagg"),
@@ -47,13 +51,18 @@ _API = {
     "load_params": ("params", "load_params"),
     "load_prices": ("codesign", "load_prices"),
     "load_serving": ("calibrate.serving_data", "load_serving"),
+    "load_trace": ("traffic", "load_trace"),
+    "load_traffic": ("openloop", "load_of"),
     "params_for": ("params", "params_for"),
     "pareto_mask": ("sweep", "pareto_mask"),
+    "percentile_sla": ("openloop", "percentile_sla"),
     "plan": ("sweep", "plan"),
+    "plan_open": ("opensweep", "plan_open"),
     "predict_serving": ("calibrate.serving_predict", "predict"),
     "preset_names": ("specs", "preset_names"),
     "run_codesign": ("codesign", "run_codesign"),
     "run_disagg_sweep": ("sweep", "run_disagg_sweep"),
+    "run_open_sweep": ("opensweep", "run_open_sweep"),
     "run_sensitivity": ("sensitivity", "run_sensitivity"),
     "run_sweep": ("sweep", "run_sweep"),
     "save_params": ("report", "save_params"),
@@ -67,8 +76,8 @@ _API = {
     "write_validation": ("report", "write_validation"),
 }
 # submodules reachable as attributes (jaxplan.report.label, ...)
-_SUBMODULES = ("calibrate", "codesign", "cost", "layouts", "params", "report", "sensitivity", "serving", "specs",
-               "sweep")
+_SUBMODULES = ("calibrate", "codesign", "cost", "layouts", "openloop", "opensweep", "params", "report", "sensitivity",
+               "serving", "specs", "sweep", "traffic")
 
 __all__ = list(_API)
 __version__ = "0.1.0"

@@ -22,6 +22,8 @@ from .calibrate.serving_predict import scheduler_of, summarize, validate
 from .codesign import load_prices, run_codesign
 from .cost import sum_costs
 from .layouts import Layout, check_parallel
+from .openloop import PERCENTILES, percentile_sla
+from .opensweep import OBJECTIVES, plan_open
 from .params import params_for
 from .sensitivity import METRICS, elasticities, ranked, row_args, run_sensitivity
 from .serving import explain, explain_disagg
@@ -139,7 +141,7 @@ def _load_base(args):
                           scheduler=getattr(args, "scheduler", None),
                           draft_tokens=getattr(args, "draft_tokens", None),
                           acceptance=getattr(args, "acceptance", None),
-                          prefix_hit=getattr(args, "prefix_hit", None))
+                          prefix_hit=getattr(args, "prefix_hit", None), rate=getattr(args, "rate", None))
     p, source = params_for(exp.hardware.name, args.params or exp.params_file, exp.backend)
     return exp, p, source
 
@@ -154,10 +156,48 @@ def _load(args):
 
 # ----------------------------------------------------------------------------- sweep
 
+def _percentile_sla(args):
+    """The percentile SLA of ``--sla-ttft-pQ`` / ``--sla-tpot-pQ`` (seconds) and ``--goodput-share``."""
+    ttft = {q: getattr(args, f"sla_ttft_p{q:g}") for q in PERCENTILES if getattr(args, f"sla_ttft_p{q:g}", None)}
+    tpot = {q: getattr(args, f"sla_tpot_p{q:g}") for q in PERCENTILES if getattr(args, f"sla_tpot_p{q:g}", None)}
+    return percentile_sla(ttft=ttft, tpot=tpot, share=args.goodput_share)
+
+
+def cmd_sweep_open(args, exp0, p, source, scales, out) -> int:
+    """``jaxplan sweep`` under an open loop (a rate, a trace) or for goodput."""
+    sla = _percentile_sla(args)
+    print(f"jaxplan sweep: {report.title(exp0, scales)}; SLA: {sla.describe()}; "
+          f"objective: {args.objective}; parameters: {source}", file=sys.stderr)
+    pl = plan_open(exp0, p, source, sla=sla, objective=args.objective, serving=args.serving,
+                   attention_dp=args.attention_dp, scales=scales, progress=True)
+    report.write_plan(pl, out)
+    r = pl.results["agg"]
+    print(f"\nopen-loop Pareto frontier ({len(r.frontier)} of {r.n:,} layouts, "
+          f"{int(r.columns['feasible'].sum()):,} stable and feasible, {pl.notes['meeting_percentile_sla']:,} "
+          f"meeting the percentile SLA):")
+    print(report.table(report.frontier_rows(r.columns, r.frontier, report.OPEN_TABLE), report.OPEN_TABLE))
+    b = pl.best_row
+    if b is None:
+        print(f"\nNo stable layout meets the SLA ({sla.describe()}; {report.sla_text(pl.experiment)}).")
+    else:
+        head = (f"goodput {b['goodput_rps']:.2f} requests/s ({b['goodput_rps_per_gpu']:.3f}/GPU) at a "
+                f"{100 * sla.share:g}% share meeting the SLOs" if args.objective == "goodput"
+                else f"at {b['rate_rps']:g} requests/s, {100 * b['utilization']:.0f}% of its sustainable rate")
+        print(f"\nBest ({pl.notes['pick']}): {report.label(b)}: {head}; TTFT p50/p90/p99 "
+              f"{b['ttft_p50_s']:.3f}/{b['ttft_p90_s']:.3f}/{b['ttft_p99_s']:.3f} s, TPOT p50/p90/p99 "
+              f"{1e3 * b['tpot_p50_s']:.1f}/{1e3 * b['tpot_p90_s']:.1f}/{1e3 * b['tpot_p99_s']:.1f} ms")
+    print(f"wrote {out}/layouts.csv, frontier.csv, summary.json, frontier.png")
+    return 0
+
+
 def cmd_sweep(args) -> int:
     exp0, p, source = _load_base(args)
     scales = parse_scales(args.scale)
     out = report.prepare_out_dir(args.out or Path("out") / exp0.name)
+    if exp0.load.open_loop or args.objective == "goodput" or not _percentile_sla(args).is_empty():
+        if args.compare:
+            raise SpecError("--compare is for closed-loop sweeps; drop it with --rate, a trace or --objective goodput")
+        return cmd_sweep_open(args, exp0, p, source, scales, out)
     print(f"jaxplan sweep: {report.title(exp0, scales)}; serving: {args.serving}; parameters: {source}",
           file=sys.stderr)
     pl = plan(exp0, p, source, serving=args.serving, attention_dp=args.attention_dp, scales=scales,
@@ -551,6 +591,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="aggregated space: attention-DP equal to EP (default), or every divisor of the stage")
     sp.add_argument("--compare", action="store_true",
                     help="with --scale: also sweep the hardware as shipped and draw both frontiers on one chart")
+    sp.add_argument("--rate", type=_positive(float), metavar="R",
+                    help="open loop: Poisson arrivals at R requests/s (default: the experiment's traffic, else a "
+                         "closed loop of batch clients)")
+    for metric, unit in (("ttft", "time to first token"), ("tpot", "time per output token")):
+        for q in PERCENTILES:
+            sp.add_argument(f"--sla-{metric}-p{q:g}", type=_positive(float), metavar="S",
+                            help=f"SLA: P{q:g} {unit} at most S seconds (open loop)")
+    sp.add_argument("--objective", choices=OBJECTIVES, default="throughput",
+                    help="throughput (default); goodput: per layout the highest rate at which --goodput-share of "
+                         "requests meet both SLOs, pick the most goodput per GPU")
+    sp.add_argument("--goodput-share", type=_positive(float), default=0.9, metavar="F",
+                    help="share of requests that must meet both SLOs for goodput, in (0, 1] (default 0.9)")
     sp.set_defaults(fn=cmd_sweep)
     ep = sub.add_parser("explain", help="one layout's metrics and per-op time breakdown")
     _add_experiment_args(ep)

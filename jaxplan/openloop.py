@@ -75,7 +75,7 @@ from .serving import (
     round_time,
 )
 from .specs import Hardware, Model, Precision, SpecError, Workload, scheduler_for
-from .traffic import QUANTILE_POINTS, Traffic
+from .traffic import QUANTILE_POINTS, Traffic, check_percentile, check_share
 
 PERCENTILES = (50.0, 90.0, 99.0)
 BISECTION_STEPS = 40
@@ -183,9 +183,11 @@ def _distributions(out: dict, offsets, pi, wait, tpot, dtpot, percentiles, stabl
     inf = jnp.float32(jnp.inf)
     out["ttft_s"] = jnp.where(stable, jnp.mean(offsets) + wait, inf)
     out["tpot_s"] = jnp.where(stable, tpot, inf)
-    for q in percentiles:
+    qs = jnp.asarray([q / 100.0 for q in percentiles], jnp.float32)
+    ttft_q = jax.vmap(quantile, in_axes=(0, None, None, None))(qs, offsets, pi, wait)   # one bisection loop
+    for i, q in enumerate(percentiles):
         tag = f"p{q:g}"
-        out[f"ttft_{tag}_s"] = jnp.where(stable, quantile(q / 100.0, offsets, pi, wait), inf)
+        out[f"ttft_{tag}_s"] = jnp.where(stable, ttft_q[i], inf)
         out[f"tpot_{tag}_s"] = jnp.where(stable, jnp.maximum(tpot + _z(q) * dtpot, 0.0), inf)
     out["tokens_per_s_per_user"] = jnp.where(stable, 1.0 / tpot, 0.0)
     return out
@@ -355,6 +357,22 @@ class PercentileSLA(NamedTuple):
 
     def is_empty(self) -> bool:
         return not self.ttft and not self.tpot
+
+
+def percentile_sla(ttft: dict | None = None, tpot: dict | None = None,
+                   share: float = DEFAULT_GOODPUT_SHARE) -> PercentileSLA:
+    """A :class:`PercentileSLA` from ``{percentile: seconds}`` limits, checked: percentiles strictly
+    between 0 and 100, limits positive, the goodput share in (0, 1]."""
+    out = {}
+    for name, lim in (("ttft", ttft or {}), ("tpot", tpot or {})):
+        rows = []
+        for q, sec in sorted(lim.items()):
+            q = check_percentile(q, f"SLA {name} percentile")
+            if isinstance(sec, bool) or not isinstance(sec, (int, float)) or not sec > 0 or not math.isfinite(sec):
+                raise SpecError(f"SLA {name} P{q:g}: the limit must be a positive number of seconds, got {sec!r}")
+            rows.append((q, float(sec)))
+        out[name] = tuple(rows)
+    return PercentileSLA(out["ttft"], out["tpot"], check_share(share, "--goodput-share"))
 
 
 def meets(m: dict, sla: PercentileSLA):

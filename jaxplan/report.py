@@ -154,6 +154,13 @@ FRONTIER_TABLE = (("tp", "TP", "d"), ("pp", "PP", "d"), ("ep", "EP", "d"), ("dp"
                   , ("memory_per_gpu_gb", "mem GB", ".0f"))
 
 
+OPEN_TABLE = (("tp", "TP", "d"), ("pp", "PP", "d"), ("ep", "EP", "d"), ("dp", "DP", "d"), ("adp", "ADP", "d"),
+              ("batch", "batch", "d"), ("chunk", "chunk", "d"), ("rate_rps", "req/s", ".2f"),
+              ("utilization", "util", ".2f"), ("tokens_per_s_per_gpu", "tok/s/GPU", ".1f"),
+              ("ttft_p50_s", "TTFT p50 s", ".3f"), ("ttft_p99_s", "TTFT p99 s", ".3f"), ("tpot_s", "TPOT ms", ""),
+              ("tpot_p90_s", "TPOT p90 ms", ".1f"))
+
+
 DISAGG_TABLE = (("prefill", "prefill worker", ""), ("prefill_workers", "x", "d"),
                 ("decode", "decode worker", ""), ("decode_workers", "y", "d"), ("gpus_used", "GPUs", "d"),
                 ("tokens_per_s_per_user", "tok/s/user", ".1f"), ("tokens_per_s_per_gpu", "tok/s/GPU", ".1f"),
@@ -191,6 +198,8 @@ def frontier_rows(columns, idx, spec=FRONTIER_TABLE) -> list[dict]:
         r = {k: columns[k][i] for k in columns}
         out = {k: r[k] for k, _, _ in spec if k in r}
         out["tpot_s"] = f"{1e3 * float(columns['tpot_s'][i]):.1f}"
+        if spec is OPEN_TABLE:
+            out["tpot_p90_s"] = 1e3 * float(columns["tpot_p90_s"][i])
         if spec is DISAGG_TABLE:
             out["prefill"] = f"{_parallel_label(r, 'prefill_')} B{int(r['prefill_batch'])} C{int(r['prefill_chunk'])}"
             out["decode"] = f"{_parallel_label(r, 'decode_')} B{int(r['decode_batch'])}"
@@ -318,8 +327,13 @@ def title(exp: Experiment, scales: Mapping[str, float] | None = None) -> str:
             f"({float(wl.tokens_per_step):.2f} tokens/step)" if wl.draft_tokens else "")
     if wl.prefix_hit:
         spec += f", {100 * wl.prefix_hit:.0f}% of each prompt cached"
+    load = exp.load
+    lengths = (f"ISL {int(wl.isl)} / OSL {int(wl.osl)}" if load.fixed_lengths
+               else f"ISL {load.isl.describe()} / OSL {load.osl.describe()}")
+    how = "" if not load.open_loop else ("; open loop, Poisson at " f"{load.rate:g} req/s" if load.load == "poisson"
+                                         else f"; open loop, trace at {load.rate:.3g} req/s")
     return (f"{exp.model.name} on {exp.gpus} × {scaled_label(exp.hardware.name, scales or {})}, "
-            f"{exp.precision.name}, ISL {int(wl.isl)} / OSL {int(wl.osl)}{spec}")
+            f"{exp.precision.name}, {lengths}{spec}{how}")
 
 
 def sla_text(exp: Experiment) -> str:
@@ -411,7 +425,7 @@ def write_plan(plan: Plan, out: str | Path) -> list[Path]:
     ``frontier.png`` and ``summary.json``."""
     out = start_run(out, ("summary.json", "layouts.csv", "frontier.csv", "frontier.png"))
     exp, cols, front, best = plan.experiment, plan.columns, plan.frontier, plan.best
-    names = AGG_COLUMNS if plan.serving == "agg" else DISAGG_COLUMNS
+    names = (AGG_COLUMNS if plan.serving == "agg" else DISAGG_COLUMNS) + tuple(plan.extra_columns)
     write_csv(out / "layouts.csv", cols, names)
     write_csv(out / "frontier.csv", cols, names, rows=front)
     extra = {}
@@ -425,7 +439,10 @@ def write_plan(plan: Plan, out: str | Path) -> list[Path]:
             fi = r.frontier
             extra[f"{mode} frontier, {plan.base_experiment.hardware.name} as shipped"] = (
                 r.columns["tokens_per_s_per_user"][fi], r.columns["tokens_per_s_per_gpu"][fi])
-    plot_frontier(out / "frontier.png", cols, [] if extra else front, best, title(exp, plan.scales),
+    name = title(exp, plan.scales)
+    if plan.notes.get("percentile_sla"):
+        name += f"; SLA {plan.notes['percentile_sla']}; objective {plan.notes.get('objective', 'throughput')}"
+    plot_frontier(out / "frontier.png", cols, [] if extra else front, best, name,
                   exp.sla.min_tokens_per_user, extra=extra, max_ttft_s=exp.sla.max_ttft_s)
     write_json(out / "summary.json", plan.summary())
     return [out / n for n in ("layouts.csv", "frontier.csv", "summary.json", "frontier.png")]
