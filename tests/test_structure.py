@@ -13,7 +13,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "jaxplan"
 CORE = {"errors", "specs", "traffic", "params", "layouts", "cost", "serving", "openloop"}
-SEARCH = {"sweep", "sensitivity", "codesign", "opensweep"}
+SEARCH = {"sweep", "sensitivity", "codesign", "opensweep", "simulate"}
 APP = {"report", "cli", "__init__"}
 # what each layer may import from jaxplan (its own layer and those below)
 ALLOWED = {"core": CORE, "search": CORE | SEARCH, "calibrate": CORE | {"calibrate"}, "app": None}

@@ -1,0 +1,197 @@
+"""An iteration-level discrete-event simulator of one aggregated deployment: the referee for
+:mod:`jaxplan.openloop`'s analytical percentiles.
+
+Requests arrive by the traffic (Poisson at a rate, a trace's timestamps, or a closed loop of
+``batch`` clients per replica), with lengths drawn from it; the rate splits evenly over the ``dp``
+replicas (each one simulated alone, every ``dp``-th request of the stream) and the attention-DP
+groups of a replica are one engine. Each iteration of the engine:
+
+- **KV admission**: a waiting request joins the running set while the set holds fewer than
+  ``batch`` requests and the KV cache has room for its reservation of ``isl + osl / 2`` tokens
+  (what ``serving.admitted_batch`` prices), out of ``admitted_batch * (E[isl] + E[osl] / 2)``.
+- **Scheduling**: ``mixed``: every decoding request advances one token and up to ``chunk`` prompt
+  tokens ride along (chunked prefill, FIFO over the prompts); ``prefill_first``: while prompt
+  tokens wait, an iteration carries up to ``chunk`` of them and nothing else; ``wave``: a new wave
+  is admitted only when the last has finished, prefilled first, then decoded together.
+- **Step time**: the cost model's round time (``serving.round_time``) at that iteration's decoders
+  and prompt tokens, evaluated once on a grid (every decode batch up to ``batch``, prompt tokens
+  on a grid up to ``chunk``, linear between) and then looked up: the simulation is plain numpy.
+
+A request's TTFT runs from its arrival to the end of the iteration that finishes its prompt, plus
+the front end's ``request_overhead_s``; it then needs ``osl`` decode steps (speculative decoding:
+``osl / tokens_per_step``), and its TPOT is their mean. The first ``WARMUP`` share of requests is
+left out of the statistics (the queue starts empty).
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .layouts import Layout
+from .serving import admitted_batch, round_time
+from .specs import Experiment, SpecError
+from .sweep import experiment_params
+
+WARMUP = 0.1
+PROMPT_GRID = 33                    # prompt-token levels of the step-time table (0 ... chunk)
+MAX_ITERATIONS = 20_000_000
+
+
+@dataclasses.dataclass
+class SimResult:
+    """Per-request columns (``arrival_s, isl, osl, queue_s, ttft_s, tpot_s, e2e_s``, after the
+    warm-up) and a summary (means, P50/P90/P99, throughput)."""
+    requests: dict[str, np.ndarray]
+    summary: dict
+
+
+def step_table(p, exp: Experiment, lay: Layout, max_dec: int):
+    """(decoders grid, prompt-token grid, table[dec, tokens]) of round times of one replica."""
+    model, hw, prec, wl = exp.model, exp.hardware, exp.precision, exp.workload
+    dec = np.arange(max_dec + 1, dtype=np.float32)
+    pre = np.linspace(0.0, float(lay.chunk) * float(lay.adp), PROMPT_GRID).astype(np.float32)
+    D, P = np.meshgrid(dec, pre, indexing="ij")
+    lay_j = Layout(*(jnp.float32(v) for v in lay))
+    f = jax.jit(jax.vmap(lambda d, t: round_time(p, hw, model, prec, wl, lay_j, d, t)))
+    tab = np.asarray(f(jnp.asarray(D.ravel()), jnp.asarray(P.ravel()))).reshape(D.shape)
+    return dec, pre, tab
+
+
+def _lookup(tab, pre_grid, d: int, tokens: float) -> float:
+    step = pre_grid[1] - pre_grid[0]
+    x = min(tokens / step, len(pre_grid) - 1.0)
+    i = min(int(x), len(pre_grid) - 2)
+    w = x - i
+    row = tab[d]
+    if tokens > 0 and i == 0 and w < 1.0:
+        # below the first grid step: interpolate from a prompt of one grid step down to the
+        # fixed cost of having any prompt tokens at all (launches), not to the decode-only time
+        return float(row[1])
+    return float(row[i] * (1 - w) + row[i + 1] * w)
+
+
+def simulate(exp: Experiment, lay, p=None, *, n_requests: int = 2000, seed: int = 0, rate: float | None = None,
+             scheduler: str | None = None) -> SimResult:
+    """Simulate ``exp`` (its traffic, or Poisson at ``rate``) on the aggregated layout ``lay`` (a
+    :class:`Layout` or a mapping of its fields) for ``n_requests`` requests per replica."""
+    lay = Layout(*(float(v) for v in lay)) if isinstance(lay, Layout) else Layout(*(float(lay[f])
+                                                                                     for f in Layout._fields))
+    p, _ = experiment_params(exp, p)
+    sched = scheduler or exp.scheduler_name
+    if sched not in ("mixed", "prefill_first", "wave"):
+        raise SpecError(f"scheduler '{sched}' is unknown; allowed: mixed, prefill_first, wave")
+    traffic = exp.load if rate is None else exp.load.with_rate(rate)
+    wl = exp.workload
+    per_step = float(wl.tokens_per_step)
+    batch = int(round(lay.batch))
+    adm = float(admitted_batch(p, exp.hardware, exp.model, exp.precision, wl,
+                               Layout(*(jnp.float32(v) for v in lay)))) * lay.adp
+    kv_capacity = max(adm, 1.0) * (float(wl.isl) + float(wl.osl) / 2.0)
+    _, pre_grid, tab = step_table(p, exp, lay, batch)
+    rng = np.random.default_rng(seed)
+    isl, osl = traffic.sample_lengths(rng, n_requests)
+    hit = float(wl.prefix_hit)
+    computed = np.maximum(np.round(isl * (1.0 - hit)), 1.0)          # prompt tokens prefill computes
+    steps = np.maximum(np.round(osl / per_step), 1.0).astype(np.int64)
+    closed = not traffic.open_loop
+    if closed:
+        arrivals = np.full(n_requests, np.inf)
+        arrivals[:batch] = 0.0
+    else:
+        arrivals = traffic.arrival_times(rng, n_requests * int(lay.dp))[::int(lay.dp)][:n_requests]
+    overhead = float(p["request_overhead_s"])
+    chunk = float(lay.chunk) * float(lay.adp)
+    first = np.full(n_requests, np.nan)
+    done = np.full(n_requests, np.nan)
+    start = np.full(n_requests, np.nan)
+    waiting: deque[int] = deque()
+    prompts: deque[int] = deque()               # admitted, prompt not finished (FIFO)
+    left = computed.copy()                      # prompt tokens still to compute
+    decoding: list[int] = []
+    togo = steps.copy()
+    kv_used = 0.0
+    nxt, finished, t, it = 0, 0, 0.0, 0
+    while finished < n_requests:
+        it += 1
+        if it > MAX_ITERATIONS:
+            raise SpecError("simulate: too many iterations; fewer requests (--requests) or a higher rate")
+        while nxt < n_requests and arrivals[nxt] <= t:
+            waiting.append(nxt)
+            nxt += 1
+        running = len(prompts) + len(decoding)
+        if sched != "wave" or running == 0:
+            while waiting and running < batch:
+                r = waiting[0]
+                need = isl[r] + osl[r] / 2.0
+                if kv_used + need > kv_capacity and running > 0:
+                    break
+                waiting.popleft()
+                kv_used += need
+                prompts.append(r)
+                running += 1
+        if running == 0:
+            if nxt >= n_requests:
+                break
+            t = max(t, arrivals[nxt])
+            continue
+        # build the iteration
+        budget, chunk_of = chunk, []
+        if prompts:
+            for r in prompts:
+                if budget <= 0:
+                    break
+                take = min(left[r], budget)
+                chunk_of.append((r, take))
+                budget -= take
+        tokens = chunk - budget
+        dec_now = decoding if (sched == "mixed" or not chunk_of) else []
+        dt = _lookup(tab, pre_grid, len(dec_now), tokens)
+        for r, _ in chunk_of:
+            if np.isnan(start[r]):
+                start[r] = t
+        t += dt
+        for r, take in chunk_of:
+            left[r] -= take
+        while prompts and left[prompts[0]] <= 0:
+            r = prompts.popleft()
+            first[r] = t + overhead
+            decoding.append(r)
+        # prompts finished out of FIFO order (a later one packed into the same iteration)
+        for r in [r for r in prompts if left[r] <= 0]:
+            prompts.remove(r)
+            first[r] = t + overhead
+            decoding.append(r)
+        still = []
+        for r in dec_now:
+            togo[r] -= 1
+            if togo[r] <= 0:
+                done[r] = t + overhead
+                kv_used -= isl[r] + osl[r] / 2.0
+                finished += 1
+                if closed and nxt < n_requests:          # the client sends its next request
+                    arrivals[nxt] = t + overhead
+            else:
+                still.append(r)
+        if dec_now:
+            keep = set(dec_now)
+            decoding = still + [r for r in decoding if r not in keep]
+    lo = int(WARMUP * n_requests)
+    sel = slice(lo, n_requests)
+    ttft = first[sel] - arrivals[sel]
+    tpot = (done[sel] - first[sel]) / np.maximum(steps[sel], 1) / per_step
+    cols = {"arrival_s": arrivals[sel], "isl": isl[sel], "osl": osl[sel], "queue_s": start[sel] - arrivals[sel],
+            "ttft_s": ttft, "tpot_s": tpot, "e2e_s": done[sel] - arrivals[sel]}
+    span = np.nanmax(done[sel]) - np.nanmin(arrivals[sel])
+    summary = {"requests": int(n_requests - lo), "scheduler": sched, "load": traffic.describe(),
+               "rate_rps_per_replica": float(traffic.rate / lay.dp) if traffic.open_loop else None,
+               "throughput_rps": float((n_requests - lo) / span * lay.dp) if span > 0 else None,
+               "ttft_s": float(np.mean(ttft)), "tpot_s": float(np.mean(tpot))}
+    for q in (50, 90, 99):
+        summary[f"ttft_p{q}_s"] = float(np.percentile(ttft, q))
+        summary[f"tpot_p{q}_s"] = float(np.percentile(tpot, q))
+    summary["queue_s"] = float(np.mean(cols["queue_s"]))
+    return SimResult(cols, summary)
