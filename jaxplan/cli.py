@@ -22,11 +22,12 @@ from .calibrate.serving_predict import scheduler_of, summarize, validate
 from .codesign import load_prices, run_codesign
 from .cost import sum_costs
 from .layouts import Layout, check_parallel
-from .openloop import PERCENTILES, percentile_sla
+from .openloop import PERCENTILES, evaluate_open, load_of, percentile_sla
 from .opensweep import OBJECTIVES, plan_open
 from .params import params_for
 from .sensitivity import METRICS, elasticities, ranked, row_args, run_sensitivity
 from .serving import explain, explain_disagg
+from .simulate import simulate
 from .specs import (
     BACKENDS,
     CONTINUOUS_HARDWARE,
@@ -234,6 +235,41 @@ def cmd_sweep(args) -> int:
         print(f"Disaggregated / aggregated tokens/s/GPU at the SLA: {summary['disagg_over_agg_at_sla']:.2f}x")
     print(f"compiled in {summary['seconds']['compile']:.1f} s, evaluated {summary['counts']['layouts']:,} layouts in "
           f"{summary['seconds']['evaluate']:.3f} s; wrote {out}/layouts.csv, frontier.csv, summary.json, frontier.png")
+    return 0
+
+
+# ----------------------------------------------------------------------------- simulate
+
+def cmd_simulate(args) -> int:
+    exp, p, source = _load(args)
+    tp, pp, ep = args.tp or 1, args.pp or 1, args.ep or 1
+    adp = args.adp or ep
+    dp = check_parallel(exp.model, exp.gpus, tp, pp, ep, args.dp, adp, where="--tp/--pp/--ep/--dp/--adp")
+    batch, chunk = args.batch or max(adp, 64), args.chunk or max(exp.chunk_sizes)
+    if batch < adp:
+        raise SpecError(f"--batch {batch} is below the {adp} attention-DP groups: each needs a request")
+    out = report.prepare_out_dir(args.out or Path("out") / f"{exp.name}-simulate")
+    lay = Layout(*(float(v) for v in (tp, pp, ep, dp, batch, chunk, adp)))
+    res = simulate(exp, lay, p, n_requests=args.requests, seed=args.seed)
+    analytic = None
+    if exp.load.open_loop:
+        lay_j = Layout(*(jnp.float32(v) for v in lay))
+        m = evaluate_open(p, exp.hardware, exp.model, exp.precision, exp.workload, load_of(exp.load), lay_j,
+                          exp.scheduler_name)
+        analytic = {k: float(v) for k, v in m.items() if not k.startswith("_")}
+    name = f"{report.title(exp)}; {report.layout_label(dict(zip(Layout._fields, lay)))}; {exp.scheduler_name}"
+    files = report.write_simulation(res, out, name, analytic)
+    s = res.summary
+    print(f"jaxplan simulate: {name}; parameters: {source}")
+    print(f"{s['requests']:,} requests after the warm-up; throughput {s['throughput_rps']:.2f} requests/s")
+    rows = [{"metric": k.upper(), "src": "simulated", **{q: s[f"{k}_{q}_s"] for q in ("p50", "p90", "p99")},
+             "mean": s[f"{k}_s"]} for k in ("ttft", "tpot")]
+    if analytic:
+        rows += [{"metric": k.upper(), "src": "analytical", "mean": analytic[f"{k}_s"],
+                  **{q: analytic[f"{k}_{q}_s"] for q in ("p50", "p90", "p99")}} for k in ("ttft", "tpot")]
+    print(report.table(rows, (("metric", "", ""), ("src", "", ""), ("mean", "mean s", ".4f"), ("p50", "P50 s", ".4f"),
+                              ("p90", "P90 s", ".4f"), ("p99", "P99 s", ".4f"))))
+    print(f"wrote {', '.join(str(f) for f in files)}")
     return 0
 
 
@@ -613,6 +649,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="disagg: explain the disaggregated sweep's best deployment (where its TTFT goes, both "
                          "workers' iterations) instead of one aggregated layout")
     ep.set_defaults(fn=cmd_explain)
+
+    sm = sub.add_parser("simulate", help="simulate one aggregated layout iteration by iteration under the traffic; "
+                                         "per-request TTFT/TPOT and their distributions")
+    _add_experiment_args(sm)
+    for k in ("tp", "pp", "ep", "dp", "adp", "batch", "chunk"):
+        sm.add_argument(f"--{k}", type=_positive(int), help="attention-DP groups (default: ep)" if k == "adp" else None)
+    sm.add_argument("--rate", type=_positive(float), metavar="R",
+                    help="Poisson arrivals at R requests/s (default: the experiment's traffic; a closed loop of "
+                         "batch clients if it has no rate)")
+    sm.add_argument("--requests", type=_positive(int), default=2000, metavar="N",
+                    help="requests simulated per replica (default 2000; the first 10%% are warm-up)")
+    sm.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (lengths, arrivals)")
+    sm.add_argument("--out", help="output folder (default: out/<experiment>-simulate)")
+    sm.set_defaults(fn=cmd_simulate)
     sn = sub.add_parser("sensitivity", help="elasticities of tokens/s/GPU to every hardware number, the workload "
                                              "and the fitted parameters, at the best layout and along the frontier")
     _add_experiment_args(sn)

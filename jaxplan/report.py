@@ -842,3 +842,38 @@ def write_bench(out: str | Path, events, columns: Sequence[str]) -> Path:
             else:
                 write_text(meta_file, yaml.safe_dump(obj, sort_keys=False))
     return out
+
+
+# ----------------------------------------------------------------------------- jaxplan simulate
+
+SIM_COLUMNS = ("arrival_s", "isl", "osl", "queue_s", "ttft_s", "tpot_s", "e2e_s")
+
+
+def plot_simulation(path: Path, requests: Mapping, title: str, analytic: Mapping | None = None) -> Path:
+    """The simulated TTFT and TPOT distributions (CDFs), the analytical percentiles marked."""
+    fig, axes = figure(1, 2, figsize=(11, 4.2), dpi=120)
+    for ax, key, unit, scale in ((axes[0], "ttft", "s", 1.0), (axes[1], "tpot", "ms", 1e3)):
+        x = np.sort(np.asarray(requests[f"{key}_s"], float)) * scale
+        ax.plot(x, np.arange(1, len(x) + 1) / max(len(x), 1), color="tab:blue", lw=1.6, label="simulated")
+        for q, mk in ((50, "o"), (90, "s"), (99, "^")):
+            if analytic and np.isfinite(analytic.get(f"{key}_p{q}_s", np.nan)):
+                ax.plot([analytic[f"{key}_p{q}_s"] * scale], [q / 100], marker=mk, color="tab:orange", ls="none",
+                        label=f"analytical P{q}")
+        ax.set_xlabel(f"{key.upper()} ({unit})")
+        ax.set_ylabel("share of requests")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(wrap(title, 140), fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def write_simulation(res, out: str | Path, title_text: str, analytic: Mapping | None = None) -> list[Path]:
+    """The files of ``jaxplan simulate``: ``requests.csv`` (per request, after the warm-up),
+    ``summary.json`` (simulated and, if given, analytical percentiles) and ``distribution.png``."""
+    out = start_run(out, ("requests.csv", "summary.json", "distribution.png"))
+    write_csv(out / "requests.csv", res.requests, SIM_COLUMNS)
+    write_json(out / "summary.json", {"simulated": res.summary, "analytical": dict(analytic) if analytic else None,
+                                      "title": title_text})
+    plot_simulation(out / "distribution.png", res.requests, title_text, analytic)
+    return [out / n for n in ("requests.csv", "summary.json", "distribution.png")]

@@ -25,6 +25,7 @@ left out of the statistics (the queue starts empty).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections import deque
 
 import jax
@@ -49,16 +50,22 @@ class SimResult:
     summary: dict
 
 
+@functools.cache
+def _table_fn(model, prec):
+    def one(p, hw, wl, lay, d, t):
+        return round_time(p, hw, model, prec, wl, lay, d, t)
+    return jax.jit(jax.vmap(one, in_axes=(None, None, None, None, 0, 0)))
+
+
 def step_table(p, exp: Experiment, lay: Layout, max_dec: int):
     """(decoders grid, prompt-token grid, table[dec, tokens]) of round times of one replica."""
-    model, hw, prec, wl = exp.model, exp.hardware, exp.precision, exp.workload
     dec = np.arange(max_dec + 1, dtype=np.float32)
     pre = np.linspace(0.0, float(lay.chunk) * float(lay.adp), PROMPT_GRID).astype(np.float32)
     D, P = np.meshgrid(dec, pre, indexing="ij")
     lay_j = Layout(*(jnp.float32(v) for v in lay))
-    f = jax.jit(jax.vmap(lambda d, t: round_time(p, hw, model, prec, wl, lay_j, d, t)))
-    tab = np.asarray(f(jnp.asarray(D.ravel()), jnp.asarray(P.ravel()))).reshape(D.shape)
-    return dec, pre, tab
+    f = _table_fn(exp.model, exp.precision)
+    tab = np.asarray(f(p, exp.hardware, exp.workload, lay_j, jnp.asarray(D.ravel()), jnp.asarray(P.ravel())))
+    return dec, pre, tab.reshape(D.shape)
 
 
 def _lookup(tab, pre_grid, d: int, tokens: float) -> float:
