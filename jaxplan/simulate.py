@@ -112,80 +112,9 @@ def simulate(exp: Experiment, lay, p=None, *, n_requests: int = 2000, seed: int 
         arrivals = traffic.arrival_times(rng, n_requests * int(lay.dp))[::int(lay.dp)][:n_requests]
     overhead = float(p["request_overhead_s"])
     chunk = float(lay.chunk) * float(lay.adp)
-    first = np.full(n_requests, np.nan)
-    done = np.full(n_requests, np.nan)
-    start = np.full(n_requests, np.nan)
-    waiting: deque[int] = deque()
-    prompts: deque[int] = deque()               # admitted, prompt not finished (FIFO)
-    left = computed.copy()                      # prompt tokens still to compute
-    decoding: list[int] = []
-    togo = steps.copy()
-    kv_used = 0.0
-    nxt, finished, t, it = 0, 0, 0.0, 0
-    while finished < n_requests:
-        it += 1
-        if it > MAX_ITERATIONS:
-            raise SpecError("simulate: too many iterations; fewer requests (--requests) or a higher rate")
-        while nxt < n_requests and arrivals[nxt] <= t:
-            waiting.append(nxt)
-            nxt += 1
-        running = len(prompts) + len(decoding)
-        if sched != "wave" or running == 0:
-            while waiting and running < batch:
-                r = waiting[0]
-                need = isl[r] + osl[r] / 2.0
-                if kv_used + need > kv_capacity and running > 0:
-                    break
-                waiting.popleft()
-                kv_used += need
-                prompts.append(r)
-                running += 1
-        if running == 0:
-            if nxt >= n_requests:
-                break
-            t = max(t, arrivals[nxt])
-            continue
-        # build the iteration
-        budget, chunk_of = chunk, []
-        if prompts:
-            for r in prompts:
-                if budget <= 0:
-                    break
-                take = min(left[r], budget)
-                chunk_of.append((r, take))
-                budget -= take
-        tokens = chunk - budget
-        dec_now = decoding if (sched == "mixed" or not chunk_of) else []
-        dt = _lookup(tab, pre_grid, len(dec_now), tokens)
-        for r, _ in chunk_of:
-            if np.isnan(start[r]):
-                start[r] = t
-        t += dt
-        for r, take in chunk_of:
-            left[r] -= take
-        while prompts and left[prompts[0]] <= 0:
-            r = prompts.popleft()
-            first[r] = t + overhead
-            decoding.append(r)
-        # prompts finished out of FIFO order (a later one packed into the same iteration)
-        for r in [r for r in prompts if left[r] <= 0]:
-            prompts.remove(r)
-            first[r] = t + overhead
-            decoding.append(r)
-        still = []
-        for r in dec_now:
-            togo[r] -= 1
-            if togo[r] <= 0:
-                done[r] = t + overhead
-                kv_used -= isl[r] + osl[r] / 2.0
-                finished += 1
-                if closed and nxt < n_requests:          # the client sends its next request
-                    arrivals[nxt] = t + overhead
-            else:
-                still.append(r)
-        if dec_now:
-            keep = set(dec_now)
-            decoding = still + [r for r in decoding if r not in keep]
+    start, prompt_end, end, arrivals = _engine(arrivals, computed, steps, isl + osl / 2.0, kv_capacity, batch, chunk,
+                                               tab, pre_grid, sched, overhead if closed else None)
+    first, done = prompt_end + overhead, end + overhead
     lo = int(WARMUP * n_requests)
     sel = slice(lo, n_requests)
     ttft = first[sel] - arrivals[sel]
@@ -202,3 +131,97 @@ def simulate(exp: Experiment, lay, p=None, *, n_requests: int = 2000, seed: int 
         summary[f"tpot_p{q}_s"] = float(np.percentile(tpot, q))
     summary["queue_s"] = float(np.mean(cols["queue_s"]))
     return SimResult(cols, summary)
+
+
+def _engine(arrivals, computed, steps, kv_need, kv_capacity, batch: int, chunk: float, tab, pre_grid, sched: str,
+            reissue: float | None = None):
+    """One engine, iteration by iteration (module docstring). ``computed``: prompt tokens per request
+    (0: decode only, its KV cache arrives with it); ``steps``: decode steps (0: prefill only).
+    ``reissue``: a closed loop, each completion sends the next request (the next entry of
+    ``arrivals``, whose values are then overwritten) that many seconds later. Returns, per request,
+    when its first prompt iteration started, when its prompt finished and when it finished, and
+    the arrival times (a closed loop's as they happened)."""
+    n = len(arrivals)
+    arrivals = np.array(arrivals, np.float64)
+    start, prompt_end, end = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    waiting: deque[int] = deque()
+    prompts: deque[int] = deque()               # admitted, prompt not finished (FIFO)
+    left = np.array(computed, np.float64)       # prompt tokens still to compute
+    togo = np.array(steps, np.int64)
+    decoding: list[int] = []
+    kv_used = 0.0
+    nxt, finished, t, it = 0, 0, 0.0, 0
+
+    def finish(r, when):
+        nonlocal kv_used, finished
+        end[r] = when
+        kv_used -= kv_need[r]
+        finished += 1
+        if reissue is not None and finished + batch <= n:
+            arrivals[finished + batch - 1] = when + reissue
+
+    def prompt_done(r, when):
+        prompt_end[r] = when
+        if togo[r] <= 0:
+            finish(r, when)
+        else:
+            decoding.append(r)
+
+    while finished < n:
+        it += 1
+        if it > MAX_ITERATIONS:
+            raise SpecError("simulate: too many iterations; fewer requests (--requests) or a higher rate")
+        while nxt < n and arrivals[nxt] <= t:
+            waiting.append(nxt)
+            nxt += 1
+        running = len(prompts) + len(decoding)
+        if sched != "wave" or running == 0:
+            while waiting and running < batch:
+                r = waiting[0]
+                if kv_used + kv_need[r] > kv_capacity and running > 0:
+                    break
+                waiting.popleft()
+                kv_used += kv_need[r]
+                running += 1
+                if left[r] <= 0:
+                    start[r] = t
+                    prompt_done(r, t)
+                else:
+                    prompts.append(r)
+        if not prompts and not decoding:
+            if nxt >= n or not np.isfinite(arrivals[nxt]):
+                if finished >= n:
+                    break
+                raise SpecError("simulate: the engine stalled (a request larger than the KV cache?)")
+            t = max(t, arrivals[nxt])
+            continue
+        budget, chunk_of = chunk, []
+        for r in prompts:
+            if budget <= 0:
+                break
+            take = min(left[r], budget)
+            chunk_of.append((r, take))
+            budget -= take
+        tokens = chunk - budget
+        dec_now = decoding if (sched == "mixed" or not chunk_of) else []
+        dt = _lookup(tab, pre_grid, min(len(dec_now), tab.shape[0] - 1), tokens)
+        for r, _ in chunk_of:
+            if np.isnan(start[r]):
+                start[r] = t
+        t += dt
+        for r, take in chunk_of:
+            left[r] -= take
+        for r in [r for r in prompts if left[r] <= 0]:
+            prompts.remove(r)
+            prompt_done(r, t)
+        still = []
+        for r in dec_now:
+            togo[r] -= 1
+            if togo[r] <= 0:
+                finish(r, t)
+            else:
+                still.append(r)
+        if dec_now:
+            gone = set(dec_now)
+            decoding[:] = still + [r for r in decoding if r not in gone]
+    return start, prompt_end, end, arrivals
