@@ -67,17 +67,20 @@ _API = {
     "run_sweep": ("sweep", "run_sweep"),
     "save_params": ("report", "save_params"),
     "scale_hardware": ("specs", "scale_hardware"),
+    "simulate": ("simulate", "simulate"),
+    "simulate_disagg": ("simulate", "simulate_disagg"),
     "sla_pick": ("sweep", "sla_pick"),
     "validate_kernels": ("calibrate.kernel_fit", "validate_kernels"),
     "validate_serving": ("calibrate.serving_predict", "validate"),
     "write_codesign": ("report", "write_codesign"),
+    "write_simulation": ("report", "write_simulation"),
     "write_plan": ("report", "write_plan"),
     "write_sensitivity": ("report", "write_sensitivity"),
     "write_validation": ("report", "write_validation"),
 }
 # submodules reachable as attributes (jaxplan.report.label, ...)
 _SUBMODULES = ("calibrate", "codesign", "cost", "layouts", "openloop", "opensweep", "params", "report", "sensitivity",
-               "serving", "specs", "sweep", "traffic")
+               "serving", "simulate", "specs", "sweep", "traffic")
 
 __all__ = list(_API)
 __version__ = "0.1.0"

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .layouts import Layout
-from .serving import admitted_batch, round_time
+from .serving import admitted_batch, kv_transfer_time, round_time
 from .specs import Experiment, SpecError
 from .sweep import experiment_params
 
@@ -69,6 +69,8 @@ def step_table(p, exp: Experiment, lay: Layout, max_dec: int):
 
 
 def _lookup(tab, pre_grid, d: int, tokens: float) -> float:
+    if tokens <= 0:
+        return float(tab[d, 0])
     step = pre_grid[1] - pre_grid[0]
     x = min(tokens / step, len(pre_grid) - 1.0)
     i = min(int(x), len(pre_grid) - 2)
@@ -115,22 +117,9 @@ def simulate(exp: Experiment, lay, p=None, *, n_requests: int = 2000, seed: int 
     start, prompt_end, end, arrivals = _engine(arrivals, computed, steps, isl + osl / 2.0, kv_capacity, batch, chunk,
                                                tab, pre_grid, sched, overhead if closed else None)
     first, done = prompt_end + overhead, end + overhead
-    lo = int(WARMUP * n_requests)
-    sel = slice(lo, n_requests)
-    ttft = first[sel] - arrivals[sel]
-    tpot = (done[sel] - first[sel]) / np.maximum(steps[sel], 1) / per_step
-    cols = {"arrival_s": arrivals[sel], "isl": isl[sel], "osl": osl[sel], "queue_s": start[sel] - arrivals[sel],
-            "ttft_s": ttft, "tpot_s": tpot, "e2e_s": done[sel] - arrivals[sel]}
-    span = np.nanmax(done[sel]) - np.nanmin(arrivals[sel])
-    summary = {"requests": int(n_requests - lo), "scheduler": sched, "load": traffic.describe(),
-               "rate_rps_per_replica": float(traffic.rate / lay.dp) if traffic.open_loop else None,
-               "throughput_rps": float((n_requests - lo) / span * lay.dp) if span > 0 else None,
-               "ttft_s": float(np.mean(ttft)), "tpot_s": float(np.mean(tpot))}
-    for q in (50, 90, 99):
-        summary[f"ttft_p{q}_s"] = float(np.percentile(ttft, q))
-        summary[f"tpot_p{q}_s"] = float(np.percentile(tpot, q))
-    summary["queue_s"] = float(np.mean(cols["queue_s"]))
-    return SimResult(cols, summary)
+    return _summary(arrivals, first, done, steps, per_step, start, isl, osl,
+                    {"mode": "agg", "scheduler": sched, "load": traffic.describe(),
+                     "rate_rps_per_replica": float(traffic.rate / lay.dp) if traffic.open_loop else None})
 
 
 def _engine(arrivals, computed, steps, kv_need, kv_capacity, batch: int, chunk: float, tab, pre_grid, sched: str,
@@ -225,3 +214,85 @@ def _engine(arrivals, computed, steps, kv_need, kv_capacity, batch: int, chunk: 
             gone = set(dec_now)
             decoding[:] = still + [r for r in decoding if r not in gone]
     return start, prompt_end, end, arrivals
+
+
+def _summary(arrivals, first, done, steps, per_step, start, isl, osl, extra: dict) -> SimResult:
+    n = len(arrivals)
+    lo = int(WARMUP * n)
+    sel = slice(lo, n)
+    ttft = first[sel] - arrivals[sel]
+    tpot = (done[sel] - first[sel]) / np.maximum(steps[sel], 1) / per_step
+    cols = {"arrival_s": arrivals[sel], "isl": isl[sel], "osl": osl[sel], "queue_s": start[sel] - arrivals[sel],
+            "ttft_s": ttft, "tpot_s": tpot, "e2e_s": done[sel] - arrivals[sel]}
+    span = np.nanmax(done[sel]) - np.nanmin(arrivals[sel])
+    summary = dict(extra) | {"requests": int(n - lo), "ttft_s": float(np.mean(ttft)), "tpot_s": float(np.mean(tpot))}
+    summary["throughput_rps"] = float((n - lo) / span) if span > 0 else None
+    for q in (50, 90, 99):
+        summary[f"ttft_p{q}_s"] = float(np.percentile(ttft, q))
+        summary[f"tpot_p{q}_s"] = float(np.percentile(tpot, q))
+    summary["queue_s"] = float(np.mean(cols["queue_s"]))
+    return SimResult(cols, summary)
+
+
+def simulate_disagg(exp: Experiment, pre, dec, x: int, y: int, p=None, *, n_requests: int = 2000, seed: int = 0,
+                    rate: float | None = None, cross_network: bool | None = None) -> SimResult:
+    """Simulate ``x`` prefill workers (layout ``pre``) and ``y`` decode workers (``dec``) under the
+    traffic (or Poisson at ``rate``), ``n_requests`` requests in all. Each request goes to a prefill
+    worker and a decode worker at random (what the analytical model's split of the rate assumes);
+    a prefill worker packs waiting prompts up to its chunk per iteration, its step time the cost
+    model's prompt-only round; the request's KV cache then moves to its decode worker
+    (``serving.kv_transfer_time`` at its own prompt length, over the network when the deployment
+    spans more than one scale-up domain unless ``cross_network`` says), which admits it when a
+    slot and KV room are free and decodes it with the others. TTFT = arrival to the prompt's end
+    + the transfer + the disaggregation and front-end overheads + any wait for a decode slot;
+    TPOT = the decode time over the decode steps."""
+    def as_layout(v):
+        return Layout(*(float(t) for t in v)) if isinstance(v, Layout) else Layout(*(float(v[f])
+                                                                                      for f in Layout._fields))
+    pre, dec = as_layout(pre), as_layout(dec)
+    p, _ = experiment_params(exp, p)
+    traffic = exp.load if rate is None else exp.load.with_rate(rate)
+    if not traffic.open_loop:
+        raise SpecError("simulate_disagg needs an open loop: a rate (--rate R) or a trace")
+    hw, model, prec, wl = exp.hardware, exp.model, exp.precision, exp.workload
+    per_step = float(wl.tokens_per_step)
+    rng = np.random.default_rng(seed)
+    isl, osl = traffic.sample_lengths(rng, n_requests)
+    computed = np.maximum(np.round(isl * (1.0 - float(wl.prefix_hit))), 1.0)
+    steps = np.maximum(np.round(osl / per_step), 1.0).astype(np.int64)
+    arrivals = traffic.arrival_times(rng, n_requests)
+    to_pre, to_dec = rng.integers(0, x, n_requests), rng.integers(0, y, n_requests)
+    gpus = x * pre.tp * pre.ep * pre.pp + y * dec.tp * dec.ep * dec.pp
+    cross = gpus > hw.scale_up_domain if cross_network is None else cross_network
+    pre_j, dec_j = Layout(*(jnp.float32(v) for v in pre)), Layout(*(jnp.float32(v) for v in dec))
+    t_kv = np.asarray(jax.vmap(lambda s: kv_transfer_time(p, hw, model, prec, s, pre_j, dec_j, cross))(
+        jnp.asarray(isl, jnp.float32)), np.float64)
+    _, pre_grid, tab_p = step_table(p, exp, pre, 0)
+    start, prompt_end = np.full(n_requests, np.nan), np.full(n_requests, np.nan)
+    chunk = pre.chunk * pre.adp
+    for w in range(x):
+        idx = np.flatnonzero(to_pre == w)
+        if idx.size:
+            st, pe, _, _ = _engine(arrivals[idx], computed[idx], np.zeros(idx.size, np.int64), np.zeros(idx.size),
+                                   np.inf, max(int(round(pre.batch)), 1), chunk, tab_p, pre_grid, "prefill_first")
+            start[idx], prompt_end[idx] = st, pe
+    ready = prompt_end + t_kv
+    batch = int(round(dec.batch))
+    adm = float(admitted_batch(p, hw, model, prec, wl, dec_j)) * dec.adp
+    kv_capacity = max(adm, 1.0) * (float(wl.isl) + float(wl.osl) / 2.0)
+    dec0 = dec._replace(chunk=1.0)
+    _, dgrid, tab_d = step_table(p, exp, dec0, batch)
+    admitted, end = np.full(n_requests, np.nan), np.full(n_requests, np.nan)
+    for w in range(y):
+        idx = np.flatnonzero(to_dec == w)
+        if idx.size:
+            order = idx[np.argsort(ready[idx], kind="stable")]
+            _, pe, en, _ = _engine(ready[order], np.zeros(order.size), steps[order], (isl + osl / 2.0)[order],
+                                   kv_capacity, batch, 0.0, tab_d, dgrid, "mixed")
+            admitted[order], end[order] = pe, en
+    fixed = float(p["disagg_overhead_s"]) + float(p["request_overhead_s"])
+    first = admitted + fixed
+    done = end + fixed
+    return _summary(arrivals, first, done, steps, per_step, start, isl, osl,
+                    {"mode": "disagg", "load": traffic.describe(), "prefill_workers": x, "decode_workers": y})
+

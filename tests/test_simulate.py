@@ -18,7 +18,7 @@ from jaxplan import openloop as O
 from jaxplan.cli import main
 from jaxplan.layouts import Layout
 from jaxplan.serving import evaluate, round_time
-from jaxplan.simulate import simulate
+from jaxplan.simulate import simulate, simulate_disagg
 from jaxplan.specs import experiment
 
 ISL, OSL, CHUNK = 2048, 256, 2048
@@ -84,3 +84,22 @@ def test_simulate_cli_writes_requests_and_distribution(tmp_path):
     assert summary["analytical"]["stable"] == 1.0 and summary["simulated"]["requests"] == 180
     assert (tmp_path / "distribution.png").stat().st_size > 10_000
     assert "analytical" in out.getvalue()
+
+
+def test_disaggregated_simulation_matches_the_analytical_pools(p):
+    e = experiment("llama-3.1-8b", "h100-sxm", 8, precision="fp8", isl=ISL, osl=OSL)
+    pre = Layout(*(jnp.float32(v) for v in (2, 1, 1, 1, 1, CHUNK, 1)))
+    dec = Layout(*(jnp.float32(v) for v in (2, 1, 1, 1, 64, 0, 1)))
+    f = jax.jit(O.evaluate_disagg_open, static_argnums=(2, 3, 10, 11))
+
+    def ana(rate):
+        return f(p, e.hardware, e.model, e.precision, e.workload, O.load_of(e.load.with_rate(rate)), pre, dec,
+                 jnp.float32(1), jnp.float32(2), False, O.PERCENTILES)
+    X = float(ana(1.0)["sustainable_rps"])
+    light = simulate_disagg(e, pre, dec, 1, 2, p, n_requests=200, rate=0.002 * X, cross_network=False).summary
+    assert light["ttft_p50_s"] == pytest.approx(float(ana(0.002 * X)["ttft_p50_s"]), rel=1e-3)
+    s = simulate_disagg(e, pre, dec, 1, 2, p, n_requests=1500, rate=0.7 * X, cross_network=False).summary
+    m = ana(0.7 * X)
+    for q in (50, 90, 99):
+        assert float(m[f"ttft_p{q}_s"]) == pytest.approx(s[f"ttft_p{q}_s"], rel=TTFT_TOL)
+    assert float(m["tpot_s"]) == pytest.approx(s["tpot_s"], rel=TPOT_TOL)
