@@ -73,9 +73,9 @@ _API = {
     "validate_kernels": ("calibrate.kernel_fit", "validate_kernels"),
     "validate_serving": ("calibrate.serving_predict", "validate"),
     "write_codesign": ("report", "write_codesign"),
-    "write_simulation": ("report", "write_simulation"),
     "write_plan": ("report", "write_plan"),
     "write_sensitivity": ("report", "write_sensitivity"),
+    "write_simulation": ("report", "write_simulation"),
     "write_validation": ("report", "write_validation"),
 }
 # submodules reachable as attributes (jaxplan.report.label, ...)
