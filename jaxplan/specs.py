@@ -166,6 +166,8 @@ class _Reader:
         counts as absent where there is a default and is refused where the key is required."""
         needed = required and default is None
         v = self._get(key, default, needed)
+        if key not in self.data:
+            return default                       # an absent key takes the default as it is (e.g. inf)
         if v is None:
             if needed:
                 raise SpecError(f"{self.where}: key '{key}' must be a number, got null")
