@@ -112,3 +112,19 @@ def test_percentiles_rates_and_lengths_files(tmp_path):
     f.write_text("isl,osl\n10,1\nfoo,2\n")
     isl, osl, skipped = load_lengths(f)
     assert isl.values == (10.0,) and osl.values == (1.0,) and "line 3" in skipped[0]
+
+
+def test_closed_loop_of_fixed_lengths_prices_exactly_as_before(tmp_path):
+    """The same study with and without a ``traffic:`` key of fixed lengths under a closed loop: every
+    metric of every layout identical (not merely close), so today's numbers stand."""
+    import numpy as np
+
+    from jaxplan.sweep import run_sweep
+    body = ("model: llama-3.1-8b\nhardware: h100-sxm\ngpus: 2\nprecision: fp8\n"
+            "search: {chunk_sizes: [2048], max_batch: 64}\n")
+    (tmp_path / "a.yaml").write_text(body + "workload: {isl_tokens: 2048, osl_tokens: 256}\n")
+    (tmp_path / "b.yaml").write_text(body + "workload: {}\ntraffic: {isl: 2048, osl: 256, load: closed}\n")
+    a, b = (run_sweep(load_experiment(tmp_path / f)) for f in ("a.yaml", "b.yaml"))
+    assert a.n == b.n > 10
+    for k, v in a.columns.items():
+        assert np.array_equal(np.asarray(v), np.asarray(b.columns[k])), k
