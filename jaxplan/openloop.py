@@ -35,8 +35,9 @@ groups), aggregated serving:
   each of the traffic's quantile lengths; its percentiles are found by bisection on that CDF.
   TPOT varies between requests because the decode batch does: over a request's life the number
   of decoders is the time average of an M/G/inf count over one service time, mean ``d`` and
-  variance ``2 d / 3``, taken as normal; TPOT percentiles are TPOT at ``d + z_q * sqrt(2 d / 3)``
-  (linearised).
+  variance ``2 d / 3``; and because the number of prompt iterations it sits through is a Poisson
+  count (mean ``n_c * osl * TPOT``), each adding ``t_chunk - t_plain`` (mixed) or ``t_chunk``
+  (prefill-first). Both taken as normal, linearised: TPOT_q = TPOT + z_q * sd.
 - **Stability.** Stable when the rate is below what the layout sustains: the closed-loop
   evaluator's request rate at its full batch (``serving.evaluate``) and both queues' utilizations
   below one. Unstable layouts report infinite latencies.
@@ -236,7 +237,7 @@ def evaluate_open(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, 
         rho = n_c * t_chunk
         r = jnp.clip(rho, 0.0, RHO_MAX)
         tpot = 1.0 / (n_c + (1.0 - r) / t_plain) if mixed else t_plain / (1.0 - r)
-        return tpot, t_plain, t_prompt, c, rho
+        return tpot, t_plain, t_prompt, c, rho, t_chunk, n_c
 
     def step(_, carry):
         d = carry[0]
@@ -245,7 +246,7 @@ def evaluate_open(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, 
 
     d0 = jnp.minimum(lam * osl * times(jnp.zeros_like(lam))[0], Br)
     d = jax.lax.fori_loop(0, FIXED_POINT_STEPS, step, (d0, d0))[0]
-    tpot, t_plain, t_chunk, c, rho = times(d)
+    tpot, t_plain, t_chunk, c, rho, t_chunk_dec, n_c = times(d)
     demand = lam * osl * tpot                              # decoders Little's law asks for
     s_mean = isl * t_chunk / c                             # a prompt's share of prompt iterations
     rho = lam * s_mean                                     # the prefill queue's utilization
@@ -267,6 +268,11 @@ def evaluate_open(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, 
     def tpot_at(dd):
         return times(jnp.minimum(dd, Br))[0] / per_step
     tpot_m, dtpot = _tpot_spread(tpot_at, d)
+    # ... and because the prompt iterations a request sits through over its osl steps are a Poisson
+    # count (mean n_c * osl * TPOT), each adding (mixed) t_chunk - t_plain or (prefill-first) t_chunk
+    extra = t_chunk_dec - t_plain if mixed else t_chunk_dec
+    var_k = n_c * tpot * extra * extra / osl / (per_step * per_step)
+    dtpot = jnp.sqrt(dtpot * dtpot + var_k + 1e-30)
     gpus = lay.tp * lay.ep * lay.pp * lay.dp
     out = {"rate_rps": load.rate, "sustainable_rps": closed["requests_per_s"],
            "utilization": load.rate / closed["requests_per_s"], "stable": stable,
