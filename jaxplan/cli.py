@@ -23,9 +23,12 @@ from .calibrate.serving_predict import scheduler_of, summarize, validate
 from .codesign import load_prices, run_codesign
 from .cost import sum_costs
 from .layouts import Layout, check_parallel
+from .openloop import PERCENTILES, evaluate_open, load_of, percentile_sla
+from .opensweep import plan_open
 from .params import derive_profile, params_for
 from .sensitivity import METRICS, elasticities, ranked, row_args, run_sensitivity
 from .serving import explain, explain_disagg
+from .simulate import simulate
 from .specs import (
     BACKENDS,
     CONTINUOUS_HARDWARE,
@@ -151,7 +154,7 @@ def _load_base(args):
                           scheduler=getattr(args, "scheduler", None),
                           draft_tokens=getattr(args, "draft_tokens", None),
                           acceptance=getattr(args, "acceptance", None),
-                          prefix_hit=getattr(args, "prefix_hit", None))
+                          prefix_hit=getattr(args, "prefix_hit", None), rate=getattr(args, "rate", None))
     p, source = params_for(exp.hardware.name, args.params or exp.params_file, exp.backend)
     return exp, p, source
 
@@ -178,12 +181,55 @@ def _distributed(args) -> bool:
     return me == 0
 
 
+def _percentile_sla(args):
+    """The percentile SLA of ``--sla-ttft-pQ`` / ``--sla-tpot-pQ`` (seconds) and ``--goodput-share``."""
+    ttft = {q: getattr(args, f"sla_ttft_p{q:g}") for q in PERCENTILES if getattr(args, f"sla_ttft_p{q:g}", None)}
+    tpot = {q: getattr(args, f"sla_tpot_p{q:g}") for q in PERCENTILES if getattr(args, f"sla_tpot_p{q:g}", None)}
+    return percentile_sla(ttft=ttft, tpot=tpot, share=args.goodput_share)
+
+
+def cmd_sweep_open(args, exp0, p, source, scales, out) -> int:
+    """``jaxplan sweep`` under an open loop (a rate, a trace) or for goodput."""
+    sla = _percentile_sla(args)
+    print(f"jaxplan sweep: {report.title(exp0, scales)}; SLA: {sla.describe()}; "
+          f"objective: {args.objective}; parameters: {source}", file=sys.stderr)
+    pl = plan_open(exp0, p, source, sla=sla, objective=args.objective, serving=args.serving,
+                   attention_dp=args.attention_dp, scales=scales, progress=True)
+    report.write_plan(pl, out)
+    r = pl.results["agg"]
+    print(f"\nopen-loop Pareto frontier ({len(r.frontier)} of {r.n:,} layouts, "
+          f"{int(r.columns['feasible'].sum()):,} stable and feasible, {pl.notes['meeting_percentile_sla']:,} "
+          f"meeting the percentile SLA):")
+    print(report.table(report.frontier_rows(r.columns, r.frontier, report.OPEN_TABLE), report.OPEN_TABLE))
+    b = pl.best_row
+    if b is None:
+        print(f"\nNo stable layout meets the SLA ({sla.describe()}; {report.sla_text(pl.experiment)}).")
+    else:
+        head = (f"goodput {b['goodput_rps']:.2f} requests/s ({b['goodput_rps_per_gpu']:.3f}/GPU) at a "
+                f"{100 * sla.share:g}% share meeting the SLOs" if args.objective == "goodput"
+                else f"at {b['rate_rps']:g} requests/s, {100 * b['utilization']:.0f}% of its sustainable rate")
+        print(f"\nBest ({pl.notes['pick']}): {report.label(b)}: {head}; TTFT p50/p90/p99 "
+              f"{b['ttft_p50_s']:.3f}/{b['ttft_p90_s']:.3f}/{b['ttft_p99_s']:.3f} s, TPOT p50/p90/p99 "
+              f"{1e3 * b['tpot_p50_s']:.1f}/{1e3 * b['tpot_p90_s']:.1f}/{1e3 * b['tpot_p99_s']:.1f} ms")
+    print(f"wrote {out}/layouts.csv, frontier.csv, summary.json, frontier.png")
+    return 0
+
+
 def cmd_sweep(args) -> int:
     lead = _distributed(args)
     parse_write_layouts(args.write_layouts)
     exp0, p, source = _load_base(args)
     scales = parse_scales(args.scale)
     out = report.prepare_out_dir(args.out or Path("out") / exp0.name) if lead else None
+    if exp0.load.open_loop or args.objective == "goodput" or not _percentile_sla(args).is_empty():
+        if args.compare:
+            raise SpecError("--compare is for closed-loop sweeps; drop it with --rate, a trace or --objective goodput")
+        if args.objective in ("cost", "energy"):
+            raise SpecError(f"--objective {args.objective} is for closed-loop sweeps; under an open loop (--rate, a "
+                            f"trace) or percentile SLAs the objectives are throughput and goodput")
+        if args.distributed:
+            raise SpecError("--distributed is for closed-loop sweeps; drop it with --rate, a trace or percentile SLAs")
+        return cmd_sweep_open(args, exp0, p, source, scales, out)
     print(f"jaxplan sweep: {report.title(exp0, scales)}; serving: {args.serving}; parameters: {source}",
           file=sys.stderr)
     pl = stream_plan(exp0, p, source, serving=args.serving, attention_dp=args.attention_dp, scales=scales,
@@ -258,6 +304,41 @@ def cmd_explore(args) -> int:
     print(report.explore_table(res))
     print(f"compiled in {res.compile_s:.1f} s, evaluated {res.layouts:,} layouts in {res.evaluate_s:.2f} s; wrote "
           + ", ".join(str(x) for x in paths))
+    return 0
+
+
+# ----------------------------------------------------------------------------- simulate
+
+def cmd_simulate(args) -> int:
+    exp, p, source = _load(args)
+    tp, pp, ep = args.tp or 1, args.pp or 1, args.ep or 1
+    adp = args.adp or ep
+    dp = check_parallel(exp.model, exp.gpus, tp, pp, ep, args.dp, adp, where="--tp/--pp/--ep/--dp/--adp")
+    batch, chunk = args.batch or max(adp, 64), args.chunk or max(exp.chunk_sizes)
+    if batch < adp:
+        raise SpecError(f"--batch {batch} is below the {adp} attention-DP groups: each needs a request")
+    out = report.prepare_out_dir(args.out or Path("out") / f"{exp.name}-simulate")
+    lay = Layout(*(float(v) for v in (tp, pp, ep, dp, batch, chunk, adp)))
+    res = simulate(exp, lay, p, n_requests=args.requests, seed=args.seed)
+    analytic = None
+    if exp.load.open_loop:
+        lay_j = Layout(*(jnp.float32(v) for v in lay))
+        m = evaluate_open(p, exp.hardware, exp.model, exp.precision, exp.workload, load_of(exp.load), lay_j,
+                          exp.scheduler_name)
+        analytic = {k: float(v) for k, v in m.items() if not k.startswith("_")}
+    name = f"{report.title(exp)}; {report.layout_label(dict(zip(Layout._fields, lay)))}; {exp.scheduler_name}"
+    files = report.write_simulation(res, out, name, analytic)
+    s = res.summary
+    print(f"jaxplan simulate: {name}; parameters: {source}")
+    print(f"{s['requests']:,} requests after the warm-up; throughput {s['throughput_rps']:.2f} requests/s")
+    rows = [{"metric": k.upper(), "src": "simulated", **{q: s[f"{k}_{q}_s"] for q in ("p50", "p90", "p99")},
+             "mean": s[f"{k}_s"]} for k in ("ttft", "tpot")]
+    if analytic:
+        rows += [{"metric": k.upper(), "src": "analytical", "mean": analytic[f"{k}_s"],
+                  **{q: analytic[f"{k}_{q}_s"] for q in ("p50", "p90", "p99")}} for k in ("ttft", "tpot")]
+    print(report.table(rows, (("metric", "", ""), ("src", "", ""), ("mean", "mean s", ".4f"), ("p50", "P50 s", ".4f"),
+                              ("p90", "P90 s", ".4f"), ("p99", "P99 s", ".4f"))))
+    print(f"wrote {', '.join(str(f) for f in files)}")
     return 0
 
 
@@ -664,9 +745,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="aggregated space: attention-DP equal to EP (default), or every divisor of the stage")
     sp.add_argument("--compare", action="store_true",
                     help="with --scale: also sweep the hardware as shipped and draw both frontiers on one chart")
-    sp.add_argument("--objective", choices=("throughput", "cost", "energy"), default="throughput",
-                    help="what the SLA pick optimizes: tokens/s/GPU (default), $/Mtoken or joules/token "
-                         "(cost and energy need the hardware's power block)")
+    sp.add_argument("--objective", choices=("throughput", "cost", "energy", "goodput"), default="throughput",
+                    help="what the pick optimizes: tokens/s/GPU (default), $/Mtoken or joules/token (cost and energy "
+                         "need the hardware's power block), or goodput (open loop: per layout the highest rate at "
+                         "which --goodput-share of requests meet both SLOs; the most goodput per GPU)")
     sp.add_argument("--costs", metavar="FILE",
                     help="cost file for $/Mtoken: GPU prices (purchase + years + electricity, or per GPU-hour); "
                          "default configs/tco/default.yaml (illustrative, not quotes)")
@@ -676,6 +758,15 @@ def build_parser() -> argparse.ArgumentParser:
                          "layout whatever the size; frontier: stream and write those only; sample:N: stream and "
                          "add N layouts drawn at random")
     _add_distributed_args(sp)
+    sp.add_argument("--rate", type=_positive(float), metavar="R",
+                    help="open loop: Poisson arrivals at R requests/s (default: the experiment's traffic, else a "
+                         "closed loop of batch clients)")
+    for metric, unit in (("ttft", "time to first token"), ("tpot", "time per output token")):
+        for q in PERCENTILES:
+            sp.add_argument(f"--sla-{metric}-p{q:g}", type=_positive(float), metavar="S",
+                            help=f"SLA: P{q:g} {unit} at most S seconds (open loop)")
+    sp.add_argument("--goodput-share", type=_positive(float), default=0.9, metavar="F",
+                    help="share of requests that must meet both SLOs for goodput, in (0, 1] (default 0.9)")
     sp.set_defaults(fn=cmd_sweep)
     xp = sub.add_parser("explore", help="best tokens/s/GPU at the SLA over a grid of hardware numbers and GPU budgets")
     _add_experiment_args(xp)
@@ -697,6 +788,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="disagg: explain the disaggregated sweep's best deployment (where its TTFT goes, both "
                          "workers' iterations) instead of one aggregated layout")
     ep.set_defaults(fn=cmd_explain)
+
+    sm = sub.add_parser("simulate", help="simulate one aggregated layout iteration by iteration under the traffic; "
+                                         "per-request TTFT/TPOT and their distributions")
+    _add_experiment_args(sm)
+    for k in ("tp", "pp", "ep", "dp", "adp", "batch", "chunk"):
+        sm.add_argument(f"--{k}", type=_positive(int), help="attention-DP groups (default: ep)" if k == "adp" else None)
+    sm.add_argument("--rate", type=_positive(float), metavar="R",
+                    help="Poisson arrivals at R requests/s (default: the experiment's traffic; a closed loop of "
+                         "batch clients if it has no rate)")
+    sm.add_argument("--requests", type=_positive(int), default=2000, metavar="N",
+                    help="requests simulated per replica (default 2000; the first 10%% are warm-up)")
+    sm.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (lengths, arrivals)")
+    sm.add_argument("--out", help="output folder (default: out/<experiment>-simulate)")
+    sm.set_defaults(fn=cmd_simulate)
     sn = sub.add_parser("sensitivity", help="elasticities of tokens/s/GPU to every hardware number, the workload "
                                              "and the fitted parameters, at the best layout and along the frontier")
     _add_experiment_args(sn)

@@ -158,6 +158,13 @@ FRONTIER_TABLE = (("tp", "TP", "d"), ("pp", "PP", "d"), ("ep", "EP", "d"), ("dp"
                   , ("memory_per_gpu_gb", "mem GB", ".0f"))
 
 
+OPEN_TABLE = (("tp", "TP", "d"), ("pp", "PP", "d"), ("ep", "EP", "d"), ("dp", "DP", "d"), ("adp", "ADP", "d"),
+              ("batch", "batch", "d"), ("chunk", "chunk", "d"), ("rate_rps", "req/s", ".2f"),
+              ("utilization", "util", ".2f"), ("tokens_per_s_per_gpu", "tok/s/GPU", ".1f"),
+              ("ttft_p50_s", "TTFT p50 s", ".3f"), ("ttft_p99_s", "TTFT p99 s", ".3f"), ("tpot_s", "TPOT ms", ""),
+              ("tpot_p90_s", "TPOT p90 ms", ".1f"))
+
+
 DISAGG_TABLE = (("prefill", "prefill worker", ""), ("prefill_workers", "x", "d"),
                 ("decode", "decode worker", ""), ("decode_workers", "y", "d"), ("gpus_used", "GPUs", "d"),
                 ("tokens_per_s_per_user", "tok/s/user", ".1f"), ("tokens_per_s_per_gpu", "tok/s/GPU", ".1f"),
@@ -195,6 +202,8 @@ def frontier_rows(columns, idx, spec=FRONTIER_TABLE) -> list[dict]:
         r = {k: columns[k][i] for k in columns}
         out = {k: r[k] for k, _, _ in spec if k in r}
         out["tpot_s"] = f"{1e3 * float(columns['tpot_s'][i]):.1f}"
+        if spec is OPEN_TABLE:
+            out["tpot_p90_s"] = 1e3 * float(columns["tpot_p90_s"][i])
         if spec is DISAGG_TABLE:
             out["prefill"] = f"{_parallel_label(r, 'prefill_')} B{int(r['prefill_batch'])} C{int(r['prefill_chunk'])}"
             out["decode"] = f"{_parallel_label(r, 'decode_')} B{int(r['decode_batch'])}"
@@ -402,8 +411,13 @@ def title(exp: Experiment, scales: Mapping[str, float] | None = None, gpus: str 
             f"({float(wl.tokens_per_step):.2f} tokens/step)" if wl.draft_tokens else "")
     if wl.prefix_hit:
         spec += f", {100 * wl.prefix_hit:.0f}% of each prompt cached"
+    load = exp.load
+    lengths = (f"ISL {int(wl.isl)} / OSL {int(wl.osl)}" if load.fixed_lengths
+               else f"ISL {load.isl.describe()} / OSL {load.osl.describe()}")
+    how = "" if not load.open_loop else ("; open loop, Poisson at " f"{load.rate:g} req/s" if load.load == "poisson"
+                                         else f"; open loop, trace at {load.rate:.3g} req/s")
     return (f"{exp.model.name} on {gpus or exp.gpus} × {scaled_label(exp.hardware.name, scales or {})}, "
-            f"{exp.precision.name}, ISL {int(wl.isl)} / OSL {int(wl.osl)}{spec}")
+            f"{exp.precision.name}, {lengths}{spec}{how}")
 
 
 def sla_text(exp: Experiment) -> str:
@@ -496,7 +510,7 @@ def write_plan(plan: Plan, out: str | Path) -> list[Path]:
     has a power block) and ``summary.json``."""
     out = start_run(out, ("summary.json", "layouts.csv", "frontier.csv", "frontier.png", "frontier_cost.png"))
     exp, cols, front, best = plan.experiment, plan.columns, plan.frontier, plan.best
-    names = AGG_COLUMNS if plan.serving == "agg" else DISAGG_COLUMNS
+    names = (AGG_COLUMNS if plan.serving == "agg" else DISAGG_COLUMNS) + tuple(plan.extra_columns)
     write_csv(out / "layouts.csv", cols, names)
     write_csv(out / "frontier.csv", cols, names, rows=front)
     extra = {}
@@ -519,10 +533,13 @@ def write_plan(plan: Plan, out: str | Path) -> list[Path]:
                 f = np.asarray(r.columns["feasible"], bool)
                 density = density + layout_density(np.asarray(r.columns["tokens_per_s_per_user"], float)[f],
                                                    np.asarray(r.columns["tokens_per_s_per_gpu"], float)[f])
-    plot_frontier(out / "frontier.png", cols, [] if extra else front, best, title(exp, plan.scales),
+    name = title(exp, plan.scales)
+    if plan.notes.get("percentile_sla"):
+        name += f"; SLA {plan.notes['percentile_sla']}; objective {plan.notes.get('objective', 'throughput')}"
+    plot_frontier(out / "frontier.png", cols, [] if extra else front, best, name,
                   exp.sla.min_tokens_per_user, extra=extra, max_ttft_s=exp.sla.max_ttft_s, density=density)
     files = [out / n for n in ("layouts.csv", "frontier.csv", "summary.json", "frontier.png")]
-    if plot_cost_frontier(out / "frontier_cost.png", plan.results, plan.best_row, title(exp, plan.scales),
+    if plot_cost_frontier(out / "frontier_cost.png", plan.results, plan.best_row, name,
                           exp.sla.min_tokens_per_user, plan.costs):
         files.append(out / "frontier_cost.png")
     write_json(out / "summary.json", plan.summary())
@@ -1068,6 +1085,30 @@ def plot_explore(path: Path, res: ExploreResult, x: str, y: str, title_text: str
     return save_figure(fig, path)
 
 
+# ----------------------------------------------------------------------------- jaxplan simulate
+
+SIM_COLUMNS = ("arrival_s", "isl", "osl", "queue_s", "ttft_s", "tpot_s", "e2e_s")
+
+
+def plot_simulation(path: Path, requests: Mapping, title: str, analytic: Mapping | None = None) -> Path:
+    """The simulated TTFT and TPOT distributions (CDFs), the analytical percentiles marked."""
+    fig, axes = figure(1, 2, figsize=(11, 4.2), dpi=120)
+    for ax, key, unit, scale in ((axes[0], "ttft", "s", 1.0), (axes[1], "tpot", "ms", 1e3)):
+        x = np.sort(np.asarray(requests[f"{key}_s"], float)) * scale
+        ax.plot(x, np.arange(1, len(x) + 1) / max(len(x), 1), color="tab:blue", lw=1.6, label="simulated")
+        for q, mk in ((50, "o"), (90, "s"), (99, "^")):
+            if analytic and np.isfinite(analytic.get(f"{key}_p{q}_s", np.nan)):
+                ax.plot([analytic[f"{key}_p{q}_s"] * scale], [q / 100], marker=mk, color="tab:orange", ls="none",
+                        label=f"analytical P{q}")
+        ax.set_xlabel(f"{key.upper()} ({unit})")
+        ax.set_ylabel("share of requests")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(wrap(title, 140), fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def write_explore(res: ExploreResult, exp: Experiment, out: str | Path, heatmap: tuple[str, str] | None) -> list[Path]:
     """``explore.csv`` (a row per grid point), ``explore.png`` (heatmap over two axes) and
     ``explore.json`` (the grid, counts, timings; written last)."""
@@ -1086,3 +1127,14 @@ def write_explore(res: ExploreResult, exp: Experiment, out: str | Path, heatmap:
                                                   "feasible": r["feasible"], "meeting_sla": r["meeting_sla"],
                                                   "best_at_sla": r["best"]} for r in res.rows]})
     return paths + [out / "explore.json"]
+
+
+def write_simulation(res, out: str | Path, title_text: str, analytic: Mapping | None = None) -> list[Path]:
+    """The files of ``jaxplan simulate``: ``requests.csv`` (per request, after the warm-up),
+    ``summary.json`` (simulated and, if given, analytical percentiles) and ``distribution.png``."""
+    out = start_run(out, ("requests.csv", "summary.json", "distribution.png"))
+    write_csv(out / "requests.csv", res.requests, SIM_COLUMNS)
+    write_json(out / "summary.json", {"simulated": res.summary, "analytical": dict(analytic) if analytic else None,
+                                      "title": title_text})
+    plot_simulation(out / "distribution.png", res.requests, title_text, analytic)
+    return [out / n for n in ("requests.csv", "summary.json", "distribution.png")]

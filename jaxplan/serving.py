@@ -81,7 +81,7 @@ def round_costs(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, la
     token's latency. Returns op-group -> Cost (their sum is the round time)."""
     pp = lay.pp
     n = micro_batches(lay, dec, pre)
-    kv_len = wl.isl + wl.osl / 2.0         # mean cached context of a decoding request
+    kv_len = wl.decode_kv_len              # mean cached context of a decoding request
     ctx = wl.prefill_key_span              # mean key span of a prefill token (causal, + cached prefix)
     k = wl.draft_tokens                    # speculative decoding: verify 1 + k tokens per sequence
     stage = stage_costs(p, hw, model, prec, dec / n, pre / n, kv_len, ctx, lay.tp, lay.ep, lay.adp, pp, q=1 + k)

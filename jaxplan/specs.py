@@ -22,13 +22,14 @@ import jax
 import jax.numpy as jnp
 import yaml
 
+from .errors import SpecError  # one class for bad input, re-exported here
+from .traffic import Traffic, traffic_from_dict
+
 BYTES_PER_GB = 1e9
 FLOPS_PER_TFLOP = 1e12
 SECONDS_PER_US = 1e-6
 
 
-class SpecError(ValueError):
-    """A bad input file or value. The message names the file, the key and what is allowed."""
 
 
 # ----------------------------------------------------------------------------- config lookup
@@ -171,6 +172,8 @@ class _Reader:
         counts as absent where there is a default and is refused where the key is required."""
         needed = required and default is None
         v = self._get(key, default, needed)
+        if key not in self.data:
+            return default                       # an absent key takes the default as it is (e.g. inf)
         if v is None:
             if needed:
                 raise SpecError(f"{self.where}: key '{key}' must be a number, got null")
@@ -894,12 +897,18 @@ class Workload:
     it shapes the step) and the ``acceptance`` rate of each drafted token given the ones before it
     were accepted (a leaf). A step then yields ``1 + a + ... + a^k`` tokens on average.
     ``prefix_hit``: the share of each prompt already in the engine's prefix cache (shared system
-    prompts, multi-turn history); prefill computes only the rest, which still attends to it all."""
+    prompts, multi-turn history); prefill computes only the rest, which still attends to it all.
+    Lengths drawn from a distribution (``traffic.Traffic.workload_fields``): ``isl``/``osl`` are the
+    means, ``isl_cv2`` the prompt length's squared coefficient of variation (causal prefill
+    attention grows with ``E[isl^2]``) and ``decode_context_excess`` how far the time-weighted
+    context a decode step reads exceeds ``isl + osl / 2``; both 0 for fixed lengths."""
     isl: float = 1024.0
     osl: float = 1024.0
     acceptance: float = 0.0
     draft_tokens: int = 0
     prefix_hit: float = 0.0
+    isl_cv2: float = 0.0
+    decode_context_excess: float = 0.0
 
     @property
     def prompt_tokens(self):
@@ -909,8 +918,15 @@ class Workload:
     @property
     def prefill_key_span(self):
         """Mean keys a computed prompt token attends to: the cached prefix plus, causally, half
-        of the computed part."""
-        return self.isl * self.prefix_hit + self.prompt_tokens / 2.0
+        of the computed part; token-weighted over prompt lengths, so times ``E[isl^2] / E[isl]^2
+        = 1 + isl_cv2``."""
+        return (self.isl * self.prefix_hit + self.prompt_tokens / 2.0) * (1.0 + self.isl_cv2)
+
+    @property
+    def decode_kv_len(self):
+        """Mean cached context a decode step reads per request: the prompt plus half the answer,
+        time-weighted over lengths (``+ decode_context_excess``)."""
+        return self.isl + self.osl / 2.0 + self.decode_context_excess
 
     @property
     def tokens_per_step(self):
@@ -980,6 +996,14 @@ class Experiment:
     backend: str = "trtllm"
     params_file: str | None = None
     scheduler: str | None = None          # None: the backend's default (DEFAULT_SCHEDULER)
+    traffic: Traffic | None = None        # None: a closed loop of the workload's fixed lengths
+
+    @property
+    def load(self) -> Traffic:
+        """The traffic, with the workload's fixed lengths where none was given."""
+        if self.traffic is not None:
+            return self.traffic
+        return Traffic().with_lengths(float(self.workload.isl), float(self.workload.osl))
 
     @property
     def scheduler_name(self) -> str:
@@ -1015,8 +1039,9 @@ def experiment_path(name_or_path: str | os.PathLike | None = None) -> Path:
 def load_experiment(path: str | os.PathLike | None = None, **overrides) -> Experiment:
     """Read an experiment: a YAML file or a preset name (default: the GPT-1.8T-MoE study).
     Keyword overrides (the CLI's flags: model, hardware, gpus, isl, osl, precision,
-    min_tokens_per_user, max_ttft, scheduler, draft_tokens, acceptance, prefix_hit) replace its
-    values; ``None`` leaves a value as the file has it."""
+    min_tokens_per_user, max_ttft, scheduler, draft_tokens, acceptance, prefix_hit, rate) replace its
+    values; ``None`` leaves a value as the file has it. ``rate``: Poisson arrivals at that many
+    requests/s in place of the file's load."""
     path = experiment_path(path)
     return experiment_from_dict(read_yaml(path), str(path), path.stem, **overrides)
 
@@ -1026,11 +1051,14 @@ def experiment(model: str | os.PathLike | Model, hardware: str | os.PathLike | H
                max_ttft: float = math.inf, backend: str = "trtllm", scheduler: str | None = None,
                chunk_sizes=DEFAULT_CHUNKS, max_batch: int = 4096, draft_tokens: int = 0,
                acceptance: float = 0.0, prefix_hit: float = 0.0, params: str | None = None,
-               hardware_overrides: Mapping | None = None, name: str = "experiment") -> Experiment:
+               hardware_overrides: Mapping | None = None, traffic: Mapping | None = None,
+               rate: float | None = None, name: str = "experiment") -> Experiment:
     """An experiment built in code, checked exactly as an experiment YAML is: ``model`` and
     ``hardware`` are preset names, files (a model may be a Hugging Face ``config.json``) or loaded
     specs; lengths are tokens; the SLA is ``min_tokens_per_user`` tokens/s per user and a
-    ``max_ttft`` in seconds."""
+    ``max_ttft`` in seconds. ``traffic``: as the YAML's ``traffic:`` mapping (length distributions,
+    load; see :func:`jaxplan.traffic.traffic_from_dict`); ``rate``: Poisson arrivals at that many
+    requests/s (an open loop) instead of the closed loop."""
     data: dict[str, Any] = {"name": name, "gpus": gpus, "precision": precision, "backend": backend,
                             "workload": {"isl_tokens": isl, "osl_tokens": osl, "prefix_hit": prefix_hit},
                             "search": {"chunk_sizes": list(chunk_sizes), "max_batch": max_batch}}
@@ -1046,13 +1074,15 @@ def experiment(model: str | os.PathLike | Model, hardware: str | os.PathLike | H
         data["params"] = str(params)
     if hardware_overrides:
         data["hardware_overrides"] = dict(hardware_overrides)
+    if traffic is not None:
+        data["traffic"] = dict(traffic)
     loaded = {}
     for key, value, cls in (("model", model, Model), ("hardware", hardware, Hardware)):
         if isinstance(value, cls):
             loaded[key] = value
         else:
             data[key] = str(value)
-    return experiment_from_dict(data, "experiment()", name, **{f"{k}_spec": v for k, v in loaded.items()})
+    return experiment_from_dict(data, "experiment()", name, rate=rate, **{f"{k}_spec": v for k, v in loaded.items()})
 
 
 def experiment_from_dict(data: Mapping, where: str, default_name: str, *, model_spec: Model | None = None,
@@ -1077,8 +1107,21 @@ def experiment_from_dict(data: Mapping, where: str, default_name: str, *, model_
     check_precision(hw, prec, where)
     wl = r.sub("workload", required=True)
     wl.used.update({"isl_tokens", "osl_tokens"})
-    isl = overrides.get("isl") or wl.num("isl_tokens", integer=True)
-    osl = overrides.get("osl") or wl.num("osl_tokens", integer=True)
+    tr_data = r.data.get("traffic")
+    r.used.add("traffic")
+    # with lengths under traffic:, the workload's fixed lengths may be left out
+    gives = set(tr_data) if isinstance(tr_data, Mapping) else set()
+    has_isl, has_osl = bool(gives & {"isl", "lengths_csv"}), bool(gives & {"osl", "lengths_csv"})
+    isl = overrides.get("isl") or wl.num("isl_tokens", 1024 if has_isl else None, integer=True)
+    osl = overrides.get("osl") or wl.num("osl_tokens", 1024 if has_osl else None, integer=True)
+    base_dir = Path(where).parent if Path(where).is_file() else None
+    traffic = (traffic_from_dict(tr_data, where, base_dir, isl, osl) if tr_data is not None
+               else Traffic().with_lengths(isl, osl))
+    traffic = traffic.with_lengths(overrides.get("isl"), overrides.get("osl"))
+    if overrides.get("rate") is not None:
+        traffic = traffic.with_rate(overrides["rate"])
+    lengths = traffic.workload_fields()
+    isl, osl = lengths["isl"], lengths["osl"]
     hit = wl.num("prefix_hit", 0.0, positive=False, min_value=0)
     wl.finish()
     if overrides.get("prefix_hit") is not None:
@@ -1139,6 +1182,8 @@ def experiment_from_dict(data: Mapping, where: str, default_name: str, *, model_
     r.finish(also_allowed=("description", "name"))
     name = r.data.get("name") if isinstance(r.data.get("name"), str) else default_name
     return Experiment(name=name, model=model, hardware=hw, gpus=gpus, precision=prec,
-                      workload=Workload(float(isl), float(osl), float(accept), int(draft), float(hit)), sla=sla,
+                      workload=Workload(float(isl), float(osl), float(accept), int(draft), float(hit),
+                                        lengths["isl_cv2"], lengths["decode_context_excess"]), sla=sla,
                       chunk_sizes=chunks,
-                      max_batch=max_batch, backend=backend, params_file=params_file, scheduler=scheduler)
+                      max_batch=max_batch, backend=backend, params_file=params_file, scheduler=scheduler,
+                      traffic=traffic)

@@ -503,6 +503,8 @@ class Plan:
     baseline: dict[str, SweepResult]         # the same sweeps on the unscaled hardware (compare)
     objective: str = "throughput"            # what the SLA pick maximizes (throughput) or minimizes
     costs: E.Costs | None = None             # the cost file behind usd_per_mtoken
+    notes: dict = dataclasses.field(default_factory=dict)    # more summary.json keys (open loop: SLA, objective)
+    extra_columns: tuple[str, ...] = ()      # columns written after the mode's own (open loop)
 
     def __post_init__(self):
         self.columns, self.frontier, self.best = merge_results(self.results, self.objective)
@@ -524,6 +526,7 @@ class Plan:
             "prefix_hit": wl.prefix_hit, "isl": wl.isl, "osl": wl.osl,
             "serving": self.serving, "hardware_scales": self.scales,
             "sla": {"min_tokens_per_s_per_user": exp.sla.min_tokens_per_user, "max_ttft_s": exp.sla.max_ttft_s},
+            "load": exp.load.summary(),
             "params_source": self.params_source,
             "objective": self.objective,
             "costs": ({"file": self.costs.source, "currency": self.costs.currency} if self.costs else None),
@@ -545,6 +548,7 @@ class Plan:
         }
         if "agg" in results:
             out["counts"]["parallel_layouts"] = results["agg"].num_parallel_configs
+        out.update(self.notes)
         if len(results) == 2 and all(r.best is not None for r in results.values()):
             out["disagg_over_agg_at_sla"] = (results["disagg"].row(results["disagg"].best)["tokens_per_s_per_gpu"]
                                              / results["agg"].row(results["agg"].best)["tokens_per_s_per_gpu"])

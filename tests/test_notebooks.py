@@ -158,3 +158,19 @@ def test_decoding_features_notebook():
     hit = re.search(r"^\[elasticity\] prefix_hit .*TTFT ([+-]\d+\.\d+)", text, re.M)
     assert acc and float(acc.group(1)) > 0.0
     assert hit and float(hit.group(1)) < 0.0
+
+
+def test_traffic_notebook():
+    """Closed vs open loop, P99 TTFT against the rate (analytical vs simulated), goodput vs throughput pick."""
+    nb, text = _run_notebook("traffic.ipynb")
+    assert _figures(nb) >= 1
+    op = re.search(r"^\[open\] .*stable True, TTFT mean (\d+\.\d+) s, P50 (\d+\.\d+) s, P99 (\d+\.\d+) s", text, re.M)
+    assert op and float(op.group(3)) > float(op.group(1)) > 0
+    rows = re.findall(r"^\[p99 vs rate\] (\d\.\d+) of sustainable: analytical (\d+\.\d+) s, simulated (\d+\.\d+) s",
+                      text, re.M)
+    assert len(rows) >= 3
+    ana = [float(a) for _, a, _ in rows]
+    assert ana == sorted(ana)                       # the tail grows with the rate
+    for _, a, s in rows:
+        assert float(a) == pytest.approx(float(s), rel=0.35)
+    assert _ratio(text, "[goodput gain]", "x goodput per GPU") >= 1.0

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "jaxplan"
-CORE = {"specs", "params", "layouts", "cost", "energy", "serving"}
-SEARCH = {"sweep", "sensitivity", "codesign", "stream"}
+CORE = {"errors", "specs", "traffic", "params", "layouts", "cost", "energy", "serving", "openloop"}
+SEARCH = {"sweep", "sensitivity", "codesign", "stream", "opensweep", "simulate"}
 APP = {"report", "cli", "__init__"}
 # what each layer may import from jaxplan (its own layer and those below)
 ALLOWED = {"core": CORE, "search": CORE | SEARCH, "calibrate": CORE | {"calibrate"}, "app": None}
