@@ -174,8 +174,7 @@ def cmd_sweep(args) -> int:
         print(report.table(report.frontier_rows(r.columns, r.frontier, tab), tab))
     if best_row is None and not summary["counts"]["feasible"]:
         empty = [m for m, r in pl.results.items() if not r.n]
-        why = (" (disaggregated: no prefill/decode pairing fits the GPU budget with the prefill pool sized to the "
-               "decode pool's request rate; e.g. a very short output makes decode far faster than prefill)"
+        why = (" (disaggregated: no prefill worker and decode worker fit the GPU budget together)"
                if "disagg" in empty else "")
         print(f"\nNo feasible layout at all, whatever the SLA: nothing fits the memory or the budget{why}.")
     elif best_row is None:

@@ -64,7 +64,7 @@ def used_params(p: Mapping) -> list[str]:
 def _serving_metrics(model: Model, prec: Precision, scheduler: str, serving: str):
     """``f(p, hw, wl, args) -> metrics`` for one row: the aggregated evaluator under ``scheduler``
     (a policy, or a backend whose default it is; args: a Layout), or the disaggregated deployment
-    (args: prefill Layout, decode Layout, x, y, cross-network flag)."""
+    (args: prefill Layout, decode Layout, x, y, cross-network flag, planned prefill load)."""
     if serving == "agg":
         metric_fn = evaluator(scheduler)
         return lambda p, hw, wl, lay: metric_fn(p, hw, model, prec, wl, lay)
@@ -116,7 +116,8 @@ def row_args(columns: Mapping, rows: np.ndarray, hw: Hardware, serving: str):
             v["chunk"] = jnp.zeros(len(rows), jnp.float32)
         return Layout(**v)
     cross = jnp.asarray(np.asarray(columns["gpus_used"])[rows] > hw.scale_up_domain)
-    return (lay(PREFILL_COLUMNS), lay(DECODE_COLUMNS), f32("prefill_workers"), f32("decode_workers"), cross)
+    return (lay(PREFILL_COLUMNS), lay(DECODE_COLUMNS), f32("prefill_workers"), f32("decode_workers"), cross,
+            f32("prefill_load_pct") / 100.0)
 
 
 def elasticities(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, columns: Mapping,

@@ -398,14 +398,17 @@ def prefill_wait(rho, rate):
     return rho / (2.0 * (1.0 - rho)) / rate
 
 
-def disagg_pair(p, osl, pre_rate, pre_latency, dec_rate, dec_tpot, x, y, t_kv, gpus) -> dict:
+def disagg_pair(p, osl, pre_rate, pre_latency, dec_rate, dec_tpot, x, y, t_kv, gpus, max_utilization=1.0) -> dict:
     """A planned disaggregated deployment of ``x`` prefill and ``y`` decode workers under open-loop
-    load: completions X = min(y * decode rate, x * prefill rate) (the sweep sizes x so the decode
-    pool is the limit), TTFT = prefill latency + M/D/1 wait at the prefill utilization + KV transfer
-    + the per-request overheads (disaggregation protocol, serving front end), TPOT the decode
-    worker's. Works on numpy arrays (the sweep's pairs)
-    and traced values (elasticities)."""
-    X = jnp.minimum(y * dec_rate, x * pre_rate)
+    load: completions X = min(y * decode rate, u * x * prefill rate), u = ``max_utilization``, the
+    load the prefill pool is planned to run at where it is the limit (the sweep mostly sizes x so the
+    decode pool is the limit; where prefill is far slower than decode, e.g. a one-token answer, the
+    budget caps x and the prefill pool sets the rate, the decode workers running below their batch:
+    their TPOT is then an upper bound). TTFT = prefill latency + M/D/1 wait at the prefill
+    utilization + KV transfer + the per-request overheads (disaggregation protocol, serving front
+    end), TPOT the decode worker's. Works on numpy arrays (the sweep's pairs) and traced values
+    (elasticities)."""
+    X = jnp.minimum(y * dec_rate, max_utilization * x * pre_rate)
     rho = X / (x * pre_rate)
     wait = prefill_wait(rho, pre_rate)
     ttft = pre_latency + wait + t_kv + p["disagg_overhead_s"] + p["request_overhead_s"]
@@ -415,20 +418,22 @@ def disagg_pair(p, osl, pre_rate, pre_latency, dec_rate, dec_tpot, x, y, t_kv, g
 
 
 def disagg_deployment(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, pre: Layout, dec: Layout,
-                      x, y, cross_network) -> dict:
-    """:func:`disagg_pair` of one prefill and one decode worker layout with fixed worker counts:
-    the metrics ``sweep.run_disagg_sweep`` reports for that deployment, as one traceable function
-    (what ``sensitivity`` differentiates)."""
+                      x, y, cross_network, max_utilization=1.0) -> dict:
+    """:func:`disagg_pair` of one prefill and one decode worker layout with fixed worker counts
+    (and the planned load of a prefill pool that sets the rate): the metrics
+    ``sweep.run_disagg_sweep`` reports for that deployment, as one traceable function (what
+    ``sensitivity`` differentiates)."""
     pw = prefill_worker(p, hw, model, prec, wl, pre)
     dw = decode_worker(p, hw, model, prec, wl, dec)
     t_kv = kv_transfer_time(p, hw, model, prec, wl.isl, pre, dec, cross_network)
     gpus = x * pre.tp * pre.ep * pre.pp + y * dec.tp * dec.ep * dec.pp
-    m = disagg_pair(p, wl.osl, pw["rate"], pw["latency_s"], dw["rate"], dw["tpot_s"], x, y, t_kv, gpus)
+    m = disagg_pair(p, wl.osl, pw["rate"], pw["latency_s"], dw["rate"], dw["tpot_s"], x, y, t_kv, gpus,
+                    max_utilization)
     return m | {"prefill_prompts_per_iter": pw["prompts_per_iter"]}
 
 
 def explain_disagg(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, pre: Layout, dec: Layout,
-                   x, y, cross_network) -> dict:
+                   x, y, cross_network, max_utilization=1.0) -> dict:
     """A disaggregated deployment's metrics (:func:`disagg_deployment`), where its TTFT goes
     (prefill, the wait for a prefill worker, KV transfer, the per-request overheads), the op
     breakdown of a prefill worker's iteration and of a decode worker's iteration, and each pool's
@@ -436,7 +441,8 @@ def explain_disagg(p, hw: Hardware, model: Model, prec: Precision, wl: Workload,
     pre = Layout(*(jnp.asarray(v, jnp.float32) for v in pre))
     dec = Layout(*(jnp.asarray(v, jnp.float32) for v in dec))
     x, y = jnp.float32(x), jnp.float32(y)
-    m = jax.jit(disagg_deployment, static_argnums=(2, 3))(p, hw, model, prec, wl, pre, dec, x, y, cross_network)
+    m = jax.jit(disagg_deployment, static_argnums=(2, 3))(p, hw, model, prec, wl, pre, dec, x, y, cross_network,
+                                                          jnp.float32(max_utilization))
     ttft_parts = {"prefill": m["prefill_latency_s"], "wait for a prefill worker": m["prefill_wait_s"],
                   "KV-cache transfer": m["kv_transfer_s"], "disaggregation overhead": p["disagg_overhead_s"],
                   "front-end overhead": p["request_overhead_s"]}

@@ -104,10 +104,15 @@ def read_yaml(path: Path) -> dict:
         text = path.read_text()
     except FileNotFoundError:
         raise SpecError(f"file '{path}' does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"{path}: cannot be read as a YAML text file ({type(e).__name__}: {e})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise SpecError(f"{path}: not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpecError(f"{path}: not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
         raise SpecError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
     return data
@@ -153,15 +158,22 @@ class _Reader:
             return default
         return self.data[key]
 
-    def num(self, key, default=None, *, required=True, positive=True, integer=False, min_value=None):
-        v = self._get(key, default, required and default is None)
+    def num(self, key, default=None, *, required=True, positive=True, integer=False, min_value=None,
+            limit_key=None):
+        """A finite number, positive unless ``positive=False``, whole if ``integer``, at most the
+        physical limit of ``limit_key`` (default: the key itself) in ``LIMITS``. A key given as null
+        counts as absent where there is a default and is refused where the key is required."""
+        needed = required and default is None
+        v = self._get(key, default, needed)
         if v is None:
-            return None
+            if needed:
+                raise SpecError(f"{self.where}: key '{key}' must be a number, got null")
+            return default
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise SpecError(f"{self.where}: key '{key}' must be a number, got {type(v).__name__} {v!r}")
         if not math.isfinite(v):
             raise SpecError(f"{self.where}: key '{key}' must be a finite number, got {v!r}")
-        limit = LIMITS.get(key, MAX_COUNT if integer else math.inf)
+        limit = LIMITS.get(limit_key or key, MAX_COUNT if integer else math.inf)
         if v > limit:
             raise SpecError(f"{self.where}: key '{key}' = {v!r} is beyond any real system; at most {limit:g}")
         if integer and (not float(v).is_integer()):
@@ -403,59 +415,108 @@ def model_from_dict(data: Mapping, where: str) -> Model:
     return Model(**kw).validate(where)
 
 
+# Hugging Face keys read as numbers: key -> (the Model field whose physical limit applies, positive).
+# Counts that may be 0 (no shared experts, no dense-first layers, no query compression) are not positive.
+HF_NUMBERS = {
+    "hidden_size": ("hidden_size", True), "num_attention_heads": ("num_heads", True),
+    "num_hidden_layers": ("num_layers", True), "num_key_value_heads": ("num_kv_heads", True),
+    "head_dim": ("head_dim", True), "vocab_size": ("vocab_size", True),
+    "intermediate_size": ("ffn_intermediate_size", True), "moe_intermediate_size": ("expert_intermediate_size", True),
+    "shared_expert_intermediate_size": ("shared_intermediate_size", True),
+    "n_routed_experts": ("num_experts", False), "num_experts": ("num_experts", False),
+    "num_local_experts": ("num_experts", False), "num_experts_per_tok": ("top_k", True),
+    "n_shared_experts": ("num_shared_experts", False), "first_k_dense_replace": ("first_dense_layers", False),
+    "q_lora_rank": ("q_lora_rank", False), "kv_lora_rank": ("kv_lora_rank", True),
+    "qk_nope_head_dim": ("qk_nope_head_dim", True), "qk_rope_head_dim": ("qk_rope_head_dim", True),
+    "v_head_dim": ("v_head_dim", True), "sliding_window": ("sliding_window", False),
+}
+HF_LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
+class _HFReader(_Reader):
+    """Reads a Hugging Face config: numbers are whole, finite and within the physical limit of the
+    Model field they become; a key given as null is absent (the Hub's convention); unknown keys are fine."""
+
+    def count(self, key, default=None):
+        field, positive = HF_NUMBERS[key]
+        required = default is None
+        return self.num(key, default, required=required, positive=positive, integer=True,
+                        min_value=None if positive else 0, limit_key=field)
+
+    def has(self, key) -> bool:
+        return self.data.get(key) is not None
+
+
 def model_from_hf_config(cfg: Mapping, name: str, where: str) -> Model:
     """Map a Hugging Face ``config.json`` onto ``Model``.
 
     Covered: Llama, Qwen3 (dense and MoE), Mixtral, MiniMax-M2, gpt-oss, DeepSeek-V3/R1 and
     Kimi-K2 (MLA + routed/shared experts), GLM-5 (MLA; its sparse-attention indexer is not
     counted). Multi-token-prediction layers (``num_nextn_predict_layers``) are not part of the
-    served model and are left out.
+    served model and are left out. Every number is checked (``HF_NUMBERS``): an error names the
+    file, the key, the value and what is allowed.
     """
+    if not isinstance(cfg, Mapping):
+        raise SpecError(f"{where}: a Hugging Face config is a JSON object, got {type(cfg).__name__}")
     c = cfg.get("text_config", cfg)
+    if not isinstance(c, Mapping):
+        raise SpecError(f"{where}: key 'text_config' must be a JSON object, got {type(c).__name__} {c!r}")
+    r = _HFReader(c, where)
     mtype = c.get("model_type", cfg.get("model_type", "?"))
-    if c.get("layer_types") and any(t not in ("full_attention", "sliding_attention") for t in c["layer_types"]):
-        kinds = sorted(set(c["layer_types"]))
-        raise SpecError(f"{where}: model_type '{mtype}' uses layer types {kinds}; jaxplan covers "
-                        f"full and sliding-window softmax attention only")
+    layer_types = c.get("layer_types")
+    if layer_types is not None:
+        if not isinstance(layer_types, list) or not all(isinstance(t, str) for t in layer_types):
+            raise SpecError(f"{where}: key 'layer_types' must be a list of strings, one per layer, "
+                            f"got {layer_types!r}")
+        unknown = sorted(set(layer_types) - set(HF_LAYER_TYPES))
+        if unknown:
+            raise SpecError(f"{where}: model_type '{mtype}' uses layer types {unknown}; jaxplan covers "
+                            f"{', '.join(HF_LAYER_TYPES)} (full and sliding-window softmax attention) only")
 
-    def need(key):
-        if key not in c:
-            raise SpecError(f"{where}: Hugging Face config lacks '{key}' (model_type '{mtype}')")
-        return c[key]
-
-    d, h = int(need("hidden_size")), int(need("num_attention_heads"))
+    d, h, n_layers = r.count("hidden_size"), r.count("num_attention_heads"), r.count("num_hidden_layers")
+    if layer_types is not None and len(layer_types) != n_layers:
+        raise SpecError(f"{where}: key 'layer_types' lists {len(layer_types)} layers; num_hidden_layers "
+                        f"is {n_layers}")
     kw: dict[str, Any] = dict(
         name=name, source=f"Hugging Face config {where}",
-        num_layers=int(need("num_hidden_layers")), hidden_size=d, num_heads=h,
-        num_kv_heads=int(c.get("num_key_value_heads") or h),
-        head_dim=int(c.get("head_dim") or d // h),
-        vocab_size=int(need("vocab_size")),
+        num_layers=n_layers, hidden_size=d, num_heads=h,
+        num_kv_heads=r.count("num_key_value_heads", h),
+        head_dim=r.count("head_dim", max(d // h, 1)),
+        vocab_size=r.count("vocab_size"),
         tie_embeddings=bool(c.get("tie_word_embeddings", cfg.get("tie_word_embeddings", False))),
-        ffn_intermediate_size=int(c.get("intermediate_size") or 0),
     )
-    if c.get("kv_lora_rank"):
-        kw.update(attention="mla", q_lora_rank=int(c.get("q_lora_rank") or 0),
-                  kv_lora_rank=int(c["kv_lora_rank"]), qk_nope_head_dim=int(need("qk_nope_head_dim")),
-                  qk_rope_head_dim=int(need("qk_rope_head_dim")), v_head_dim=int(need("v_head_dim")))
-    n_exp = c.get("n_routed_experts") or c.get("num_experts") or c.get("num_local_experts") or 0
+    if r.has("kv_lora_rank"):
+        kw.update(attention="mla", q_lora_rank=r.count("q_lora_rank", 0), kv_lora_rank=r.count("kv_lora_rank"),
+                  qk_nope_head_dim=r.count("qk_nope_head_dim"), qk_rope_head_dim=r.count("qk_rope_head_dim"),
+                  v_head_dim=r.count("v_head_dim"))
+    n_exp = max(r.count(k, 0) for k in ("n_routed_experts", "num_experts", "num_local_experts"))
+    first_dense = r.count("first_k_dense_replace", 0) if n_exp else 0
     if n_exp:
-        ff_e = c.get("moe_intermediate_size") or c.get("intermediate_size")
-        n_shared = int(c.get("n_shared_experts") or 0)
-        ff_s = int(c.get("shared_expert_intermediate_size") or (ff_e if n_shared else 0))
-        if c.get("shared_expert_intermediate_size") and not n_shared:
+        if not (r.has("moe_intermediate_size") or r.has("intermediate_size")):
+            raise SpecError(f"{where}: Hugging Face config of a mixture of experts lacks 'moe_intermediate_size' "
+                            f"(or 'intermediate_size'), the experts' hidden size")
+        ff_e = r.count("moe_intermediate_size") if r.has("moe_intermediate_size") else r.count("intermediate_size")
+        n_shared = r.count("n_shared_experts", 0)
+        ff_s = r.count("shared_expert_intermediate_size", ff_e if n_shared else 0) if n_shared or r.has(
+            "shared_expert_intermediate_size") else 0
+        if r.has("shared_expert_intermediate_size") and not n_shared:
             n_shared = 1
-        first_dense = int(c.get("first_k_dense_replace") or 0)
         if c.get("mlp_only_layers"):
             raise SpecError(f"{where}: mlp_only_layers {c['mlp_only_layers']} (dense layers among MoE "
                             f"layers) is not covered")
-        kw.update(num_experts=int(n_exp), top_k=int(need("num_experts_per_tok")),
-                  expert_intermediate_size=int(ff_e), num_shared_experts=n_shared,
+        kw.update(num_experts=n_exp, top_k=r.count("num_experts_per_tok"),
+                  expert_intermediate_size=ff_e, num_shared_experts=n_shared,
                   shared_intermediate_size=ff_s, first_dense_layers=first_dense)
-        if not first_dense:
-            kw["ffn_intermediate_size"] = 0
-    if c.get("sliding_window") and c.get("layer_types"):
-        kw.update(sliding_window=int(c["sliding_window"]),
-                  sliding_layers=sum(t == "sliding_attention" for t in c["layer_types"]))
+    if not n_exp or first_dense:
+        if not r.has("intermediate_size"):
+            raise SpecError(f"{where}: Hugging Face config lacks 'intermediate_size', the MLP hidden size of "
+                            f"its dense layers (model_type '{mtype}')")
+        kw["ffn_intermediate_size"] = r.count("intermediate_size")
+    else:
+        kw["ffn_intermediate_size"] = 0
+    window = r.count("sliding_window", 0)
+    if window and layer_types is not None:
+        kw.update(sliding_window=window, sliding_layers=sum(t == "sliding_attention" for t in layer_types))
     return Model(**kw).validate(where)
 
 
@@ -718,7 +779,8 @@ def experiment_path(name_or_path: str | os.PathLike | None = None) -> Path:
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.exists():
         if not p.is_file():
-            raise SpecError(f"experiment file '{p}' does not exist")
+            raise SpecError(f"experiment file '{p}' " + ("is a folder, not a YAML file" if p.is_dir() else
+                                                        "does not exist"))
         return p
     preset = config_file("experiments", str(name_or_path))
     if preset is None:

@@ -44,10 +44,12 @@ PREFILL_COLUMNS = {"tp": "prefill_tp", "pp": "prefill_pp", "ep": "prefill_ep", "
                    "chunk": "prefill_chunk", "batch": "prefill_batch"}
 DECODE_COLUMNS = {"tp": "decode_tp", "pp": "decode_pp", "ep": "decode_ep", "adp": "decode_adp",
                   "batch": "decode_batch"}
-DISAGG_KEY = (*PREFILL_COLUMNS.values(), *DECODE_COLUMNS.values(), "prefill_workers", "decode_workers")
+# prefill_load_pct: 100 where the decode pool sets the rate; else the prefill pool does, planned at this load (%)
+DISAGG_KEY = (*PREFILL_COLUMNS.values(), *DECODE_COLUMNS.values(), "prefill_workers", "decode_workers",
+              "prefill_load_pct")
 DISAGG_COLUMNS = ("mode",) + AGG_COLUMNS + (*PREFILL_COLUMNS.values(), "prefill_workers", *DECODE_COLUMNS.values(),
                                              "decode_workers", "gpus_used", "kv_transfer_s", "prefill_utilization",
-                                             "prefill_latency_s")
+                                             "prefill_latency_s", "prefill_load_pct")
 INT_COLUMNS = frozenset(Layout._fields) | frozenset(DISAGG_KEY) | {"gpus_used"}
 
 
@@ -304,18 +306,25 @@ def run_disagg_sweep(exp: Experiment, p=None, params_source: str = "", progress:
     pair, yy, rr = np.meshgrid(np.arange(len(pi)), ys, rhos, indexing="ij")
     pair, yy, rr = pair.ravel(), yy.ravel(), rr.ravel()
     xx = prefill_workers_needed(yy, r_d[pair], r_p[pair], rr)
-    used = xx * g_p[pair] + yy * g_d[pair]
-    fit = used <= G
-    pair, yy, xx, used = pair[fit], yy[fit], xx[fit], used[fit]
-    # distinct (pair, x, y) only: several utilization targets can round to the same x
-    uniq = np.unique(np.stack([pair, xx, yy], 1), axis=0)
-    pair, xx, yy = uniq[:, 0].astype(np.int64), uniq[:, 1], uniq[:, 2]
+    # Where the budget cannot hold the prefill workers rate matching asks for (prefill far slower
+    # than decode, e.g. a one-token answer), the prefill pool takes every GPU the decode pool leaves
+    # and sets the rate itself, planned at the target utilization (uu); elsewhere uu = 1 and the
+    # decode pool sets the rate, as before.
+    x_max = np.floor((G - yy * g_d[pair]) / g_p[pair])
+    uu = np.where(xx > x_max, rr, np.float32(1.0))
+    xx = np.minimum(xx, x_max)
+    fit = xx >= 1
+    pair, yy, xx, uu = pair[fit], yy[fit], xx[fit], uu[fit]
+    # distinct (pair, x, y, u) only: several utilization targets can round to the same x
+    uniq = np.unique(np.stack([pair, xx, yy, uu], 1), axis=0)
+    pair, xx, yy, uu = uniq[:, 0].astype(np.int64), uniq[:, 1], uniq[:, 2], uniq[:, 3]
     used = xx * g_p[pair] + yy * g_d[pair]
     cross = used > hw.scale_up_domain
     t_kv = np.where(cross, t_kv_net[pair], t_kv_nv[pair])
     i_p, i_d = pi[pair], pj[pair]
     m = {k: np.asarray(v) for k, v in disagg_pair(p, wl.osl, r_p[pair], pres["latency_s"][i_p], r_d[pair],
-                                                   dres["tpot_s"][i_d], xx, yy, t_kv, used).items()}
+                                                   dres["tpot_s"][i_d], xx, yy, t_kv, used,
+                                                   np.round(100.0 * uu) / 100.0).items()}
     X, rho, ttft, tpot = m["requests_per_s"], m["prefill_utilization"], m["ttft_s"], m["tpot_s"]
     cols = {"mode": np.full(len(pair), "disagg", dtype=object),
             "tp": dc["tp"][i_d], "pp": dc["pp"][i_d], "ep": dc["ep"][i_d], "dp": yy, "adp": dc["adp"][i_d],
@@ -326,7 +335,8 @@ def run_disagg_sweep(exp: Experiment, p=None, params_source: str = "", progress:
             "ttft_s": ttft, "tpot_s": tpot, "tokens_per_s_per_user": 1.0 / tpot,
             "tokens_per_s_per_gpu": m["tokens_per_s_per_gpu"], "requests_per_s": X,
             "memory_per_gpu_gb": np.maximum(pres["memory_per_gpu_gb"][i_p], dres["memory_per_gpu_gb"][i_d]),
-            "kv_transfer_s": t_kv, "prefill_utilization": rho, "prefill_latency_s": pres["latency_s"][i_p]}
+            "kv_transfer_s": t_kv, "prefill_utilization": rho, "prefill_latency_s": pres["latency_s"][i_p],
+            "prefill_load_pct": np.round(100.0 * uu)}
     for k in INT_COLUMNS & set(cols):
         cols[k] = np.asarray(cols[k]).astype(np.int64)
     on = pareto_mask(cols["tokens_per_s_per_user"], cols["tokens_per_s_per_gpu"], cols["feasible"])

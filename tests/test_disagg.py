@@ -1,5 +1,6 @@
 """Disaggregated serving, attention-DP and wide EP: checks built from named quantities."""
 import math
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -18,10 +19,12 @@ from jaxplan.serving import (
     prefill_workers_needed,
 )
 from jaxplan.specs import Workload, config_root, get_precision, load_experiment, load_hardware, load_model
-from jaxplan.sweep import run_disagg_sweep
+from jaxplan.sweep import PREFILL_UTILIZATIONS, run_disagg_sweep
 
 FP8_KV_BYTES = 1.0
 ISL = 8192
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def lay(tp=1, pp=1, ep=1, adp=None, batch=1, chunk=8192):
@@ -194,6 +197,29 @@ def test_disagg_sweep_respects_budget_and_rates(disagg_sweep):
     # throughput per GPU = completions x OSL over the GPUs in use
     assert np.allclose(c["tokens_per_s_per_gpu"], c["requests_per_s"] * exp.workload.osl / used, rtol=1e-5)
     assert np.all(c["ttft_s"] >= c["prefill_latency_s"] + c["kv_transfer_s"] - 1e-9)
+
+
+def test_prefill_bound_deployments_when_the_budget_cannot_rate_match(p):
+    """A 100k-token prompt with a one-token answer on 4 GPUs: one decode worker completes requests
+    far faster than the 3 GPUs left can prefill them, so rate matching (x = y * decode rate /
+    (u * prefill rate)) asks for more GPUs than the budget. The prefill pool then takes the rest of
+    the budget and sets the rate at its planned utilization u; the decode pool runs below capacity."""
+    exp = load_experiment(REPO / "tests" / "data" / "small_experiment.yaml", isl=100_000, osl=1, gpus=4)
+    c = run_disagg_sweep(exp, p).columns
+    assert len(c["tp"]) > 0
+    g_p = c["prefill_tp"] * c["prefill_ep"] * c["prefill_pp"]
+    g_d = c["decode_tp"] * c["decode_ep"] * c["decode_pp"]
+    assert np.all(c["prefill_workers"] * g_p + c["decode_workers"] * g_d <= 4)
+    # a prompt longer than the chunk: each attention group prefills one prompt in prefill_latency_s
+    rate_p = c["prefill_adp"] / c["prefill_latency_s"]                    # one worker's prompts/s
+    capacity = c["prefill_workers"] * rate_p
+    assert np.all(c["requests_per_s"] <= capacity * 1.0001)
+    # prefill sets the rate, X = u * x * (prefill rate) at a planned utilization u; the decode pool
+    # (a worker completes batch / (OSL * TPOT) requests/s) could take far more
+    assert np.allclose(np.unique(np.round(c["prefill_utilization"], 3)), PREFILL_UTILIZATIONS)
+    decode_capacity = c["decode_workers"] * c["decode_batch"] / (exp.workload.osl * c["tpot_s"])
+    assert np.all(c["requests_per_s"] < 0.01 * decode_capacity)
+    assert np.all(c["ttft_s"] >= c["prefill_latency_s"])
 
 
 def test_derived_worker_counts_hold_every_request_and_match_rates(p):

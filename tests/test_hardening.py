@@ -13,24 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from test_cli import call as run
 
 from jaxplan import report
 from jaxplan.calibrate.kernels import load_kernel_file
 from jaxplan.calibrate.serving_data import load_serving
-from jaxplan.cli import main
 from jaxplan.specs import MAX_GPUS, SpecError, load_hardware, load_model
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = (Path(__file__).parent / "data" / "small_experiment.yaml")
-
-
-def run(argv, capsys):
-    try:
-        rc = main(argv)
-    except SystemExit as e:          # argparse's own errors
-        rc = e.code
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -160,3 +151,16 @@ def test_wrong_types_in_experiment_and_prices_files(tmp_path, capsys):
     prices.write_text("prices: {hbm_bandwidth_tb_s: 1000}\ncurrency: [USD]\n")
     rc, _, err = run(["codesign", str(SMALL), "--prices", str(prices)], capsys)
     assert rc == 2 and "'currency' must be a string" in err
+
+
+def test_unreadable_or_broken_yaml_is_one_line_naming_file_and_place(tmp_path, capsys):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [\n")
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(bytes(range(256)))
+    for path, words in ((broken, "not valid YAML at line 2, column 1"),
+                        (binary, "cannot be read as a YAML text file (UnicodeDecodeError"),
+                        (tmp_path, "is a folder, not a YAML file")):
+        rc, _, err = run(["sweep", str(path)], capsys)
+        lines = err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and str(path) in lines[0] and words in lines[0], err
