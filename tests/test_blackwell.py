@@ -134,15 +134,15 @@ def test_checkpoint_names_map_to_base_architecture_at_their_precision(path, mode
     assert sd.checkpoint_precision(path) == ("" if precision == "bf16" else precision)
 
 
-def test_every_model_and_system_of_the_b200_file_is_mapped_or_hybrid():
+def test_every_model_and_system_of_the_b200_file_is_mapped():
     path = DATA / "serving" / "silicon_b200.csv"
     if not path.is_file():
         pytest.skip(f"{path} absent")
     cases, unmapped = sd.load_serving(path)
     assert len(cases) + len(unmapped) == 2052
-    # only the hybrid linear-attention model (its own issue) is left, with the loader's reason
-    assert {u.model_path for u in unmapped} == {"Qwen/Qwen3.5-397B-A17B"}
-    assert all("linear_attention" in u.detail for u in unmapped)
+    # every row, the hybrid linear-attention model included (issue 14)
+    assert unmapped == []
+    assert sum(c.model_path == "Qwen/Qwen3.5-397B-A17B" for c in cases) == 224
     names = {c.model_path: (c.model.name, c.precision.name) for c in cases if c.model_path.startswith("nvidia/")}
     assert names == {"nvidia/DeepSeek-R1-NVFP4": ("DeepSeek-R1", "fp4"),
                      "nvidia/DeepSeek-V3.1-NVFP4": ("deepseek-v3", "fp4"),
