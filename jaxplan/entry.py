@@ -28,7 +28,12 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGINT, _interrupted)
     # the command line loads JAX; imported here, after the handler is in place
     from .cli import main as cli_main
-    return cli_main(argv)
+    rc = cli_main(argv)
+    # The work is done and its files are complete. The interpreter's teardown resets a Python-level
+    # handler to the default one, so a Ctrl-C during teardown would kill the process by signal;
+    # ignoring it from here (an ignored signal is left as is) lets the finished run exit with rc.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return rc
 
 
 if __name__ == "__main__":

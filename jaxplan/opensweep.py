@@ -125,4 +125,5 @@ def plan_open(exp: Experiment, p=None, params_source: str | None = None, *, sla:
         t = exp.load
         notes["load"] = t.summary() | {"load": "poisson", "description": "open loop, Poisson arrivals at each "
                                        f"layout's goodput rate; ISL {t.isl.describe()}, OSL {t.osl.describe()}"}
-    return Plan(scaled, exp, "agg", params_source, scales, {"agg": r}, {}, notes, open_columns(objective))
+    return Plan(scaled, exp, "agg", params_source, scales, {"agg": r}, {}, notes=notes,
+                extra_columns=open_columns(objective))

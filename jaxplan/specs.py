@@ -453,6 +453,11 @@ class Model:
         return float(2 * self.num_kv_heads * self.head_dim)
 
     def validate(self, where: str) -> Model:
+        for field in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim", "vocab_size"):
+            if getattr(self, field) < 1:       # e.g. head_dim left out, from hidden_size // num_heads
+                raise SpecError(f"{where}: {field} is {getattr(self, field)}; it must be at least 1"
+                                + (" (it defaults to hidden_size // num_heads: give head_dim)"
+                                   if field == "head_dim" else ""))
         if self.attention not in ("gqa", "mla"):
             raise SpecError(f"{where}: key 'attention' is '{self.attention}'; allowed: gqa, mla")
         if self.attention == "gqa" and self.num_heads % self.num_kv_heads:

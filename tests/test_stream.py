@@ -91,7 +91,7 @@ def test_streamed_equals_materialized_on_the_default_study(study):
 
 def test_streamed_disaggregated_equals_materialized(small):
     mat = S.run_disagg_sweep(small)
-    st = T.run_disagg_streamed(small, block_rows=small.gpus * 4 * 7)       # 7 worker pairs per block
+    st = T.run_disagg_streamed(small, block_rows=small.gpus * 4 * 40)      # 40 worker pairs per block
     assert st.n == mat.n > 500
     assert keys(st, st.frontier, DISAGG_KEY) == keys(mat, mat.frontier, DISAGG_KEY)
     assert keys(st, [st.best], DISAGG_KEY) == keys(mat, [mat.best], DISAGG_KEY)
