@@ -13,11 +13,18 @@ import time
 
 import numpy as np
 
-from . import layouts as L
 from .layouts import Layout
 from .openloop import PercentileSLA, evaluator, goodput_evaluator, load_of, meets
 from .specs import Experiment, SpecError, scale_hardware
-from .sweep import DEFAULT_CHUNK, Plan, SweepResult, evaluate_layouts, experiment_params, max_batch, pareto_mask
+from .sweep import (
+    DEFAULT_CHUNK,
+    Plan,
+    SweepResult,
+    aggregated_layouts,
+    evaluate_layouts,
+    experiment_params,
+    pareto_mask,
+)
 
 OBJECTIVES = ("throughput", "goodput")
 # open-loop columns written after the closed loop's (layouts.csv, frontier.csv)
@@ -56,11 +63,7 @@ def run_open_sweep(exp: Experiment, p=None, params_source: str = "", *, sla: Per
         raise SpecError("an open-loop sweep needs a request rate: give --rate R (requests/s) or a trace "
                         "(traffic: load: {kind: trace, file: ...})")
     load = load_of(traffic, traffic.rate if traffic.open_loop else 1.0)
-    configs = L.parallel_configs(model, exp.gpus, attention_dp)
-    if len(configs) == 0:
-        raise ValueError(f"no legal (tp, pp, ep, dp) for {model.name} on {exp.gpus} GPUs")
-    bmax = max_batch(p, hw, model, prec, wl, configs, float(max(exp.chunk_sizes)), exp.max_batch)
-    cols = L.expand(configs, bmax, exp.chunk_sizes)
+    configs, cols = aggregated_layouts(exp, p, attention_dp)
     n = len(cols["tp"])
     if progress:
         what = "goodput" if objective == "goodput" else f"at {traffic.rate:g} requests/s"

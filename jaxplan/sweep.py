@@ -224,6 +224,17 @@ def experiment_params(exp: Experiment, p=None, params_source: str | None = None)
     return params_for(exp.hardware.name, exp.params_file, exp.backend)
 
 
+def aggregated_layouts(exp: Experiment, p, attention_dp: str = "ep") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The aggregated space of ``exp``: its legal (tp, pp, ep, dp, adp) configs and every layout,
+    configs x batches up to what fits memory at the largest chunk x chunk sizes (``layouts.expand``)."""
+    configs = L.parallel_configs(exp.model, exp.gpus, attention_dp)
+    if len(configs) == 0:
+        raise ValueError(f"no legal (tp, pp, ep, dp) for {exp.model.name} on {exp.gpus} GPUs")
+    bmax = max_batch(p, exp.hardware, exp.model, exp.precision, exp.workload, configs, float(max(exp.chunk_sizes)),
+                     exp.max_batch)
+    return configs, L.expand(configs, bmax, exp.chunk_sizes)
+
+
 def run_sweep(exp: Experiment, p=None, params_source: str = "", chunk: int = DEFAULT_CHUNK,
               progress: bool = False, attention_dp: str = "ep", objective: str = "throughput",
               costs: E.Costs | str | None = None) -> SweepResult:
@@ -235,11 +246,7 @@ def run_sweep(exp: Experiment, p=None, params_source: str = "", chunk: int = DEF
     check_objective(objective, exp.hardware, costs)
     p, params_source = experiment_params(exp, p, params_source)
     model, hw, prec, wl = exp.model, exp.hardware, exp.precision, exp.workload
-    configs = L.parallel_configs(model, exp.gpus, attention_dp)
-    if len(configs) == 0:
-        raise ValueError(f"no legal (tp, pp, ep, dp) for {model.name} on {exp.gpus} GPUs")
-    bmax = max_batch(p, hw, model, prec, wl, configs, float(max(exp.chunk_sizes)), exp.max_batch)
-    cols = L.expand(configs, bmax, exp.chunk_sizes)
+    configs, cols = aggregated_layouts(exp, p, attention_dp)
     n = len(cols["tp"])
     if progress:
         print(f"jaxplan: {len(configs)} parallel layouts x batches x {len(exp.chunk_sizes)}"
