@@ -22,8 +22,10 @@ from .calibrate.serving_data import load_serving, unmapped_counts
 from .calibrate.serving_predict import scheduler_of, summarize, validate
 from .codesign import load_prices, run_codesign
 from .cost import sum_costs
+from .energy import OBJECTIVES as ENERGY_OBJECTIVES
 from .layouts import Layout, check_parallel
 from .openloop import PERCENTILES, evaluate_open, load_of, percentile_sla
+from .opensweep import OBJECTIVES as OPEN_OBJECTIVES
 from .opensweep import plan_open
 from .params import derive_profile, params_for
 from .sensitivity import METRICS, elasticities, ranked, row_args, run_sensitivity
@@ -745,7 +747,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="aggregated space: attention-DP equal to EP (default), or every divisor of the stage")
     sp.add_argument("--compare", action="store_true",
                     help="with --scale: also sweep the hardware as shipped and draw both frontiers on one chart")
-    sp.add_argument("--objective", choices=("throughput", "cost", "energy", "goodput"), default="throughput",
+    sp.add_argument("--objective", choices=tuple(dict.fromkeys(ENERGY_OBJECTIVES + OPEN_OBJECTIVES)),
+                    default="throughput",
                     help="what the pick optimizes: tokens/s/GPU (default), $/Mtoken or joules/token (cost and energy "
                          "need the hardware's power block), or goodput (open loop: per layout the highest rate at "
                          "which --goodput-share of requests meet both SLOs; the most goodput per GPU)")

@@ -62,7 +62,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from .layouts import Layout
 from .serving import (
@@ -455,5 +454,3 @@ def goodput_evaluator(name: str, sla: PercentileSLA):
     return f
 
 
-def as_numpy(m: dict) -> dict:
-    return {k: np.asarray(v) for k, v in m.items() if not k.startswith("_")}

@@ -401,15 +401,6 @@ class Model:
         full layers, Gated DeltaNet in the linear ones."""
         return self.num_full_layers * self.attention_params() + self.linear_layers * self.linear_attention_params()
 
-    def linear_state_elements(self) -> float:
-        """Recurrent state of one request in one linear-attention layer, all heads: a key-dim x
-        value-dim matrix per value head."""
-        return float(self.linear_num_value_heads * self.linear_key_head_dim * self.linear_value_head_dim)
-
-    def linear_conv_state_elements(self) -> float:
-        """The short convolution's state of one request in one layer: the last kernel - 1 inputs."""
-        return float(self.linear_conv_dim * max(self.linear_conv_kernel - 1, 0))
-
     def index_key_bytes_per_token_layer(self) -> float:
         """DSA's indexer key cache per token per layer: index_head_dim FP8 values plus one FP32
         scale per 128 of them (DeepSeek-V3.2's FP8 indexer cache)."""
