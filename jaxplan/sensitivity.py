@@ -99,7 +99,7 @@ def _jacobian(model: Model, prec: Precision, scheduler: str, param_names: tuple[
 
     # With the speculative draft head (the acceptance is then an input) the Jacobian only compiles
     # within memory with the cheaper XLA passes (serving.CHEAP_COMPILER_OPTIONS).
-    opts = CHEAP_COMPILER_OPTIONS if "acceptance" in workload_names else None
+    opts = CHEAP_COMPILER_OPTIONS
     return jax.jit(jax.vmap(one, in_axes=(None, None, None, 0)), compiler_options=opts)
 
 
