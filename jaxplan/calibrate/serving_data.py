@@ -111,6 +111,8 @@ class ServingCase:
     decode_workers: float = 1.0
     cross_network: bool = False
     note: str = ""                  # derivations applied to this row
+    draft_tokens: int = 0           # speculative decoding assumed for the row (serving_predict.speculation_rule)
+    acceptance: float = 0.0
 
     @property
     def gpus(self) -> float:
