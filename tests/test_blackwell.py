@@ -302,3 +302,19 @@ def test_speculation_rule_marks_rows_below_the_one_request_step():
     reasons = sp.far_off_reasons(out, {}, [100.0, 100.0], [100.0, 100.0], [10 * below.tpot_ms, above.tpot_ms],
                                  [below.tpot_ms, above.tpot_ms])
     assert reasons.tolist() == ["speculative decoding assumed", ""]
+
+
+def test_unique_measurements_prefer_the_described_row_whatever_the_speculation_rule_assumed():
+    """The files repeat a measurement under several ids (a row with worker counts and a row
+    without); the validator's note on assumed speculation must not make the derived row win."""
+    model, hw, prec = load_model("llama-3.1-70b"), load_hardware("b200"), get_precision("fp8")
+    f = jnp.float32
+    lay = Layout(tp=f(4), pp=f(1), ep=f(1), dp=f(1), batch=f(8), chunk=f(8192), adp=f(1))
+    common = dict(model_path="meta-llama/Llama-3.1-70B", model=model, system="b200_sxm", hardware=hw, precision=prec,
+                  backend="trtllm", mode="agg", isl=1024.0, osl=1024.0, concurrency=8.0, ttft_ms=100.0, tpot_ms=3.0,
+                  layout=lay)
+    derived = sd.ServingCase(id="a", note="blank *_num_workers -> derived", **common)
+    described = sd.ServingCase(id="b", note=f"{sd.SPECULATION_NOTE}: measured TPOT 3 ms", draft_tokens=3,
+                               acceptance=0.7, **common)
+    assert sd.derivations(described) == "" and sd.derivations(derived) == derived.note
+    assert sd.unique_mask([derived, described]).tolist() == [False, True]

@@ -11,6 +11,9 @@ Benchmark TTFT (both modes): the rows are short closed-loop runs, so each client
 belongs to a cold-start wave (:func:`benchmark_ttft`; ``serving.cold_start_ttft`` aggregated,
 ``serving.disagg_cold_start_ttft`` disaggregated), mixed in for
 :data:`BENCHMARK_REQUESTS_PER_CLIENT` requests per client. ``steady_ttft_s`` is the steady state.
+
+Speculative decoding the CSV does not record (:func:`speculation_rule`): a row measured below its
+layout's one-request decode step is predicted with speculative decoding.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ from ..serving import (
     round_time,
 )
 from ..specs import Hardware, Model, Precision, Workload, scheduler_for
-from .serving_data import MS, ServingCase, Unmapped, unique_mask
+from .serving_data import MS, SPECULATION_NOTE, ServingCase, Unmapped, unique_mask
 from .stats import ape, error_stats
 
 PAD_MULTIPLE = 16
@@ -398,7 +401,7 @@ def speculation_rule(cases: Sequence[ServingCase], one_request_step_s, margin: f
     out = list(cases)
     for i in np.flatnonzero(marked):
         c = cases[i]
-        why = (f"speculative decoding assumed: measured TPOT {c.tpot_ms:.2f} ms < {margin:g} x the one-request "
+        why = (f"{SPECULATION_NOTE}: measured TPOT {c.tpot_ms:.2f} ms < {margin:g} x the one-request "
                f"step {step[i] / MS:.2f} ms; {draft_tokens} drafted tokens, acceptance {acceptance:g}")
         out[i] = dataclasses.replace(c, draft_tokens=int(draft_tokens), acceptance=float(acceptance),
                                      note="; ".join(x for x in (c.note, why) if x))
