@@ -4,6 +4,7 @@ NVIDIA's quantized checkpoints, the NVFP4 DeepSeek memory case by hand, and disa
 counts. Tests reading ../shared/data skip with a reason where it is absent."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax.numpy as jnp
@@ -314,7 +315,9 @@ def test_unique_measurements_prefer_the_described_row_whatever_the_speculation_r
                   backend="trtllm", mode="agg", isl=1024.0, osl=1024.0, concurrency=8.0, ttft_ms=100.0, tpot_ms=3.0,
                   layout=lay)
     derived = sd.ServingCase(id="a", note="blank *_num_workers -> derived", **common)
-    described = sd.ServingCase(id="b", note=f"{sd.SPECULATION_NOTE}: measured TPOT 3 ms", draft_tokens=3,
+    described = sd.ServingCase(id="b", note=f"{sd.SPECULATION_NOTE}: measured TPOT 3 ms; 3 drafted", draft_tokens=3,
                                acceptance=0.7, **common)
     assert sd.derivations(described) == "" and sd.derivations(derived) == derived.note
+    both = dataclasses.replace(derived, note=f"{derived.note}; {described.note}")
+    assert sd.derivations(both) == derived.note
     assert sd.unique_mask([derived, described]).tolist() == [False, True]

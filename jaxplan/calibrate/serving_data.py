@@ -471,7 +471,7 @@ SPECULATION_NOTE = "speculative decoding assumed"
 def derivations(c: ServingCase) -> str:
     """The row's notes on fields derived because the CSV left them blank (the note without what
     the validator assumed about how the row was decoded, ``serving_predict.speculation_rule``)."""
-    return "; ".join(x for x in c.note.split("; ") if x and not x.startswith(SPECULATION_NOTE))
+    return c.note.split(SPECULATION_NOTE)[0].rstrip("; ")      # that assumption is appended last
 
 
 def unique_mask(cases: Sequence[ServingCase]) -> np.ndarray:

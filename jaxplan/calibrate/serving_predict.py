@@ -402,7 +402,7 @@ def speculation_rule(cases: Sequence[ServingCase], one_request_step_s, margin: f
     for i in np.flatnonzero(marked):
         c = cases[i]
         why = (f"{SPECULATION_NOTE}: measured TPOT {c.tpot_ms:.2f} ms < {margin:g} x the one-request "
-               f"step {step[i] / MS:.2f} ms; {draft_tokens} drafted tokens, acceptance {acceptance:g}")
+               f"step {step[i] / MS:.2f} ms, so {draft_tokens} drafted tokens at acceptance {acceptance:g}")
         out[i] = dataclasses.replace(c, draft_tokens=int(draft_tokens), acceptance=float(acceptance),
                                      note="; ".join(x for x in (c.note, why) if x))
     return out, marked
