@@ -690,7 +690,11 @@ def validate_serving_command(args) -> int:
     if not cases:
         raise SpecError(f"{path}: no row could be mapped; see the reasons above")
     schedulers = parse_schedulers(getattr(args, "scheduler", None))
-    v = validate(cases, unmapped, None, override, schedulers)
+    v = validate(cases, unmapped, None, override, schedulers, speculation=getattr(args, "speculation", True))
+    marked = sum(1 for c in v.cases if c.draft_tokens)
+    if marked:
+        print(f"  {marked} rows measured below their one-request decode step: predicted with speculative "
+              f"decoding (--no-speculation-rule to switch off)", file=sys.stderr)
     for backend, name in sorted(schedulers.items()):
         print(f"  aggregated {backend} rows: scheduler {name} (default {scheduler_of(backend)})", file=sys.stderr)
     for hw, src in sorted(v.params_source.items()):
@@ -864,6 +868,9 @@ def build_parser() -> argparse.ArgumentParser:
     vp.add_argument("--scheduler", action="append", metavar="BACKEND=SCHEDULER",
                     help="predict a backend's aggregated rows with another scheduler (repeatable), e.g. "
                          "sglang=prefill_first; schedulers: " + ", ".join(SCHEDULER_NAMES))
+    vp.add_argument("--no-speculation-rule", dest="speculation", action="store_false",
+                    help="predict every row without speculative decoding (default: rows measured below their "
+                         "layout's one-request decode step are predicted with 3 drafted tokens, acceptance 0.7)")
     vp.set_defaults(fn=cmd_validate)
     bp = sub.add_parser("bench", help="measure this machine's devices into the kernel-table format `fit` reads")
     bp.add_argument("--quick", action="store_true", help="tiny grid that runs in seconds (also on a CPU)")

@@ -4,6 +4,7 @@ NVIDIA's quantized checkpoints, the NVFP4 DeepSeek memory case by hand, and disa
 counts. Tests reading ../shared/data skip with a reason where it is absent."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax.numpy as jnp
@@ -264,3 +265,59 @@ def test_blank_worker_counts_are_derived_at_the_decode_knee():
     # counts given in the row are used as they are
     m = sv.evaluate_disagg(p, hw, model, prec, wl, pre, dec, f(3), f(5), f(n), False)
     assert (float(m["prefill_workers"]), float(m["decode_workers"])) == (3.0, 5.0)
+
+
+# ----------------------------------------------------------------------------- speculative decoding the CSV does not record
+
+def test_speculation_rule_marks_rows_below_the_one_request_step():
+    """No one-token-per-step decoder beats its layout's step with one request per attention group
+    (the step grows with the batch), so a row measured below SPECULATION_MARGIN x that step is
+    predicted with speculative decoding: 3 drafted tokens accepted at 0.7 each, 1 + 0.7 + 0.49 +
+    0.343 = 2.533 tokens per step. Rows above it are left as they are."""
+    from jaxplan.calibrate import serving_predict as sp
+    assert (sp.SPECULATION_MARGIN, sp.SPECULATION_DRAFT_TOKENS, sp.SPECULATION_ACCEPTANCE) == (0.8, 3, 0.7)
+    p = for_backend(load_params(profile_path("b200")), "trtllm")
+    model, hw, prec = load_model("llama-3.1-70b"), load_hardware("b200"), get_precision("fp8")
+    wl = Workload(1024.0, 1024.0)
+    f = jnp.float32
+    lay = Layout(tp=f(4), pp=f(1), ep=f(1), dp=f(1), batch=f(16), chunk=f(8192), adp=f(1))
+    step1 = float(sp.one_request_step(p, hw, model, prec, wl, lay))
+    assert step1 == pytest.approx(float(sv.round_time(p, hw, model, prec, wl, lay._replace(batch=f(1)), f(1), f(0))))
+    assert step1 < float(sv.round_time(p, hw, model, prec, wl, lay, f(16), f(0)))      # grows with the batch
+
+    def case(tpot_ms):
+        return sd.ServingCase(id=f"r{tpot_ms:g}", model_path="meta-llama/Llama-3.1-70B", model=model, system="b200_sxm",
+                              hardware=hw, precision=prec, backend="trtllm", mode="agg", isl=1024.0, osl=1024.0,
+                              concurrency=16.0, ttft_ms=100.0, tpot_ms=tpot_ms, layout=lay)
+    below, above = case(0.5 * step1 * 1e3), case(0.9 * step1 * 1e3)
+    out, marked = sp.speculation_rule([below, above], [step1, step1])
+    assert marked.tolist() == [True, False]
+    assert (out[0].draft_tokens, out[0].acceptance) == (3, 0.7) and "speculative decoding assumed" in out[0].note
+    assert out[1] == above
+    # a marked row decodes 2.533 tokens per step of a 4-token verify step plus the draft head
+    spec = Workload(1024.0, 1024.0, 0.7, 3)
+    assert float(spec.tokens_per_step) == pytest.approx(1 + 0.7 + 0.7**2 + 0.7**3)
+    t_spec = float(sv.round_time(p, hw, model, prec, spec, lay._replace(batch=f(1)), f(1), f(0)))
+    assert step1 < t_spec and t_spec / float(spec.tokens_per_step) < step1
+    # and a marked row still far off says so
+    reasons = sp.far_off_reasons(out, {}, [100.0, 100.0], [100.0, 100.0], [10 * below.tpot_ms, above.tpot_ms],
+                                 [below.tpot_ms, above.tpot_ms])
+    assert reasons.tolist() == ["speculative decoding assumed", ""]
+
+
+def test_unique_measurements_prefer_the_described_row_whatever_the_speculation_rule_assumed():
+    """The files repeat a measurement under several ids (a row with worker counts and a row
+    without); the validator's note on assumed speculation must not make the derived row win."""
+    model, hw, prec = load_model("llama-3.1-70b"), load_hardware("b200"), get_precision("fp8")
+    f = jnp.float32
+    lay = Layout(tp=f(4), pp=f(1), ep=f(1), dp=f(1), batch=f(8), chunk=f(8192), adp=f(1))
+    common = dict(model_path="meta-llama/Llama-3.1-70B", model=model, system="b200_sxm", hardware=hw, precision=prec,
+                  backend="trtllm", mode="agg", isl=1024.0, osl=1024.0, concurrency=8.0, ttft_ms=100.0, tpot_ms=3.0,
+                  layout=lay)
+    derived = sd.ServingCase(id="a", note="blank *_num_workers -> derived", **common)
+    described = sd.ServingCase(id="b", note=f"{sd.SPECULATION_NOTE}: measured TPOT 3 ms; 3 drafted", draft_tokens=3,
+                               acceptance=0.7, **common)
+    assert sd.derivations(described) == "" and sd.derivations(derived) == derived.note
+    both = dataclasses.replace(derived, note=f"{derived.note}; {described.note}")
+    assert sd.derivations(both) == derived.note
+    assert sd.unique_mask([derived, described]).tolist() == [False, True]

@@ -111,6 +111,8 @@ class ServingCase:
     decode_workers: float = 1.0
     cross_network: bool = False
     note: str = ""                  # derivations applied to this row
+    draft_tokens: int = 0           # speculative decoding assumed for the row (serving_predict.speculation_rule)
+    acceptance: float = 0.0
 
     @property
     def gpus(self) -> float:
@@ -463,13 +465,22 @@ def measurement_key(c: ServingCase) -> tuple:
     return (c.system, c.backend, c.mode, c.isl, c.osl, c.concurrency, f"{c.ttft_ms:.6g}", f"{c.tpot_ms:.6g}")
 
 
+SPECULATION_NOTE = "speculative decoding assumed"
+
+
+def derivations(c: ServingCase) -> str:
+    """The row's notes on fields derived because the CSV left them blank (the note without what
+    the validator assumed about how the row was decoded, ``serving_predict.speculation_rule``)."""
+    return c.note.split(SPECULATION_NOTE)[0].rstrip("; ")      # that assumption is appended last
+
+
 def unique_mask(cases: Sequence[ServingCase]) -> np.ndarray:
     """One row per measurement: the most completely described one (worker counts and concurrency
     given, no derived fields), else the first."""
     best: dict[tuple, int] = {}
     for i, c in enumerate(cases):
         k = measurement_key(c)
-        if k not in best or (cases[best[k]].note and not c.note):
+        if k not in best or (derivations(cases[best[k]]) and not derivations(c)):
             best[k] = i
     mask = np.zeros(len(cases), bool)
     mask[list(best.values())] = True

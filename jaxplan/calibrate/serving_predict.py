@@ -11,6 +11,9 @@ Benchmark TTFT (both modes): the rows are short closed-loop runs, so each client
 belongs to a cold-start wave (:func:`benchmark_ttft`; ``serving.cold_start_ttft`` aggregated,
 ``serving.disagg_cold_start_ttft`` disaggregated), mixed in for
 :data:`BENCHMARK_REQUESTS_PER_CLIENT` requests per client. ``steady_ttft_s`` is the steady state.
+
+Speculative decoding the CSV does not record (:func:`speculation_rule`): a row measured below its
+layout's one-request decode step is predicted with speculative decoding.
 """
 from __future__ import annotations
 
@@ -27,9 +30,16 @@ import numpy as np
 from ..cost import max_batch_that_fits
 from ..layouts import Layout
 from ..params import for_backend, params_for
-from ..serving import CHEAP_COMPILER_OPTIONS, cold_start_ttft, disagg_cold_start_ttft, evaluate_disagg, evaluator
+from ..serving import (
+    CHEAP_COMPILER_OPTIONS,
+    cold_start_ttft,
+    disagg_cold_start_ttft,
+    evaluate_disagg,
+    evaluator,
+    round_time,
+)
 from ..specs import Hardware, Model, Precision, Workload, scheduler_for
-from .serving_data import MS, ServingCase, Unmapped, unique_mask
+from .serving_data import MS, SPECULATION_NOTE, ServingCase, Unmapped, unique_mask
 from .stats import ape, error_stats
 
 PAD_MULTIPLE = 16
@@ -82,22 +92,32 @@ def scheduler_of(backend: str, schedulers: Mapping[str, str] | None = None) -> s
     return scheduler_for((schedulers or {}).get(backend, backend))
 
 
+def one_request_step(p, hw: Hardware, model: Model, prec: Precision, wl: Workload, lay: Layout):
+    """The shortest decode step ``lay`` can run without speculation: one decoding request per
+    attention group, no prompt tokens. A measured TPOT below it needs more than one token per
+    step (:func:`speculation_rule`)."""
+    plain = Workload(wl.isl, wl.osl)
+    return round_time(p, hw, model, prec, plain, lay._replace(batch=lay.adp), lay.adp, jnp.float32(0.0))
+
+
 @functools.cache
-def agg_evaluator(model: Model, prec: Precision, scheduler: str = "mixed") -> Compiled:
-    """``f(params, hardware, isl[n], osl[n], Layout[n]) -> dict of [n]``: jit(vmap(evaluate)) with
-    the serving model's scheduling policy ``scheduler`` (see :func:`scheduler_of`)."""
+def agg_evaluator(model: Model, prec: Precision, scheduler: str = "mixed", draft_tokens: int = 0) -> Compiled:
+    """``f(params, hardware, isl[n], osl[n], acceptance[n], Layout[n]) -> dict of [n]``:
+    jit(vmap(evaluate)) with the serving model's scheduling policy ``scheduler`` (see
+    :func:`scheduler_of`), decoding with ``draft_tokens`` speculative tokens per step (0: off)."""
     metric_fn = evaluator(scheduler)
 
-    def one(p, hw, isl, osl, lay):
-        wl = Workload(isl, osl)
+    def one(p, hw, isl, osl, acc, lay):
+        wl = Workload(isl, osl, acc, draft_tokens)
         m = metric_fn(p, hw, model, prec, wl, lay)
         out = _pick(m, OUT_KEYS_AGG)
         out["steady_ttft_s"] = out["ttft_s"]
         cold = cold_start_ttft(p, hw, model, prec, wl, lay, m, scheduler)
         out["ttft_s"] = benchmark_ttft({**m, "cold_start_ttft_s": cold})
         out["fixed_overhead_s"] = jnp.broadcast_to(p["request_overhead_s"], jnp.shape(out["ttft_s"]))
+        out["one_request_step_s"] = one_request_step(p, hw, model, prec, wl, lay)
         return out
-    return Compiled(jax.jit(jax.vmap(one, in_axes=(None, None, 0, 0, 0)), compiler_options=CHEAP_COMPILER_OPTIONS))
+    return Compiled(jax.jit(jax.vmap(one, in_axes=(None, None, 0, 0, 0, 0)), compiler_options=CHEAP_COMPILER_OPTIONS))
 
 
 # The measured rows are short closed-loop benchmarks: N clients start at once, so the first of the
@@ -119,11 +139,13 @@ def benchmark_ttft(m: Mapping, requests_per_client: float = BENCHMARK_REQUESTS_P
 
 
 @functools.cache
-def disagg_evaluator(model: Model, prec: Precision) -> Compiled:
-    """``f(params, hardware, isl, osl, prefill Layout, decode Layout, x, y, N, cross) -> dict``,
-    all per-row arrays: jit(vmap(evaluate_disagg))."""
-    def one(p, hw, isl, osl, pre, dec, x, y, n, cross):
-        m = evaluate_disagg(p, hw, model, prec, Workload(isl, osl), pre, dec, x, y, n, cross)
+def disagg_evaluator(model: Model, prec: Precision, draft_tokens: int = 0) -> Compiled:
+    """``f(params, hardware, isl, osl, acceptance, prefill Layout, decode Layout, x, y, N, cross) ->
+    dict``, all per-row arrays: jit(vmap(evaluate_disagg)), decoding with ``draft_tokens``
+    speculative tokens per step (0: off)."""
+    def one(p, hw, isl, osl, acc, pre, dec, x, y, n, cross):
+        wl = Workload(isl, osl, acc, draft_tokens)
+        m = evaluate_disagg(p, hw, model, prec, wl, pre, dec, x, y, n, cross)
         out = _pick(m, OUT_KEYS_DISAGG)
         out["steady_ttft_s"] = out["ttft_s"]
         # Same benchmark as the aggregated rows: one cold-start wave per client, the rest steady.
@@ -133,14 +155,15 @@ def disagg_evaluator(model: Model, prec: Precision) -> Compiled:
         out["ttft_s"] = benchmark_ttft({**m, "cold_start_ttft_s": disagg_cold_start_ttft(m, n)})
         out["fixed_overhead_s"] = jnp.broadcast_to(p["request_overhead_s"] + p["disagg_overhead_s"],
                                                    jnp.shape(out["ttft_s"]))
+        out["one_request_step_s"] = one_request_step(p, hw, model, prec, wl, dec)
         return out
-    return Compiled(jax.jit(jax.vmap(one, in_axes=(None, None) + (0,) * 8), compiler_options=CHEAP_COMPILER_OPTIONS))
+    return Compiled(jax.jit(jax.vmap(one, in_axes=(None, None) + (0,) * 9), compiler_options=CHEAP_COMPILER_OPTIONS))
 
 
 @dataclasses.dataclass
 class _Group:
     """Cases sharing one compiled function and one (hardware, backend): one call."""
-    fn_key: tuple            # (arch model, precision, mode, scheduler)
+    fn_key: tuple            # (arch model, precision, mode, scheduler, draft tokens)
     hardware: Hardware
     backend: str
     idx: np.ndarray          # indices into the case list
@@ -164,7 +187,8 @@ def build_groups(cases: Sequence[ServingCase], pad_multiple: int = PAD_MULTIPLE,
     for the aggregated rows (:func:`scheduler_of`)."""
     by_fn: dict[tuple, dict[tuple, list[int]]] = {}
     for i, c in enumerate(cases):
-        fk = (_arch_key(c.model), c.precision, c.mode, scheduler_of(c.backend, schedulers) if c.mode == "agg" else "")
+        fk = (_arch_key(c.model), c.precision, c.mode, scheduler_of(c.backend, schedulers) if c.mode == "agg" else "",
+              int(c.draft_tokens))
         by_fn.setdefault(fk, {}).setdefault((c.hardware.name, c.backend), []).append(i)
     groups = []
     for fk, subs in by_fn.items():
@@ -175,14 +199,15 @@ def build_groups(cases: Sequence[ServingCase], pad_multiple: int = PAD_MULTIPLE,
             cs = [cases[i] for i in idx]
             isl = _pad(np.asarray([c.isl for c in cs], np.float32), size)
             osl = _pad(np.asarray([c.osl for c in cs], np.float32), size)
+            acc = _pad(np.asarray([c.acceptance for c in cs], np.float32), size)
             if fk[2] == "agg":
                 lay = _stack_layouts([c.layout for c in cs])
-                args = (isl, osl, Layout(*(_pad(v, size) for v in lay)))
+                args = (isl, osl, acc, Layout(*(_pad(v, size) for v in lay)))
             else:
                 pre = _stack_layouts([c.prefill for c in cs])
                 dec = _stack_layouts([c.decode for c in cs])
                 f32 = lambda vals: _pad(np.asarray(vals, np.float32), size)  # noqa: E731
-                args = (isl, osl, Layout(*(_pad(v, size) for v in pre)), Layout(*(_pad(v, size) for v in dec)),
+                args = (isl, osl, acc, Layout(*(_pad(v, size) for v in pre)), Layout(*(_pad(v, size) for v in dec)),
                         f32([c.prefill_workers for c in cs]), f32([c.decode_workers for c in cs]),
                         f32([c.concurrency for c in cs]), _pad(np.asarray([c.cross_network for c in cs]), size))
             groups.append(_Group(fk, cs[0].hardware, backend, idx, args))
@@ -197,9 +222,9 @@ def _traced_hardware(hw: Hardware) -> Hardware:
 
 
 def compiled_for(fn_key: tuple) -> Compiled:
-    """The compiled evaluator of a group key (architecture, precision, mode, scheduler)."""
-    model, prec, mode, scheduler = fn_key
-    return agg_evaluator(model, prec, scheduler) if mode == "agg" else disagg_evaluator(model, prec)
+    """The compiled evaluator of a group key (architecture, precision, mode, scheduler, draft tokens)."""
+    model, prec, mode, scheduler, draft = fn_key
+    return agg_evaluator(model, prec, scheduler, draft) if mode == "agg" else disagg_evaluator(model, prec, draft)
 
 
 def call_group(group: _Group, p) -> dict[str, np.ndarray]:
@@ -229,7 +254,7 @@ def predict(cases: Sequence[ServingCase], params=None, override=None, groups=Non
     else:
         by_hw = {k: v[0] for k, v in resolve_params(cases, params, override).items()}
     groups = build_groups(cases, schedulers=schedulers) if groups is None else groups
-    keys = sorted(set(OUT_KEYS_AGG) | set(OUT_KEYS_DISAGG))
+    keys = sorted(set(OUT_KEYS_AGG) | set(OUT_KEYS_DISAGG) | {"one_request_step_s"})
     out = {k: np.full(len(cases), np.nan, np.float64) for k in keys}
     for g in groups:
         p = for_backend(by_hw[g.hardware.name], g.backend)
@@ -274,6 +299,8 @@ def far_off_reasons(cases: Sequence[ServingCase], pred: Mapping[str, np.ndarray]
 
     * ``batch above the KV cache``: the memory model holds fewer of the replica's requests than
       its batch (the rest queue for admission; a TTFT error here is the admission model's);
+    * ``speculative decoding assumed``: the row was measured below its one-request step
+      (:func:`speculation_rule`) and is predicted with an assumed draft length and acceptance;
     * ``derived workers``: a disaggregated row without worker counts (derived; the campaign's
       fixed pools are not recorded);
     * ``TTFT beyond serial prefill``: the measured TTFT exceeds N times the predicted TTFT, more
@@ -293,6 +320,8 @@ def far_off_reasons(cases: Sequence[ServingCase], pred: Mapping[str, np.ndarray]
             continue
         if c.mode == "agg" and feasible[i] == 0:
             out[i] = "batch above the KV cache"
+        elif c.draft_tokens:
+            out[i] = "speculative decoding assumed"
         elif c.mode == "disagg" and "blank *_num_workers" in c.note:
             out[i] = "derived workers"
         elif rt > FAR_OFF and t_meas[i] < overhead[i]:
@@ -339,11 +368,60 @@ class Validation:
     params_source: dict
 
 
+# Speculative decoding the CSV does not record. No decoder that emits one token per step can beat
+# the step of its layout with a single request per attention group (a step only grows with the
+# batch and with prompt chunks), so a row measured well below that step ran speculation (DeepSeek's
+# multi-token prediction, EAGLE): its tokens came several per step. The rule: a measured TPOT below
+# SPECULATION_MARGIN x the predicted one-request step marks the row, which is then predicted with
+# SPECULATION_DRAFT_TOKENS drafted tokens accepted with probability SPECULATION_ACCEPTANCE each.
+# - margin 0.8: the cost model's own error at batch 1 (DeepSeek-R1 FP8 on 8 B200, one request:
+#   measured 7.3 ms, predicted 6.6 ms) must not mark a row by itself;
+# - 3 drafted tokens: the multi-token-prediction setting of the published DeepSeek-R1 recipes of
+#   TensorRT-LLM (``num_nextn_predict_layers: 3``) and SGLang (``--speculative-num-steps 3``);
+# - acceptance 0.7 per drafted token (2.5 tokens per step): below DeepSeek-V3's 85-90% for its
+#   first drafted token (DeepSeek-V3 technical report, on multi-token prediction), because the later ones re-use the one
+#   MTP module and the benchmarks send random prompts. An assumption, not fitted: the sensitivity
+#   is in benchmarks/serving_validation.md.
+# The rule reads the measured TPOT only to decide whether the row ran speculation, never how
+# fast; rows that ran it at a large batch (above the one-request step) stay unmarked.
+SPECULATION_MARGIN = 0.8
+SPECULATION_DRAFT_TOKENS = 3
+SPECULATION_ACCEPTANCE = 0.7
+
+
+def speculation_rule(cases: Sequence[ServingCase], one_request_step_s, margin: float = SPECULATION_MARGIN,
+                     draft_tokens: int = SPECULATION_DRAFT_TOKENS,
+                     acceptance: float = SPECULATION_ACCEPTANCE) -> tuple[list[ServingCase], np.ndarray]:
+    """``(cases, marked)``: the cases with those whose measured TPOT is below ``margin`` x their
+    one-request step (seconds, per case; :func:`one_request_step`) set to speculative decoding
+    (``draft_tokens``, ``acceptance``, a note saying why), and the boolean mask of those."""
+    step = np.asarray(one_request_step_s, np.float64)
+    meas = np.asarray([c.tpot_ms for c in cases]) * MS
+    marked = np.isfinite(step) & (meas < margin * step)
+    out = list(cases)
+    for i in np.flatnonzero(marked):
+        c = cases[i]
+        why = (f"{SPECULATION_NOTE}: measured TPOT {c.tpot_ms:.2f} ms < {margin:g} x the one-request "
+               f"step {step[i] / MS:.2f} ms, so {draft_tokens} drafted tokens at acceptance {acceptance:g}")
+        out[i] = dataclasses.replace(c, draft_tokens=int(draft_tokens), acceptance=float(acceptance),
+                                     note="; ".join(x for x in (c.note, why) if x))
+    return out, marked
+
+
 def validate(cases: Sequence[ServingCase], unmapped: Sequence[Unmapped] = (), params=None,
-             override=None, schedulers: Mapping[str, str] | None = None) -> Validation:
+             override=None, schedulers: Mapping[str, str] | None = None, speculation: bool = True) -> Validation:
+    """Predict every case and tabulate the errors. ``speculation``: apply :func:`speculation_rule`
+    (rows measured below their one-request step are re-predicted with speculative decoding)."""
     srcs = {k: v[1] for k, v in resolve_params(cases, params, override).items()} if params is None else \
         {c.hardware.name: "given" for c in cases}
     pred = predict(cases, params, override, schedulers=schedulers)
+    if speculation:
+        cases, marked = speculation_rule(cases, pred["one_request_step_s"])
+        idx = np.flatnonzero(marked)
+        if len(idx):
+            again = predict([cases[i] for i in idx], params, override, schedulers=schedulers)
+            for k, v in again.items():
+                pred[k][idx] = v
     table = prediction_table(cases, pred)
     return Validation(list(cases), list(unmapped), pred, table, summarize(table), srcs)
 
