@@ -303,6 +303,13 @@ def test_speculation_rule_marks_rows_below_the_one_request_step():
     reasons = sp.far_off_reasons(out, {}, [100.0, 100.0], [100.0, 100.0], [10 * below.tpot_ms, above.tpot_ms],
                                  [below.tpot_ms, above.tpot_ms])
     assert reasons.tolist() == ["speculative decoding assumed", ""]
+    # end to end through the validator: the marked row is re-predicted at 2.533 tokens per step
+    # (below its one-request step), the other keeps its plain prediction; switched off, neither moves
+    v = sp.validate([below, above])
+    off = sp.validate([below, above], speculation=False)
+    assert v.cases[0].draft_tokens == 3 and v.cases[1] == above
+    assert v.pred["tpot_s"][0] < step1 < off.pred["tpot_s"][0]
+    assert v.pred["tpot_s"][1] == off.pred["tpot_s"][1]
 
 
 def test_unique_measurements_prefer_the_described_row_whatever_the_speculation_rule_assumed():
